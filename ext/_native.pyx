@@ -1,0 +1,178 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True, embedsignature=True
+"""Hash and write kernels for chunkpull: the hot loop, with the GIL released.
+
+Every function checks its arguments with the GIL held, runs only the C hash
+or pwrite loop inside ``with nogil:``, and raises (OSError with errno,
+ValueError) after the GIL is back.  Buffers and file descriptors belong to
+the Python layer: the kernels borrow them for one call, never keep them, and
+never open or close anything.  There is no policy here (no digest
+comparison, no retry, no file naming): ``chunkpull.chunks`` owns that.
+
+SHA-256 comes from the system's OpenSSL libcrypto through its low-level
+SHA256_CTX API, whose state is a plain struct: ``sha256_init`` hands it to
+Python as a bytearray, so a running hash can be checkpointed and resumed.
+"""
+
+from libc.string cimport memcpy
+from libc.errno cimport EIO
+
+from libcrypto cimport SHA256_CTX, SHA256_Init, SHA256_Update, SHA256_Final
+from _posix cimport pwrite, errno, EINTR, off_t, ssize_t
+
+import os as _os
+
+from blake3 import blake3 as _blake3
+
+SHA256_STATE_SIZE = sizeof(SHA256_CTX)
+
+# Fused kernels hash a slice and write it while it is still in the CPU cache.
+cdef enum:
+    SLICE = 256 * 1024
+
+cdef const unsigned char _EMPTY[1]
+
+
+cdef inline const unsigned char* _ptr(const unsigned char[::1] buf) noexcept:
+    # &buf[0] is undefined for an empty view; hand out a valid dummy instead.
+    return &buf[0] if buf.shape[0] else _EMPTY
+
+
+cdef int _pwrite_all(int fd, const unsigned char *p, size_t n, off_t offset) noexcept nogil:
+    """Write all n bytes at offset; return 0 or an errno value."""
+    cdef ssize_t w
+    while n > 0:
+        w = pwrite(fd, p, n, offset)
+        if w < 0:
+            if errno == EINTR:
+                continue
+            return errno
+        if w == 0:
+            return EIO
+        p += w
+        n -= <size_t>w
+        offset += w
+    return 0
+
+
+cdef int _sha256_pwrite(SHA256_CTX *ctx, int fd, const unsigned char *p, size_t n, off_t offset) noexcept nogil:
+    cdef size_t step
+    cdef int err
+    while n > 0:
+        step = n if n < SLICE else SLICE
+        SHA256_Update(ctx, p, step)
+        err = _pwrite_all(fd, p, step, offset)
+        if err:
+            return err
+        p += step
+        n -= step
+        offset += <off_t>step
+    return 0
+
+
+cdef inline void _load(SHA256_CTX *ctx, const unsigned char[::1] state) except *:
+    if state.shape[0] != sizeof(SHA256_CTX):
+        raise ValueError(f"sha256 state must be {sizeof(SHA256_CTX)} bytes, got {state.shape[0]}")
+    memcpy(ctx, &state[0], sizeof(SHA256_CTX))
+
+
+cdef inline void _store(unsigned char[::1] state, SHA256_CTX *ctx) noexcept:
+    memcpy(&state[0], ctx, sizeof(SHA256_CTX))
+
+
+cdef inline _raise_oserror(int err):
+    raise OSError(err, _os.strerror(err))
+
+
+def sha256(const unsigned char[::1] data):
+    """Return the 32-byte SHA-256 digest of data."""
+    cdef unsigned char md[32]
+    cdef SHA256_CTX ctx
+    cdef const unsigned char *p = _ptr(data)
+    cdef size_t n = data.shape[0]
+    with nogil:
+        SHA256_Init(&ctx)
+        SHA256_Update(&ctx, p, n)
+        SHA256_Final(md, &ctx)
+    return md[:32]
+
+
+def blake3(const unsigned char[::1] data):
+    """Return the 32-byte BLAKE3 digest of data (the blake3 package drops the GIL)."""
+    return _blake3(data).digest()
+
+
+def sha256_init():
+    """Return a fresh SHA-256 state as a bytearray of SHA256_STATE_SIZE bytes."""
+    cdef SHA256_CTX ctx
+    SHA256_Init(&ctx)
+    state = bytearray(sizeof(SHA256_CTX))
+    _store(state, &ctx)
+    return state
+
+
+def sha256_update(unsigned char[::1] state, const unsigned char[::1] data):
+    """Feed data into the running state (in place).  Not thread-safe per state."""
+    cdef SHA256_CTX ctx
+    _load(&ctx, state)
+    cdef const unsigned char *p = _ptr(data)
+    cdef size_t n = data.shape[0]
+    with nogil:
+        SHA256_Update(&ctx, p, n)
+    _store(state, &ctx)
+
+
+def sha256_final(const unsigned char[::1] state):
+    """Return the digest of everything fed to state so far; state is left unchanged."""
+    cdef SHA256_CTX ctx
+    cdef unsigned char md[32]
+    _load(&ctx, state)
+    SHA256_Final(md, &ctx)
+    return md[:32]
+
+
+def pwrite_all(int fd, const unsigned char[::1] data, long long offset):
+    """Write every byte of data to fd at offset (retrying short writes and EINTR)."""
+    if offset < 0:
+        raise ValueError("offset must be >= 0")
+    cdef const unsigned char *p = _ptr(data)
+    cdef size_t n = data.shape[0]
+    cdef int err
+    with nogil:
+        err = _pwrite_all(fd, p, n, <off_t>offset)
+    if err:
+        _raise_oserror(err)
+
+
+def sha256_pwrite(int fd, const unsigned char[::1] data, long long offset):
+    """Write data to fd at offset and return its SHA-256, in one cache-friendly pass."""
+    if offset < 0:
+        raise ValueError("offset must be >= 0")
+    cdef SHA256_CTX ctx
+    cdef unsigned char md[32]
+    cdef const unsigned char *p = _ptr(data)
+    cdef size_t n = data.shape[0]
+    cdef int err
+    with nogil:
+        SHA256_Init(&ctx)
+        err = _sha256_pwrite(&ctx, fd, p, n, <off_t>offset)
+        SHA256_Final(md, &ctx)
+    if err:
+        _raise_oserror(err)
+    return md[:32]
+
+
+def sha256_update_pwrite(unsigned char[::1] state, int fd, const unsigned char[::1] data, long long offset):
+    """Write data to fd at offset and feed it into the running state, in one pass."""
+    if offset < 0:
+        raise ValueError("offset must be >= 0")
+    cdef SHA256_CTX ctx
+    _load(&ctx, state)
+    cdef const unsigned char *p = _ptr(data)
+    cdef size_t n = data.shape[0]
+    cdef int err
+    with nogil:
+        err = _sha256_pwrite(&ctx, fd, p, n, <off_t>offset)
+    if err:
+        # The state is not stored back: a failed write must not advance the hash.
+        _raise_oserror(err)
+    _store(state, &ctx)

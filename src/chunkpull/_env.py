@@ -1,0 +1,65 @@
+"""Every environment variable chunkpull reads, read when called, validated.
+
+Functions here read ``os.environ`` at call time (never at import), so tests
+can set variables with ``monkeypatch.setenv``.  A bad value raises
+``ValueError`` naming the variable.  Imports nothing from chunkpull.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# max_streams default: measured on the 2-core reference machine (README,
+# "Tuning"): throughput over loopback peaks at 4-8 streams; 8 keeps a margin
+# for real networks where per-stream latency matters more.
+DEFAULT_MAX_STREAMS = 8
+MAX_MAX_STREAMS = 256
+
+TRUTHY = frozenset({"1", "true", "yes", "on"})
+FALSY = frozenset({"0", "false", "no", "off", ""})
+
+
+def models_dir() -> Path:
+    """Return the models root: ``$OLLAMA_MODELS``, else ``~/.ollama/models``."""
+    value = os.environ.get("OLLAMA_MODELS", "").strip()
+    if value:
+        return Path(value).expanduser()
+    return Path.home() / ".ollama" / "models"
+
+
+def max_streams() -> int:
+    """Return ``$OLLAMA_REGISTRY_MAXSTREAMS`` (or ``$CHUNKPULL_MAX_STREAMS``), else the default."""
+    for var in ("CHUNKPULL_MAX_STREAMS", "OLLAMA_REGISTRY_MAXSTREAMS"):
+        value = os.environ.get(var, "").strip()
+        if not value:
+            continue
+        try:
+            n = int(value)
+        except ValueError:
+            raise ValueError(f"{var}={value!r}: want a whole number of streams, 1 to {MAX_MAX_STREAMS}") from None
+        if not 1 <= n <= MAX_MAX_STREAMS:
+            raise ValueError(f"{var}={value!r}: want a whole number of streams, 1 to {MAX_MAX_STREAMS}")
+        return n
+    return DEFAULT_MAX_STREAMS
+
+
+def backend() -> str:
+    """Return ``$CHUNKPULL_BACKEND``: ``auto`` (default), ``native`` or ``python``."""
+    value = os.environ.get("CHUNKPULL_BACKEND", "auto").strip().lower() or "auto"
+    if value not in ("auto", "native", "python"):
+        raise ImportError(f"CHUNKPULL_BACKEND={value!r}: want one of auto, native, python")
+    return value
+
+
+def flag(var: str, default: bool = False) -> bool:
+    """Return a boolean variable; truthy values are 1, true, yes, on (any case)."""
+    value = os.environ.get(var)
+    if value is None:
+        return default
+    v = value.strip().lower()
+    if v in TRUTHY:
+        return True
+    if v in FALSY:
+        return False
+    raise ValueError(f"{var}={value!r}: want one of 1/true/yes/on or 0/false/no/off")

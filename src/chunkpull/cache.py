@@ -1,0 +1,379 @@
+"""DiskCache: blobs and manifests in Ollama's models-directory layout.
+
+::
+
+    <root>/
+      blobs/sha256-<hex>                          verified blobs (layers, configs, manifests)
+      manifests/<host>/<namespace>/<model>/<tag>  a copy of the manifest's bytes
+      .chunkpull/ingest/sha256-<hex>.partial      a blob being pulled (work file)
+      .chunkpull/ingest/sha256-<hex>.state        its resume record
+      .chunkpull/prune.lock                       pulls share it; prune takes it alone
+
+The one invariant: a file under ``blobs/`` with its final name is complete
+and hashes to its digest.  Every write goes to a work file (or a temporary
+file) under ``.chunkpull/`` on the same file system, is verified, fsynced,
+and only then renamed into place, so a crash can leave work in progress but
+never a wrong blob.  Ollama reads this directory as its own; it ignores
+``.chunkpull/``.
+
+Paths are built only from parsed ``Digest`` and ``Name`` values, whose
+grammar admits no ``/``, ``..`` or leading dot, so nothing can escape the
+root.
+
+Imports digest, names, errors and _env; never registry, api or cli.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import _env
+from .digest import Digest
+from .errors import InsufficientSpaceError, IntegrityError, InvalidNameError, ModelNotFoundError
+from .names import Name
+
+__all__ = ["DiskCache", "BlobInfo", "Ingest"]
+
+_COPY_PIECE = 4 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    digest: Digest
+    size: int
+    mtime: float
+
+
+class DiskCache:
+    """A models directory in Ollama's layout; safe to share between threads and processes."""
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.root = Path(root)
+        # fsync before each rename so that, after a power loss too, a final
+        # blob name never points at bytes that did not reach the disk.
+        self.fsync = fsync
+        self.blobs_dir = self.root / "blobs"
+        self.manifests_dir = self.root / "manifests"
+        self.ingest_dir = self.root / ".chunkpull" / "ingest"
+        for d in (self.blobs_dir, self.manifests_dir, self.ingest_dir):
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise OSError(err.errno, f"cannot create models directory {d}: {err.strerror}") from err
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str] | None = None) -> DiskCache:
+        """Open (creating if needed) the models directory; None means ``$OLLAMA_MODELS`` or ``~/.ollama/models``."""
+        return cls(_env.models_dir() if root is None else root)
+
+    def __repr__(self) -> str:
+        return f"DiskCache({str(self.root)!r})"
+
+    # -- blobs --------------------------------------------------------------
+
+    def blob_path(self, d: Digest) -> Path:
+        """Return where the blob with digest d lives (whether or not it exists)."""
+        return self.blobs_dir / d.filename
+
+    def get(self, d: Digest) -> BlobInfo | None:
+        """Return the cached blob's size and mtime, or None when it is not cached."""
+        try:
+            st = os.stat(self.blob_path(d))
+        except FileNotFoundError:
+            return None
+        return BlobInfo(d, st.st_size, st.st_mtime)
+
+    def put(self, d: Digest, data: bytes) -> None:
+        """Store data as blob d after checking it hashes to d.
+
+        Raises:
+            IntegrityError: data does not hash to d.
+        """
+        got = hashlib.sha256(data).hexdigest()
+        if got != d.hex:
+            raise IntegrityError(f"data for {d} hashes to sha256:{got}", digest=str(d), expected=str(d), got=f"sha256:{got}")
+        if self.get(d) is not None:
+            return
+        self._write_atomic(self.blob_path(d), data)
+
+    def import_file(self, d: Digest, path: str | os.PathLike[str]) -> None:
+        """Copy the file at path into the cache as blob d, verifying it on the way.
+
+        Raises:
+            IntegrityError: the file does not hash to d.
+        """
+        if self.get(d) is not None:
+            return
+        h = hashlib.sha256()
+        fd, tmp = tempfile.mkstemp(dir=self.ingest_dir, prefix="import-")
+        try:
+            with open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
+                while piece := src.read(_COPY_PIECE):
+                    h.update(piece)
+                    dst.write(piece)
+                dst.flush()
+                if self.fsync:
+                    os.fsync(dst.fileno())
+            if h.hexdigest() != d.hex:
+                raise IntegrityError(f"file {path} hashes to sha256:{h.hexdigest()}, not {d}", digest=str(d), expected=str(d), got=f"sha256:{h.hexdigest()}")
+            self._rename_into_place(tmp, self.blob_path(d))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def ingest(self, d: Digest, size: int) -> Ingest:
+        """Open (or reopen, to resume) the work file for blob d of size bytes.
+
+        Raises:
+            InsufficientSpaceError: the file system cannot hold the blob.
+        """
+        return Ingest(self, d, size)
+
+    # -- manifests ----------------------------------------------------------
+
+    def link(self, name: Name, d: Digest) -> None:
+        """Make name point at the manifest stored as blob d (copying its bytes).
+
+        Raises:
+            InvalidNameError: name is not fully qualified.
+            FileNotFoundError: blob d is not in the cache.
+        """
+        path = self._manifest_path(name, create=True)
+        data = self.blob_path(d).read_bytes()
+        self._write_atomic(path, data)
+
+    def unlink(self, name: Name) -> bool:
+        """Remove name's manifest file; return False when there was none."""
+        path = self._manifest_path(name)
+        if path is None:
+            return False
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        # Drop directories left empty, up to (not including) manifests/.
+        parent = path.parent
+        while parent != self.manifests_dir:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+        return True
+
+    def manifest_bytes(self, name: Name) -> bytes:
+        """Return the bytes of name's manifest.
+
+        Raises:
+            ModelNotFoundError: no manifest for name.
+        """
+        path = self._manifest_path(name)
+        try:
+            if path is not None:
+                return path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            pass
+        raise ModelNotFoundError(str(name))
+
+    def resolve(self, name: Name) -> Digest:
+        """Return the digest of name's manifest (names match case-insensitively).
+
+        Raises:
+            ModelNotFoundError: no manifest for name.
+        """
+        return Digest("sha256", hashlib.sha256(self.manifest_bytes(name)).hexdigest())
+
+    def links(self) -> Iterator[tuple[Name, Path]]:
+        """Yield (name, manifest path) for every manifest in the cache."""
+        root = self.manifests_dir
+        for dirpath, _dirs, files in os.walk(root):
+            rel = Path(dirpath).relative_to(root).parts
+            if len(rel) != 3:
+                continue
+            for tag in files:
+                name = Name(rel[0], rel[1], rel[2], tag)
+                if name.is_fully_qualified():
+                    yield name, Path(dirpath) / tag
+
+    def prune(self, referenced: set[Digest]) -> list[Digest]:
+        """Remove blobs not in referenced; return what was removed.
+
+        Skipped (returns []) while any pull holds the shared prune lock, so a
+        pull's freshly committed blobs are never removed before its manifest
+        is written.
+        """
+        removed: list[Digest] = []
+        with self.prune_lock(exclusive=True, blocking=False) as held:
+            if not held:
+                return removed
+            for entry in os.scandir(self.blobs_dir):
+                try:
+                    d = Digest.parse(entry.name)
+                except ValueError:
+                    continue
+                if d not in referenced:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                        removed.append(d)
+        return removed
+
+    @contextlib.contextmanager
+    def prune_lock(self, *, exclusive: bool, blocking: bool = True) -> Iterator[bool]:
+        """Hold the prune lock: shared for pulls, exclusive for prune."""
+        fd = os.open(self.root / ".chunkpull" / "prune.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            op = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if blocking else fcntl.LOCK_NB)
+            try:
+                fcntl.flock(fd, op)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+
+    # -- helpers ------------------------------------------------------------
+
+    def _manifest_path(self, name: Name, *, create: bool = False) -> Path | None:
+        """Find name's manifest path, matching each part case-insensitively.
+
+        With create, return the path to write (keeping any existing casing).
+        """
+        if not name.is_fully_qualified():
+            raise InvalidNameError(f'invalid or missing name: "{name}"')
+        path = self.manifests_dir
+        for part in name.path_parts():
+            found = _find_casefold(path, part)
+            if found is None:
+                if not create:
+                    return None
+                found = path / part
+            path = found
+        return path
+
+    def _write_atomic(self, path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.ingest_dir, prefix="tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                if self.fsync:
+                    os.fsync(f.fileno())
+            self._rename_into_place(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def _rename_into_place(self, src: str | Path, dst: Path) -> None:
+        os.replace(src, dst)
+        if self.fsync:
+            _fsync_dir(dst.parent)
+
+
+def _find_casefold(directory: Path, part: str) -> Path | None:
+    exact = directory / part
+    if exact.exists():
+        return exact
+    want = part.casefold()
+    try:
+        for entry in os.scandir(directory):
+            if entry.name.casefold() == want:
+                return Path(entry.path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    return None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Ingest:
+    """The work file of one blob being pulled, and its commit into ``blobs/``.
+
+    The file is preallocated to the blob's size (so a full disk fails before
+    the download, not in the middle).  Only ``commit()`` — called after the
+    bytes verified — makes the blob visible, by fsync and atomic rename.  A
+    work file that is not committed stays for a later pull to resume.
+    """
+
+    def __init__(self, cache: DiskCache, d: Digest, size: int) -> None:
+        self.cache = cache
+        self.digest = d
+        self.size = size
+        self.path = cache.ingest_dir / f"{d.filename}.partial"
+        self.state_path = cache.ingest_dir / f"{d.filename}.state"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self._lock()
+            self._reserve()
+        except BaseException:
+            os.close(self.fd)
+            self.fd = -1
+            raise
+
+    def _lock(self) -> None:
+        # An exclusive lock on the work file: a second process pulling the
+        # same blob waits here instead of writing the same file.
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def _reserve(self) -> None:
+        st = os.fstat(self.fd)
+        if st.st_size > self.size:
+            os.ftruncate(self.fd, 0)  # not our blob's work file: start over
+        need = self.size - min(st.st_size, self.size)
+        if need <= 0:
+            return
+        try:
+            os.posix_fallocate(self.fd, 0, self.size)
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                free = shutil.disk_usage(self.cache.root).free
+                raise InsufficientSpaceError(
+                    errno.ENOSPC,
+                    f"not enough space in {self.cache.root} for {self.digest.short()}: need {self.size} bytes, {free} free",
+                ) from err
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            os.ftruncate(self.fd, self.size)
+
+    def commit(self) -> None:
+        """Make the verified work file the final blob (fsync, rename, fsync dir)."""
+        if self.cache.fsync:
+            os.fsync(self.fd)
+        self.cache._rename_into_place(self.path, self.cache.blob_path(self.digest))
+        with contextlib.suppress(FileNotFoundError):
+            self.state_path.unlink()
+        self.close()
+
+    def discard(self) -> None:
+        """Delete the work file and its record (their content cannot be trusted)."""
+        for p in (self.path, self.state_path):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Ingest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,305 @@
+"""Chunks of a blob, the chunksums wire format, and the per-blob assembler.
+
+A registry that supports chunked pulls answers::
+
+    GET /v2/library/smol/chunksums/sha256:9f86...   ->  200 OK
+    Content-Location: https://cdn.example/v2/library/smol/blobs/sha256:9f86...
+
+    sha256:1b4f0e98...  0-8388607
+    sha256:60303ae2...  8388608-16777215
+    sha256:fd61a03a...  16777216-20971519
+
+Each line names a chunk by an inclusive byte range and the digest of exactly
+those bytes; the chunks must tile the blob (start at 0, no gap, no overlap,
+end at size-1).  ``parse_chunksums`` enforces that.
+
+``BlobAssembler`` owns one blob's work file while its chunks arrive: it
+writes each piece at its final offset, keeps the in-order whole-blob SHA-256
+running over the written prefix (from the page cache, while later chunks are
+still arriving), checkpoints that hash at every chunk boundary, and on a
+whole-blob mismatch uses the chunk digests to find the chunks to fetch again.
+
+Imports digest, errors and _hashio only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from blake3 import blake3 as _Blake3
+
+from . import _hashio
+from .digest import Digest
+from .errors import IntegrityError, InvalidDigestError
+
+__all__ = [
+    "Chunk",
+    "ChunkSum",
+    "parse_chunksums",
+    "split",
+    "ChunkHasher",
+    "BlobAssembler",
+    "MAX_CHUNKSUMS_BYTES",
+]
+
+# A chunksums body lists one line (~90 bytes) per chunk; 16 MiB allows
+# ~180,000 chunks, far more than any sane blob needs, and caps what a hostile
+# registry can make us buffer.
+MAX_CHUNKSUMS_BYTES = 16 << 20
+
+_LINE = re.compile(rb"^(\S+)\s+(\d+)-(\d+)$")
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Bytes start..end of a blob, *inclusive* end, as on the wire."""
+
+    start: int
+    end: int
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start + 1
+
+    def __str__(self) -> str:
+        return f"{self.start}-{self.end}"
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkSum:
+    """A chunk and the digest its bytes must hash to (None when unknown)."""
+
+    chunk: Chunk
+    digest: Digest | None
+
+
+def split(size: int, chunk_size: int) -> list[Chunk]:
+    """Return chunks of at most chunk_size bytes tiling a blob of size bytes."""
+    if chunk_size <= 0:
+        raise ValueError("chunk_size must be positive")
+    return [Chunk(start, min(start + chunk_size, size) - 1) for start in range(0, size, chunk_size)]
+
+
+def parse_chunksums(body: bytes, size: int) -> list[ChunkSum]:
+    """Parse a chunksums body and check that its chunks tile a blob of size bytes.
+
+    Raises:
+        IntegrityError: a malformed line, a bad digest, or chunks that leave a
+            gap, overlap, or do not end at size-1.  The message names the line.
+    """
+    if len(body) > MAX_CHUNKSUMS_BYTES:
+        raise IntegrityError(f"chunksums body is larger than {MAX_CHUNKSUMS_BYTES} bytes")
+    sums: list[ChunkSum] = []
+    expect = 0
+    for lineno, raw in enumerate(body.splitlines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        m = _LINE.match(line)
+        if m is None:
+            raise IntegrityError(f"chunksums line {lineno}: want '<digest> <start>-<end>', got {raw[:120]!r}")
+        try:
+            digest = Digest.parse(m.group(1).decode("ascii"), algorithms=("sha256", "blake3"))
+        except (InvalidDigestError, UnicodeDecodeError) as err:
+            raise IntegrityError(f"chunksums line {lineno}: {err}") from None
+        start, end = int(m.group(2)), int(m.group(3))
+        if start != expect:
+            what = "gap" if start > expect else "overlap"
+            raise IntegrityError(f"chunksums line {lineno}: chunk {start}-{end} leaves a {what} (expected start {expect})")
+        if end < start or end >= size:
+            raise IntegrityError(f"chunksums line {lineno}: chunk {start}-{end} is outside the {size}-byte blob")
+        sums.append(ChunkSum(Chunk(start, end), digest))
+        expect = end + 1
+    if expect != size:
+        raise IntegrityError(f"chunksums cover bytes 0-{expect - 1} of a {size}-byte blob: missing chunks at the end")
+    return sums
+
+
+class ChunkHasher:
+    """Incremental digest of one chunk's bytes, fused with the write where possible."""
+
+    __slots__ = ("algorithm", "_h")
+
+    def __init__(self, algorithm: str) -> None:
+        self.algorithm = algorithm
+        if algorithm == "sha256":
+            self._h = _hashio.RunningSha256()
+        elif algorithm == "blake3":
+            self._h = _Blake3()
+        else:
+            raise ValueError(f"unsupported chunk digest algorithm {algorithm!r}")
+
+    def update_pwrite(self, fd: int, data, offset: int) -> None:
+        if self.algorithm == "sha256":
+            self._h.update_pwrite(fd, data, offset)
+        else:
+            _hashio.pwrite_all(fd, data, offset)
+            self._h.update(data)
+
+    def update(self, data) -> None:
+        self._h.update(data)
+
+    def digest(self) -> bytes:
+        return self._h.digest()
+
+
+# Pieces of the work file are read back for the in-order hash in this size;
+# the page cache still holds them, so this is a memory copy, not disk I/O.
+_HASH_READ = 4 << 20
+
+
+class BlobAssembler:
+    """Assemble one blob in its work file from chunks arriving in any order.
+
+    Workers write pieces at their offsets as they arrive (``write``) and call
+    ``chunk_done(index)`` when a chunk's bytes are all written (and, in the
+    ``chunks`` verify mode, verified).  The whole-blob SHA-256 advances over
+    the contiguous prefix of done chunks on whichever thread completed the
+    chunk that extended it; it hashes from the file (the page cache still
+    holds those pages), not from network buffers, so each worker reuses its
+    one buffer at once and memory stays bounded.
+
+    ``finish()`` hashes any remaining tail and compares the digest.  On a
+    mismatch it re-hashes each chunk from the file against its chunk digest
+    and returns the bad ones; the caller fetches them again, marks them done,
+    and calls ``finish()`` once more, which resumes the whole hash from the
+    checkpoint before the first bad chunk.
+
+    Thread-safe: ``write`` and ``chunk_done`` may be called from many threads.
+    """
+
+    def __init__(self, fd: int, digest: Digest, size: int, sums: Sequence[ChunkSum], *, hash_state: bytes | None = None, hashed: int = 0) -> None:
+        self.fd = fd
+        self.digest = digest
+        self.size = size
+        self.sums = list(sums)
+        self._done = [False] * len(self.sums)
+        self._lock = threading.Lock()
+        self._hashing = False  # one thread at a time advances the whole hash
+        self._next = 0  # index of the first chunk not yet in the whole hash
+        self._whole = _hashio.RunningSha256()
+        # _checkpoints[i] is the whole-hash snapshot before chunk i: 112 bytes
+        # (native) or one hashlib object (python) per chunk.
+        self._checkpoints: dict[int, object] = {0: self._whole.snapshot()}
+        if hash_state is not None and hashed:
+            self._restore(hash_state, hashed)
+
+    def write(self, offset: int, data) -> None:
+        _hashio.pwrite_all(self.fd, data, offset)
+
+    def chunk_done(self, index: int) -> None:
+        """Mark chunk index complete and advance the in-order hash if it can."""
+        with self._lock:
+            self._done[index] = True
+            if self._hashing or index != self._next:
+                return
+            self._hashing = True
+        self._advance()
+
+    def done_chunks(self) -> list[bool]:
+        with self._lock:
+            return list(self._done)
+
+    def hashed_prefix(self) -> tuple[int, bytes | None]:
+        """Return (bytes hashed, persistable state or None) at the last chunk boundary."""
+        with self._lock:
+            snap = self._checkpoints.get(self._next)
+        return _hashio.RunningSha256.persistable(snap)
+
+    def _restore(self, state: bytes, hashed: int) -> None:
+        # A resume record says the first `hashed` bytes (a chunk boundary) are
+        # in the hash; a damaged record only costs a re-hash at finish().
+        for i, s in enumerate(self.sums):
+            if s.chunk.start == hashed:
+                try:
+                    self._whole = _hashio.RunningSha256(state, hashed)
+                except ValueError:
+                    return
+                self._next = i
+                self._checkpoints[i] = self._whole.snapshot()
+                for j in range(i):
+                    self._done[j] = True
+                return
+
+    def _advance(self) -> None:
+        """Hash done chunks in order from the file; runs on one thread at a time."""
+        while True:
+            with self._lock:
+                i = self._next
+                if i >= len(self.sums) or not self._done[i]:
+                    self._hashing = False
+                    return
+            chunk = self.sums[i].chunk
+            try:
+                self._whole.update_from_file(self.fd, chunk.start, chunk.size)
+            except BaseException:
+                with self._lock:
+                    self._hashing = False
+                raise
+            snap = self._whole.snapshot()
+            with self._lock:
+                self._checkpoints[i + 1] = snap
+                self._next = i + 1
+
+    def finish(self) -> list[int]:
+        """Finish the whole-blob hash; return [] when it matches, else the bad chunk indexes.
+
+        Raises:
+            IntegrityError: the blob does not match its digest and the chunk
+                digests cannot say where (no chunk digests, or all chunks match).
+        """
+        with self._lock:
+            if not all(self._done):
+                raise RuntimeError("finish() before every chunk is done")
+            self._hashing = True
+        self._advance()
+        got = self._whole.digest()
+        if self._whole.length == self.size and got == self.digest.raw:
+            return []
+        bad = [
+            i
+            for i, s in enumerate(self.sums)
+            if s.digest is not None and hash_file_range(s.digest.algorithm, self.fd, s.chunk.start, s.chunk.size) != s.digest.raw
+        ]
+        if not bad:
+            raise IntegrityError(
+                f"blob {self.digest} failed verification: its bytes hash to sha256:{got.hex()}; "
+                "the registry's chunk list disagrees with the layer digest",
+                digest=str(self.digest), expected=str(self.digest), got=f"sha256:{got.hex()}",
+            )
+        self._rewind(bad[0])
+        with self._lock:
+            for i in bad:
+                self._done[i] = False
+        return bad
+
+    def _rewind(self, index: int) -> None:
+        """Reset the whole hash to the checkpoint before chunk index."""
+        snap = self._checkpoints.get(index)
+        if snap is None:
+            # Resumed past this chunk without a checkpoint: start over.
+            index, snap = 0, self._checkpoints[0]
+        with self._lock:
+            self._whole = _hashio.RunningSha256.from_snapshot(snap)
+            self._checkpoints = {k: v for k, v in self._checkpoints.items() if k <= index}
+            self._next = index
+            self._hashing = False
+
+
+def hash_file_range(algorithm: str, fd: int, offset: int, n: int) -> bytes:
+    """Return the digest of n bytes of fd from offset, read in bounded pieces."""
+    h = ChunkHasher(algorithm)
+    buf = memoryview(bytearray(min(_HASH_READ, max(n, 1))))
+    while n > 0:
+        got = os.preadv(fd, [buf[: min(n, len(buf))]], offset)
+        if got <= 0:
+            return b""
+        h.update(buf[:got])
+        offset += got
+        n -= got
+    return h.digest()

@@ -1,0 +1,109 @@
+"""The exception hierarchy, declared once, in plain Python.
+
+Every error chunkpull raises on purpose is a ``ChunkpullError``; each message
+says what went wrong and, where it helps, what to do next.  Several classes
+also derive from a builtin (``ValueError``, ``LookupError``,
+``ConnectionError``) so that generic callers can catch them the usual way.
+The native module raises only builtins; the Python layer translates them.
+
+This module is a leaf: it imports nothing from chunkpull.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ChunkpullError",
+    "InvalidNameError",
+    "InvalidDigestError",
+    "ModelNotFoundError",
+    "InvalidManifestError",
+    "IntegrityError",
+    "RegistryError",
+    "TransportError",
+    "IncompletePullError",
+    "InsufficientSpaceError",
+    "PullCancelledError",
+]
+
+
+class ChunkpullError(Exception):
+    """Base class of every error chunkpull raises on purpose."""
+
+
+class InvalidNameError(ChunkpullError, ValueError):
+    """A model name is malformed, incomplete or uses an unsupported scheme."""
+
+
+class InvalidDigestError(ChunkpullError, ValueError):
+    """A digest is not ``sha256:<64 hex>`` (or ``sha256-<hex>``)."""
+
+
+class ModelNotFoundError(ChunkpullError, LookupError):
+    """The registry or the local cache has no such model."""
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+        super().__init__(f"model {name!r} not found".replace("'", '"') if name else "model not found")
+
+
+class InvalidManifestError(ChunkpullError, ValueError):
+    """A manifest is empty, not JSON, or lacks layers."""
+
+
+class IntegrityError(ChunkpullError):
+    """Bytes did not hash to the digest (or size) they were promised to."""
+
+    def __init__(self, message: str, *, digest: str = "", expected: str = "", got: str = "") -> None:
+        super().__init__(message)
+        self.digest = digest
+        self.expected = expected
+        self.got = got
+
+
+class RegistryError(ChunkpullError):
+    """The registry answered with an error status.
+
+    ``status`` is the HTTP status, ``code`` and ``message`` come from the
+    error body (``message`` is the raw body text when it was not one of the
+    two JSON error forms), ``url`` is the request's URL.  A status of 500 or
+    more (and 429) is worth retrying; any other 4xx is not.
+    """
+
+    retry_after_s: float | None = None  # from a Retry-After header, when sent
+
+    def __init__(self, status: int, code: str = "", message: str = "", url: str = "") -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        self.url = url
+        detail = f"registry responded with status {status}"
+        if code:
+            detail += f": code {code}"
+        if message:
+            detail += f": {message}"
+        self.detail = detail
+        super().__init__(f"request error {url}: {detail}" if url else detail)
+
+    @property
+    def retryable(self) -> bool:
+        return self.status >= 500 or self.status == 429
+
+
+class TransportError(ChunkpullError, ConnectionError):
+    """The network failed and retries were exhausted; ``__cause__`` says why."""
+
+
+class IncompletePullError(ChunkpullError):
+    """Some layers could not be pulled; ``errors`` maps each digest to its cause."""
+
+    def __init__(self, message: str, *, errors: dict[str, BaseException] | None = None) -> None:
+        super().__init__(message)
+        self.errors = dict(errors or {})
+
+
+class PullCancelledError(ChunkpullError):
+    """The pull was cancelled; work in progress is kept for the next pull to resume."""
+
+
+class InsufficientSpaceError(ChunkpullError, OSError):
+    """The models directory's file system has too little free space."""

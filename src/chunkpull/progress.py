@@ -1,0 +1,108 @@
+"""Progress events and the thread-safe aggregator that consumers read.
+
+A pull reports through one callback, ``progress(event)``, called from worker
+threads: it must be thread-safe and must not block.  Every layer (config blob
+included) gets a ``start`` (or ``cached``) event before any byte moves, so
+consumers know every total up front.  ``Progress.n`` is a *delta* in bytes,
+and the sum of a layer's deltas never exceeds its total: re-fetched bytes are
+not counted twice, so a consumer's "completed" figure never goes backwards.
+
+The ``Aggregator`` owns the lock and the totals; the CLI's bars and the
+``/api/pull`` stream both read snapshots from it and do no arithmetic of
+their own.
+
+This module imports nothing from chunkpull.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["Progress", "ProgressCallback", "LayerProgress", "Aggregator", "START", "CACHED", "BYTES", "VERIFYING", "DONE", "ERROR"]
+
+START = "start"  # layer announced: total known, nothing fetched yet
+CACHED = "cached"  # layer already in the cache; n == total
+BYTES = "bytes"  # n more bytes of the layer arrived
+VERIFYING = "verifying"  # all bytes are in; the whole-blob digest is being finished
+DONE = "done"  # the blob is verified and committed under its digest
+ERROR = "error"  # the layer failed; error says why
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """One progress event for one layer (``digest`` is its canonical text form)."""
+
+    digest: str
+    total: int
+    state: str
+    n: int = 0
+    error: BaseException | None = None
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(slots=True)
+class LayerProgress:
+    digest: str
+    total: int
+    completed: int = 0
+    state: str = START
+    error: BaseException | None = None
+
+
+class Aggregator:
+    """Fold progress events into per-layer totals; safe to feed from many threads.
+
+    ``clock`` is injectable so tests never depend on wall time.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._lock = threading.Lock()
+        self._layers: dict[str, LayerProgress] = {}
+        self._clock = clock
+        self.started_at = clock()
+        self._changed = threading.Condition(self._lock)
+        self._version = 0
+
+    def __call__(self, event: Progress) -> None:
+        with self._lock:
+            layer = self._layers.get(event.digest)
+            if layer is None:
+                layer = self._layers[event.digest] = LayerProgress(event.digest, event.total)
+            if event.state == CACHED:
+                layer.completed = layer.total
+            elif event.state == DONE:
+                layer.completed = layer.total
+            else:
+                layer.completed = min(layer.total, layer.completed + event.n)
+            if event.state != BYTES:
+                layer.state = event.state
+            elif layer.state == START:
+                layer.state = BYTES
+            if event.error is not None:
+                layer.error = event.error
+            self._version += 1
+            self._changed.notify_all()
+
+    def wait(self, version: int, timeout_s: float) -> int:
+        """Block until something changed after ``version`` (or timeout); return the new version."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._version != version, timeout_s)
+            return self._version
+
+    def layers(self) -> list[LayerProgress]:
+        """Return a consistent copy of every layer's progress, in announcement order."""
+        with self._lock:
+            return [LayerProgress(l.digest, l.total, l.completed, l.state, l.error) for l in self._layers.values()]
+
+    def totals(self) -> tuple[int, int]:
+        """Return (completed, total) bytes over all layers."""
+        with self._lock:
+            return (sum(l.completed for l in self._layers.values()), sum(l.total for l in self._layers.values()))
+
+    def elapsed_s(self) -> float:
+        return self._clock() - self.started_at

@@ -1,0 +1,308 @@
+"""HTTP transport: sessions, retries with backoff, and ranged reads into caller buffers.
+
+Everything that touches ``requests`` lives here, and every ``requests``
+exception is translated here into ``RegistryError`` (the registry answered
+with an error) or ``TransportError`` (the network failed and retries ran out).
+
+Only idempotent GETs are retried: on connection errors, timeouts, short
+bodies, 5xx and 429 (honouring ``Retry-After``), never on other 4xx.  The
+backoff is n² × 10 ms, capped, with 0.5–1.5× jitter; ``sleep`` and ``rng``
+are injectable so tests never wait.
+
+Bodies of blobs are read with ``readinto`` straight into the caller's buffer
+(urllib3's own ``readinto`` reads into a fresh ``bytes`` and copies), so the
+data path allocates nothing per read.
+
+Imports errors only.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import requests
+import requests.adapters
+import urllib3
+
+from .errors import RegistryError, TransportError
+
+__all__ = ["Transport", "Backoff", "Response", "ShortReadError", "parse_error", "new_session"]
+
+USER_AGENT = "chunkpull/0.1"
+# (connect, read) seconds.  The read timeout bounds every wait for bytes: a
+# connection that stops sending for this long fails and is retried.
+DEFAULT_TIMEOUT_S = (10.0, 30.0)
+# Control-plane bodies (manifests, chunksums, errors) are buffered: cap them.
+MAX_BODY_BYTES = 16 << 20
+
+
+def new_session(max_streams: int, *, verify_tls: bool = True) -> requests.Session:
+    """Return a Session whose connection pools hold max_streams keep-alive connections."""
+    s = requests.Session()
+    # requests' default pool keeps 10 connections per host; more streams than
+    # that would open and drop connections on every chunk.
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(max_streams, 4) + 2, max_retries=0)
+    s.mount("http://", adapter)
+    s.mount("https://", adapter)
+    s.verify = verify_tls
+    s.headers["User-Agent"] = USER_AGENT
+    if not verify_tls:
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+    return s
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Bounded retries: ``attempts`` tries in all, waits of n² × base_s (capped) with jitter."""
+
+    attempts: int = 6
+    base_s: float = 0.010
+    cap_s: float = 2.0
+
+    def delay_s(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
+        return min(self.cap_s, attempt * attempt * self.base_s) * (0.5 + rng())
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+    url: str
+
+
+class ShortReadError(Exception):
+    """A body ended (or stalled) before the promised bytes; ``got`` bytes arrived."""
+
+    def __init__(self, message: str, got: int) -> None:
+        super().__init__(message)
+        self.got = got
+
+
+def parse_error(status: int, body: bytes, url: str) -> RegistryError:
+    """Turn an error response into a RegistryError.
+
+    Bodies come as ``{"code": …, "error": …}`` or ``{"errors": [{"code", "message"}]}``
+    (the first entry counts); anything else is kept as raw text.
+    """
+    text = body.decode("utf-8", "replace").strip()
+    code, message = "", text
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict):
+        errors = doc.get("errors")
+        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+            code, message = str(errors[0].get("code") or ""), str(errors[0].get("message") or "")
+        elif "error" in doc or "code" in doc:
+            code, message = str(doc.get("code") or ""), str(doc.get("error") or "")
+    return RegistryError(status, code, message[:1000], url)
+
+
+_RETRYABLE_EXC = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    urllib3.exceptions.HTTPError,
+    socket.timeout,
+    ConnectionError,
+    ShortReadError,
+)
+
+
+class Transport:
+    """GETs with bounded retries over one pooled Session per TLS mode.
+
+    Thread-safe: the sessions' pools are shared by all worker threads.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_streams: int,
+        session_factory: Callable[..., requests.Session] | None = None,
+        backoff: Backoff | None = None,
+        timeout_s: tuple[float, float] = DEFAULT_TIMEOUT_S,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.max_streams = max_streams
+        self._factory = session_factory or new_session
+        self.backoff = backoff or Backoff()
+        self.timeout_s = timeout_s
+        self.sleep = sleep
+        self.rng = rng
+        self._sessions: dict[bool, requests.Session] = {}
+        self._lock = threading.Lock()
+
+    def session(self, verify_tls: bool = True) -> requests.Session:
+        with self._lock:
+            s = self._sessions.get(verify_tls)
+            if s is None:
+                s = self._sessions[verify_tls] = self._factory(self.max_streams, verify_tls=verify_tls)
+            return s
+
+    def close(self) -> None:
+        with self._lock:
+            for s in self._sessions.values():
+                s.close()
+            self._sessions.clear()
+
+    # -- control plane -------------------------------------------------------
+
+    def get(self, url: str, *, verify_tls: bool = True, headers: dict[str, str] | None = None, ok: tuple[int, ...] = (200,), cancel: threading.Event | None = None) -> Response:
+        """GET url and return the whole (capped) body; retry what is worth retrying.
+
+        A status outside ``ok`` raises RegistryError (after retries for
+        retryable ones); a status listed in ``ok`` is returned as is.
+
+        Raises:
+            RegistryError, TransportError.
+        """
+        return self.retry(lambda: self._get_once(url, verify_tls, headers, ok), url, cancel=cancel)
+
+    def _get_once(self, url: str, verify_tls: bool, headers: dict[str, str] | None, ok: tuple[int, ...]) -> Response:
+        with self.session(verify_tls).get(url, headers=headers, timeout=self.timeout_s, stream=True) as r:
+            body = r.raw.read(MAX_BODY_BYTES + 1, decode_content=True)
+            if len(body) > MAX_BODY_BYTES:
+                raise RegistryError(r.status_code, "", f"response body is larger than {MAX_BODY_BYTES} bytes", url)
+            if r.status_code not in ok:
+                err = parse_error(r.status_code, body, url)
+                err.retry_after_s = _retry_after_s(r.headers.get("Retry-After"))
+                raise err
+            return Response(r.status_code, body, dict(r.headers), r.url)
+
+    def request(self, method: str, url: str, *, verify_tls: bool = True, data=None, headers: dict[str, str] | None = None) -> requests.Response:
+        """Send one non-idempotent request (push); no retries.
+
+        Raises:
+            TransportError.
+        """
+        try:
+            return self.session(verify_tls).request(method, url, data=data, headers=headers, timeout=self.timeout_s)
+        except requests.RequestException as err:
+            raise TransportError(f"request error {url}: {err}") from err
+
+    def retry(self, attempt: Callable[[], object], url: str, *, cancel: threading.Event | None = None, on_retry: Callable[[BaseException], None] | None = None):
+        """Call attempt() until it succeeds or a non-retryable error; bounded by ``backoff``.
+
+        Raises:
+            RegistryError: a non-retryable status, or retries exhausted on one.
+            TransportError: the network failed on every attempt.
+        """
+        last: BaseException | None = None
+        for n in range(self.backoff.attempts):
+            if n:
+                delay = self.backoff.delay_s(n, self.rng)
+                hint = getattr(last, "retry_after_s", None)
+                if hint is not None:
+                    delay = min(max(delay, hint), 60.0)
+                if cancel is not None and cancel.wait(delay):
+                    raise TransportError(f"request error {url}: cancelled")
+                elif cancel is None:
+                    self.sleep(delay)
+            if cancel is not None and cancel.is_set():
+                raise TransportError(f"request error {url}: cancelled")
+            try:
+                return attempt()
+            except RegistryError as err:
+                if not err.retryable:
+                    raise
+                last = err
+            except _RETRYABLE_EXC as err:
+                last = err
+            if on_retry is not None:
+                on_retry(last)
+        if isinstance(last, RegistryError):
+            raise last
+        raise TransportError(f"request error {url}: {last} (after {self.backoff.attempts} attempts)") from last
+
+    # -- data plane ----------------------------------------------------------
+
+    def read_range(
+        self,
+        url: str,
+        start: int,
+        end: int,
+        buf: memoryview,
+        sink: Callable[[int, memoryview], None],
+        *,
+        verify_tls: bool = True,
+    ) -> None:
+        """GET bytes start..end (inclusive) of url once, handing each piece to sink(offset, view).
+
+        Pieces are read into buf (reused; sink must finish with a piece
+        before returning).  One attempt: the caller retries, resuming from
+        where the last attempt stopped.
+
+        Raises:
+            RegistryError: an error status.
+            ShortReadError: the body ended early or stalled past the read timeout.
+            requests exceptions: connection failures (the caller's retry catches them).
+        """
+        want = end - start + 1
+        headers = {"Range": f"bytes={start}-{end}", "Accept-Encoding": "identity"}
+        r = self.session(verify_tls).get(url, headers=headers, timeout=self.timeout_s, stream=True)
+        got = 0
+        try:
+            if r.status_code not in (200, 206):
+                err = parse_error(r.status_code, r.raw.read(MAX_BODY_BYTES, decode_content=True), url)
+                err.retry_after_s = _retry_after_s(r.headers.get("Retry-After"))
+                raise err
+            skip = 0
+            if r.status_code == 200 and start:
+                # The server ignored Range and sent the whole blob: read up to
+                # our range and throw that away; correct, if wasteful.
+                skip = start
+            fp = _raw_reader(r)
+            while skip:
+                n = fp.readinto(buf[: min(skip, len(buf))])
+                if not n:
+                    raise ShortReadError(f"{url}: body ended while skipping to byte {start}", 0)
+                skip -= n
+            while got < want:
+                try:
+                    n = fp.readinto(buf[: min(want - got, len(buf))])
+                except (socket.timeout, TimeoutError) as err:
+                    raise ShortReadError(f"{url}: no bytes for {self.timeout_s[1]:g} s after {got} of {want}", got) from err
+                except OSError as err:
+                    raise ShortReadError(f"{url}: connection lost after {got} of {want} bytes: {err}", got) from err
+                if not n:
+                    raise ShortReadError(f"{url}: body ended after {got} of {want} bytes", got)
+                sink(start + got, buf[:n])
+                got += n
+        finally:
+            if got == want and r.status_code == 206:
+                r.raw.release_conn()  # body fully read: keep the connection alive
+            else:
+                r.close()
+
+
+def _raw_reader(r: requests.Response):
+    """Return the object to readinto() the body from, without an extra copy.
+
+    urllib3's HTTPResponse.readinto() reads into a new bytes object and
+    copies; the http.client response under it reads straight into our buffer.
+    Fall back to urllib3 when the body is content-encoded or the attribute
+    is missing in some urllib3 version.
+    """
+    fp = getattr(r.raw, "_fp", None)
+    if fp is None or r.headers.get("Content-Encoding", "identity") not in ("identity", ""):
+        return r.raw
+    return fp
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
