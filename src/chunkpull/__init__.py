@@ -1,3 +1,55 @@
-"""chunkpull: fast, verified, chunked pulls of model blobs from Ollama-style registries."""
+"""chunkpull: fast, verified, chunked pulls of model blobs from Ollama-style registries.
+
+>>> from chunkpull import Registry, DiskCache
+>>> reg = Registry(DiskCache("/tmp/models"))            # doctest: +SKIP
+>>> reg.pull("http://127.0.0.1:5000/library/smol")      # doctest: +SKIP
+"""
+
+from ._hashio import BACKEND
+from .cache import DiskCache
+from .digest import Digest
+from .errors import (
+    ChunkpullError,
+    IncompletePullError,
+    InsufficientSpaceError,
+    IntegrityError,
+    InvalidDigestError,
+    InvalidManifestError,
+    InvalidNameError,
+    ModelNotFoundError,
+    PullCancelledError,
+    RegistryError,
+    TransportError,
+)
+from .names import DEFAULT_MASK, Name, parse_ref
+from .progress import Aggregator, Progress
+from .registry import DEFAULT_CHUNKING_THRESHOLD, Layer, Manifest, Registry
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "BACKEND",
+    "DEFAULT_CHUNKING_THRESHOLD",
+    "DEFAULT_MASK",
+    "Aggregator",
+    "ChunkpullError",
+    "Digest",
+    "DiskCache",
+    "IncompletePullError",
+    "InsufficientSpaceError",
+    "IntegrityError",
+    "InvalidDigestError",
+    "InvalidManifestError",
+    "InvalidNameError",
+    "Layer",
+    "Manifest",
+    "ModelNotFoundError",
+    "Name",
+    "Progress",
+    "PullCancelledError",
+    "Registry",
+    "RegistryError",
+    "TransportError",
+    "__version__",
+    "parse_ref",
+]

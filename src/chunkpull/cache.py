@@ -29,7 +29,9 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import json
 import os
+import time
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -38,7 +40,7 @@ from pathlib import Path
 
 from . import _env
 from .digest import Digest
-from .errors import InsufficientSpaceError, IntegrityError, InvalidNameError, ModelNotFoundError
+from .errors import InsufficientSpaceError, IntegrityError, InvalidNameError, ModelNotFoundError, PullCancelledError
 from .names import Name
 
 __all__ = ["DiskCache", "BlobInfo", "Ingest"]
@@ -130,13 +132,17 @@ class DiskCache:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
-    def ingest(self, d: Digest, size: int) -> Ingest:
-        """Open (or reopen, to resume) the work file for blob d of size bytes.
+    def ingest(self, d: Digest, size: int, *, cancel=None) -> Ingest | None:
+        """Open and lock (or reopen, to resume) the work file for blob d of size bytes.
+
+        Returns None when the blob is already committed (perhaps by another
+        process we waited for).
 
         Raises:
             InsufficientSpaceError: the file system cannot hold the blob.
+            PullCancelledError: cancelled while waiting for another process.
         """
-        return Ingest(self, d, size)
+        return Ingest.open(self, d, size, cancel=cancel)
 
     # -- manifests ----------------------------------------------------------
 
@@ -306,30 +312,65 @@ class Ingest:
     """The work file of one blob being pulled, and its commit into ``blobs/``.
 
     The file is preallocated to the blob's size (so a full disk fails before
-    the download, not in the middle).  Only ``commit()`` — called after the
-    bytes verified — makes the blob visible, by fsync and atomic rename.  A
-    work file that is not committed stays for a later pull to resume.
+    the download, not in the middle) and exclusively locked (``flock``), so
+    two processes pulling the same blob never write it at once: the second
+    waits, then finds the blob committed.  Only ``commit()`` — called after
+    the bytes verified — makes the blob visible, by fsync and atomic rename.
+    A work file that is not committed stays, with its resume record, for a
+    later pull.
+
+    Durability: records are replaced atomically (rename) but not fsynced.
+    After a process crash (kill -9) the page cache still holds both the
+    record and the bytes it describes, so the resume is exact.  After a power
+    loss the record may claim chunks whose bytes never reached the disk; the
+    whole-blob digest check at commit catches that and the chunk digests
+    name what to fetch again, so a stale record costs a re-fetch, never a
+    wrong blob.  The blob itself is fsynced before its rename.
     """
 
-    def __init__(self, cache: DiskCache, d: Digest, size: int) -> None:
+    RECORD_VERSION = 1
+
+    def __init__(self, cache: DiskCache, d: Digest, size: int, fd: int) -> None:
         self.cache = cache
         self.digest = d
         self.size = size
+        self.fd = fd
         self.path = cache.ingest_dir / f"{d.filename}.partial"
         self.state_path = cache.ingest_dir / f"{d.filename}.state"
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            self._lock()
-            self._reserve()
-        except BaseException:
-            os.close(self.fd)
-            self.fd = -1
-            raise
 
-    def _lock(self) -> None:
-        # An exclusive lock on the work file: a second process pulling the
-        # same blob waits here instead of writing the same file.
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+    @classmethod
+    def open(cls, cache: DiskCache, d: Digest, size: int, *, cancel=None, poll_s: float = 0.1) -> Ingest | None:
+        """Open and lock the work file; None when the blob got committed meanwhile.
+
+        Raises:
+            InsufficientSpaceError: the file system cannot hold the blob.
+            PullCancelledError: cancel was set while waiting for another
+                process's lock.
+        """
+        path = cache.ingest_dir / f"{d.filename}.partial"
+        while True:
+            if cache.get(d) is not None:
+                return None
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                if not _lock_or_wait(fd, cancel, poll_s):
+                    os.close(fd)
+                    continue
+                # The holder we waited for may have renamed this very inode
+                # into blobs/: never write through a stale descriptor.
+                try:
+                    same = os.fstat(fd).st_ino == os.stat(path).st_ino
+                except FileNotFoundError:
+                    same = False
+                if not same:
+                    os.close(fd)
+                    continue
+                ingest = cls(cache, d, size, fd)
+                ingest._reserve()
+                return ingest
+            except BaseException:
+                os.close(fd)
+                raise
 
     def _reserve(self) -> None:
         st = os.fstat(self.fd)
@@ -338,18 +379,71 @@ class Ingest:
         need = self.size - min(st.st_size, self.size)
         if need <= 0:
             return
+        free = shutil.disk_usage(self.cache.root).free
+        if need > free:
+            raise InsufficientSpaceError(
+                errno.ENOSPC,
+                f"not enough space in {self.cache.root} for blob {self.digest.short()}: need {need} more bytes, {free} free",
+            )
         try:
             os.posix_fallocate(self.fd, 0, self.size)
         except OSError as err:
             if err.errno == errno.ENOSPC:
-                free = shutil.disk_usage(self.cache.root).free
                 raise InsufficientSpaceError(
                     errno.ENOSPC,
-                    f"not enough space in {self.cache.root} for {self.digest.short()}: need {self.size} bytes, {free} free",
+                    f"not enough space in {self.cache.root} for blob {self.digest.short()}: need {need} more bytes",
                 ) from err
             if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                 raise
             os.ftruncate(self.fd, self.size)
+
+    # -- resume record -------------------------------------------------------
+
+    def load_record(self, chunks_id: str) -> dict | None:
+        """Return the resume record if it is intact and describes this blob and chunk list."""
+        try:
+            rec = json.loads(self.state_path.read_bytes())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(rec, dict):
+            return None
+        want = {"version": self.RECORD_VERSION, "digest": str(self.digest), "size": self.size, "chunks": chunks_id}
+        if any(rec.get(k) != v for k, v in want.items()):
+            return None
+        if not isinstance(rec.get("done"), str) or not isinstance(rec.get("hashed"), int):
+            return None
+        return rec
+
+    def save_record(self, chunks_id: str, done: list[bool], hashed: int, hash_state: bytes | None) -> None:
+        """Atomically replace the resume record (no fsync; see the class docstring)."""
+        bits = bytearray((len(done) + 7) // 8)
+        for i, ok in enumerate(done):
+            if ok:
+                bits[i >> 3] |= 1 << (i & 7)
+        rec = {
+            "version": self.RECORD_VERSION,
+            "digest": str(self.digest),
+            "size": self.size,
+            "chunks": chunks_id,
+            "done": bits.hex(),
+            "hashed": hashed if hash_state is not None else 0,
+            "hash_state": hash_state.hex() if hash_state is not None else "",
+        }
+        tmp = self.state_path.with_name(self.state_path.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(rec))
+        os.replace(tmp, self.state_path)
+
+    @staticmethod
+    def record_done(rec: dict, n: int) -> list[bool]:
+        try:
+            bits = bytes.fromhex(rec["done"])
+        except ValueError:
+            return [False] * n
+        if len(bits) != (n + 7) // 8:
+            return [False] * n
+        return [bool(bits[i >> 3] & (1 << (i & 7))) for i in range(n)]
+
+    # -- commit --------------------------------------------------------------
 
     def commit(self) -> None:
         """Make the verified work file the final blob (fsync, rename, fsync dir)."""
@@ -369,7 +463,7 @@ class Ingest:
 
     def close(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
+            os.close(self.fd)  # closing drops the flock too
             self.fd = -1
 
     def __enter__(self) -> Ingest:
@@ -377,3 +471,17 @@ class Ingest:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _lock_or_wait(fd: int, cancel, poll_s: float) -> bool:
+    """Take an exclusive flock on fd, polling so that cancel is honoured."""
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        if cancel is not None and cancel.wait(poll_s):
+            raise PullCancelledError("pull cancelled while another process held the blob's work file")
+        if cancel is None:
+            time.sleep(poll_s)

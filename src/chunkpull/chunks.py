@@ -201,6 +201,13 @@ class BlobAssembler:
             self._hashing = True
         self._advance()
 
+    def mark_done(self, done: list[bool]) -> None:
+        """Mark chunks done from a resume record (before any worker starts)."""
+        with self._lock:
+            for i, ok in enumerate(done):
+                if ok:
+                    self._done[i] = True
+
     def done_chunks(self) -> list[bool]:
         with self._lock:
             return list(self._done)

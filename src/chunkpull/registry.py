@@ -371,17 +371,45 @@ def _aligned_buffer(size: int) -> memoryview:
 
 
 class _BlobState:
-    """One blob's pull: its work file, assembler, and completion."""
+    """One chunked blob's pull: its work file, assembler, resume record, completion."""
 
-    def __init__(self, layer: Layer, url: str, sums: list[ChunkSum], ingest: Ingest) -> None:
+    # Rewrite the resume record at most this often (per blob): a crash then
+    # costs at most this much re-fetching, and the writes stay negligible.
+    RECORD_EVERY_S = 0.5
+
+    def __init__(self, layer: Layer, url: str, sums: list[ChunkSum], ingest: Ingest, clock: Callable[[], float] = time.monotonic) -> None:
         self.layer = layer
         self.url = url
         self.ingest = ingest
-        self.assembler = BlobAssembler(ingest.fd, layer.digest, layer.size, sums)
+        self.chunks_id = _chunks_id(sums)
+        rec = ingest.load_record(self.chunks_id)
+        resumed = Ingest.record_done(rec, len(sums)) if rec else [False] * len(sums)
+        state = bytes.fromhex(rec["hash_state"]) if rec and rec.get("hash_state") else None
+        self.assembler = BlobAssembler(ingest.fd, layer.digest, layer.size, sums, hash_state=state, hashed=rec["hashed"] if rec else 0)
+        self.assembler.mark_done(resumed)
+        self.todo = [i for i, ok in enumerate(self.assembler.done_chunks()) if not ok]
+        self.resumed_bytes = sum(sums[i].chunk.size for i, ok in enumerate(self.assembler.done_chunks()) if ok)
         self.reported = [0] * len(sums)  # bytes of each chunk already reported
-        self.remaining = len(sums)
+        self.remaining = len(self.todo)
         self.repairs = 0
         self.lock = threading.Lock()
+        self._clock = clock
+        self._saved_at = clock()
+
+    def save_record(self, *, force: bool = False) -> None:
+        now = self._clock()
+        with self.lock:
+            if not force and now - self._saved_at < self.RECORD_EVERY_S:
+                return
+            self._saved_at = now
+            hashed, hash_state = self.assembler.hashed_prefix()
+            self.ingest.save_record(self.chunks_id, self.assembler.done_chunks(), hashed, hash_state)
+
+
+def _chunks_id(sums: list[ChunkSum]) -> str:
+    """Fingerprint a chunk list, so a record is only reused for the same tiling."""
+    text = "\n".join(f"{s.digest or '-'} {s.chunk}" for s in sums)
+    return str(sha256_digest(text.encode()))
 
 
 class _Pull:
@@ -470,7 +498,7 @@ class _Pull:
 
     def _check_cancel(self) -> None:
         if self.cancel.is_set():
-            raise PullCancelledError("pull cancelled")
+            raise PullCancelledError("pull cancelled; work in progress was kept and the next pull resumes it")
 
     # -- small blobs: one request ---------------------------------------------
 
@@ -478,7 +506,10 @@ class _Pull:
         url = f"{self.ref.base_url}/blobs/{layer.digest}"
         key = str(layer.digest)
         reported = 0  # across attempts, so re-fetched bytes are not counted twice
-        ingest = self.r.cache.ingest(layer.digest, layer.size)
+        ingest = self.r.cache.ingest(layer.digest, layer.size, cancel=self.cancel)
+        if ingest is None:  # another process committed it while we waited
+            self.report(Progress(key, layer.size, DONE))
+            return
         try:
             # A retry restarts the blob: the stream hash cannot skip bytes.
             def attempt() -> None:
@@ -524,13 +555,27 @@ class _Pull:
 
     def _start_chunked(self, layer: Layer) -> None:
         url, sums = self._chunksums(layer)
-        ingest = self.r.cache.ingest(layer.digest, layer.size)
+        key = str(layer.digest)
+        ingest = self.r.cache.ingest(layer.digest, layer.size, cancel=self.cancel)
+        if ingest is None:  # another process committed it while we waited
+            self.report(Progress(key, layer.size, DONE))
+            return
         try:
             state = _BlobState(layer, url, sums, ingest)
         except BaseException:
             ingest.close()
             raise
-        for i in range(len(sums)):
+        if state.resumed_bytes:
+            # Chunks a previous pull verified count as done for progress.
+            self.report(Progress(key, layer.size, BYTES, state.resumed_bytes))
+            for i, ok in enumerate(state.assembler.done_chunks()):
+                if ok:
+                    state.reported[i] = sums[i].chunk.size
+        if not state.todo:
+            self._begin()
+            self.pool.submit(self._guard, layer, self._finish_chunked, state)
+            return
+        for i in state.todo:
             self._begin()
             self.pool.submit(self._guard_chunk, state, i)
 
@@ -555,6 +600,7 @@ class _Pull:
                 self._check_cancel()
                 self._fetch_chunk(state, i)
                 state.assembler.chunk_done(i)
+                state.save_record()
         except BaseException as err:  # noqa: BLE001 - recorded and re-raised by run()
             self._fail(state.layer, err)
         finally:
@@ -564,12 +610,12 @@ class _Pull:
                     last = state.remaining == 0
                 if last:
                     if key in self.errors:
+                        state.save_record(force=True)
                         state.ingest.close()  # keep the work file: the next pull resumes it
                     else:
                         self._finish_chunked(state)
-            except BaseException as err:  # noqa: BLE001
+            except BaseException as err:  # noqa: BLE001 - recorded and re-raised by run()
                 self._fail(state.layer, err)
-                state.ingest.close()
             finally:
                 self._end()
 
@@ -611,21 +657,32 @@ class _Pull:
         )
 
     def _finish_chunked(self, state: _BlobState) -> None:
+        """Finish the whole-blob hash; commit, or re-fetch the chunks that fail their digests."""
         key = str(state.layer.digest)
         self.report(Progress(key, state.layer.size, VERIFYING))
-        bad = state.assembler.finish()
-        if bad:
-            state.repairs += 1
-            if state.repairs >= MAX_INTEGRITY_ATTEMPTS:
-                raise IntegrityError(
-                    f"blob {state.layer.digest}: chunks {bad[:5]} still fail their digests after {state.repairs} re-fetches",
-                    digest=key,
-                )
-            with state.lock:
-                state.remaining = len(bad)
-            for i in bad:
-                self._begin()
-                self.pool.submit(self._guard_chunk, state, i)
+        try:
+            bad = state.assembler.finish()
+            if bad:
+                state.repairs += 1
+                if state.repairs >= MAX_INTEGRITY_ATTEMPTS:
+                    raise IntegrityError(
+                        f"blob {state.layer.digest}: chunks {bad[:5]} still fail their digests after {state.repairs} re-fetches",
+                        digest=key,
+                    )
+            else:
+                state.ingest.commit()
+        except IntegrityError:
+            state.ingest.discard()  # nothing in it can be trusted any more
+            raise
+        except BaseException:
+            state.save_record(force=True)
+            state.ingest.close()
+            raise
+        if not bad:
+            self.report(Progress(key, state.layer.size, DONE))
             return
-        state.ingest.commit()
-        self.report(Progress(key, state.layer.size, DONE))
+        with state.lock:
+            state.remaining = len(bad)
+        for i in bad:
+            self._begin()
+            self.pool.submit(self._guard_chunk, state, i)
