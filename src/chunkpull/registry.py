@@ -58,7 +58,7 @@ from .errors import (
 )
 from .names import DEFAULT_MASK, Name, Ref, parse_ref
 from .progress import BYTES, CACHED, DONE, ERROR, START, VERIFYING, Progress, ProgressCallback
-from .transport import Backoff, Transport
+from .transport import Backoff, StreamMonitor, Transport
 
 __all__ = [
     "Registry",
@@ -73,6 +73,7 @@ DEFAULT_CHUNKING_THRESHOLD = 64 << 20  # Ollama's: smaller layers come in one re
 DEFAULT_CHUNK_SIZE = 8 << 20  # our own split when a registry has no chunksums
 DEFAULT_BUFFER_SIZE = 2 << 20  # per worker; see README "Tuning"
 VERIFY_MODES = ("blob", "chunks")
+DEFAULT_STALL_TIMEOUT_S = 5.0
 # A chunk whose bytes keep failing their digest is fetched at most this often.
 MAX_INTEGRITY_ATTEMPTS = 3
 
@@ -180,6 +181,7 @@ class Registry:
         buffer_size: int | None = None,
         backoff: Backoff | None = None,
         timeout_s: tuple[float, float] | None = None,
+        stall_timeout_s: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.cache = cache if cache is not None else DiskCache.open()
@@ -192,6 +194,10 @@ class Registry:
         if self.verify not in VERIFY_MODES:
             raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, not {self.verify!r}")
         self.buffer_size = buffer_size or DEFAULT_BUFFER_SIZE
+        # A stream with no byte for this long is cut and its range retried
+        # elsewhere; the socket read timeout (timeout_s) is the hard bound.
+        self.stall_timeout_s = DEFAULT_STALL_TIMEOUT_S if stall_timeout_s is None else stall_timeout_s
+        self.monitor_interval_s = 0.25
         kwargs = {"timeout_s": timeout_s} if timeout_s else {}
         self.transport = Transport(max_streams=self.max_streams, session_factory=session_factory, backoff=backoff, sleep=sleep, **kwargs)
 
@@ -427,6 +433,7 @@ class _Pull:
         self.cond = threading.Condition()
         self.local = threading.local()
         self.pool = ThreadPoolExecutor(max_workers=registry.max_streams, thread_name_prefix="chunkpull")
+        self.monitor = StreamMonitor(stall_s=registry.stall_timeout_s)
 
     # -- driver ---------------------------------------------------------------
 
@@ -442,7 +449,8 @@ class _Pull:
                     self.pool.submit(self._guard, layer, self._start_chunked, layer)
             with self.cond:
                 while self.pending:
-                    self.cond.wait(0.5)
+                    self.cond.wait(self.r.monitor_interval_s)
+                    self.monitor.check()
         except BaseException:
             self.cancel.set()  # e.g. Ctrl-C in the caller's thread: stop the workers too
             raise
@@ -525,7 +533,11 @@ class _Pull:
                         reported = end
 
                 if layer.size:
-                    self.r.transport.read_range(url, 0, layer.size - 1, self._buffer(), sink, verify_tls=self.verify_tls)
+                    stream = self.monitor.stream(key)
+                    try:
+                        self.r.transport.read_range(url, 0, layer.size - 1, self._buffer(), sink, verify_tls=self.verify_tls, stream=stream)
+                    finally:
+                        self.monitor.done(stream)
                 got = h.digest()
                 if got != layer.digest.raw:
                     raise IntegrityError(f"blob {layer.digest} from {url} hashes to sha256:{got.hex()}", digest=key, expected=key, got=f"sha256:{got.hex()}")
@@ -644,11 +656,15 @@ class _Pull:
 
             # A retried attempt resumes where the last one stopped: the bytes
             # before pos are written (and, in chunks mode, hashed) already.
-            self.r.transport.retry(
-                lambda: self.r.transport.read_range(state.url, pos, chunk.end, self._buffer(), sink, verify_tls=self.verify_tls),
-                state.url,
-                cancel=self.cancel,
-            )
+            stream = self.monitor.stream((key, i))
+            try:
+                self.r.transport.retry(
+                    lambda: self.r.transport.read_range(state.url, pos, chunk.end, self._buffer(), sink, verify_tls=self.verify_tls, stream=stream),
+                    state.url,
+                    cancel=self.cancel,
+                )
+            finally:
+                self.monitor.done(stream)
             if hasher is None or hasher.digest() == s.digest.raw:
                 return
         raise IntegrityError(

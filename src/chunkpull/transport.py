@@ -32,7 +32,7 @@ import urllib3
 
 from .errors import RegistryError, TransportError
 
-__all__ = ["Transport", "Backoff", "Response", "ShortReadError", "parse_error", "new_session"]
+__all__ = ["Transport", "Backoff", "Response", "ShortReadError", "Stream", "StreamMonitor", "parse_error", "new_session"]
 
 USER_AGENT = "chunkpull/0.1"
 # (connect, read) seconds.  The read timeout bounds every wait for bytes: a
@@ -235,6 +235,7 @@ class Transport:
         sink: Callable[[int, memoryview], None],
         *,
         verify_tls: bool = True,
+        stream: Stream | None = None,
     ) -> None:
         """GET bytes start..end (inclusive) of url once, handing each piece to sink(offset, view).
 
@@ -251,6 +252,8 @@ class Transport:
         headers = {"Range": f"bytes={start}-{end}", "Accept-Encoding": "identity"}
         r = self.session(verify_tls).get(url, headers=headers, timeout=self.timeout_s, stream=True)
         got = 0
+        if stream is not None:
+            stream.attach(r)
         try:
             if r.status_code not in (200, 206):
                 err = parse_error(r.status_code, r.raw.read(MAX_BODY_BYTES, decode_content=True), url)
@@ -278,11 +281,123 @@ class Transport:
                     raise ShortReadError(f"{url}: body ended after {got} of {want} bytes", got)
                 sink(start + got, buf[:n])
                 got += n
+                if stream is not None:
+                    stream.advance(n)
         finally:
+            if stream is not None:
+                stream.detach()
             if got == want and r.status_code == 206:
                 r.raw.release_conn()  # body fully read: keep the connection alive
             else:
                 r.close()
+
+
+class Stream:
+    """One in-flight ranged GET, as the StreamMonitor sees it."""
+
+    __slots__ = ("label", "started", "last", "bytes", "_resp", "_lock", "aborted", "_clock")
+
+    def __init__(self, label: object, clock: Callable[[], float] = time.monotonic) -> None:
+        self.label = label
+        self._clock = clock
+        self.started = self.last = clock()
+        self.bytes = 0
+        self._resp: requests.Response | None = None
+        self._lock = threading.Lock()
+        self.aborted = False
+
+    def attach(self, resp: requests.Response) -> None:
+        with self._lock:
+            self._resp = resp
+            self.started = self.last = self._clock()
+            self.bytes = 0
+
+    def detach(self) -> None:
+        with self._lock:
+            self._resp = None
+
+    def advance(self, n: int) -> None:
+        self.bytes += n
+        self.last = self._clock()
+
+    def abort(self) -> bool:
+        """Shut the connection down under the reader, which then fails and retries elsewhere."""
+        with self._lock:
+            conn = getattr(self._resp.raw, "connection", None) if self._resp is not None else None
+            sock = getattr(conn, "sock", None)
+            if sock is None:
+                return False
+            self.aborted = True
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                return False
+            return True
+
+
+class StreamMonitor:
+    """Find stalled and straggling streams among the in-flight ranged GETs.
+
+    A stream is *stalled* when no byte arrived for ``stall_s``, and a
+    *straggler* when, after ``min_age_s``, its rate is below ``1/slow_ratio``
+    of the typical rate (the median over live peers and the last 16 finished
+    streams).  ``check()`` aborts such streams (each label at most
+    ``max_aborts`` times, so a link that is simply slow everywhere is left
+    alone); their readers then retry the rest of their range on another
+    connection.
+    """
+
+    def __init__(self, *, stall_s: float = 10.0, min_age_s: float = 0.5, slow_ratio: float = 8.0, max_aborts: int = 2, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stall_s = stall_s
+        self.min_age_s = min_age_s
+        self.slow_ratio = slow_ratio
+        self.max_aborts = max_aborts
+        self.clock = clock
+        self._streams: set[Stream] = set()
+        self._finished: list[float] = []  # rates of recently finished streams
+        self._aborts: dict[object, int] = {}
+        self._lock = threading.Lock()
+        self.aborted = 0
+
+    def stream(self, label: object) -> Stream:
+        s = Stream(label, self.clock)
+        with self._lock:
+            self._streams.add(s)
+        return s
+
+    def done(self, s: Stream) -> None:
+        elapsed = s.last - s.started
+        with self._lock:
+            self._streams.discard(s)
+            if s.bytes and elapsed > 0 and not s.aborted:
+                self._finished = [*self._finished[-15:], s.bytes / elapsed]
+
+    def check(self) -> list[Stream]:
+        """Abort stalled and straggling streams; return them."""
+        now = self.clock()
+        with self._lock:
+            live = [s for s in self._streams if s._resp is not None]
+            finished = list(self._finished)
+        aged = {s: s.bytes / (now - s.started) for s in live if now - s.started >= self.min_age_s}
+        victims = []
+        for s in live:
+            stalled = now - s.last >= self.stall_s
+            slow = False
+            if s in aged:
+                peers = sorted([r for t, r in aged.items() if t is not s] + finished)
+                if len(peers) >= 2:
+                    slow = aged[s] * self.slow_ratio < peers[len(peers) // 2]
+            if not (stalled or slow):
+                continue
+            with self._lock:
+                n = self._aborts.get(s.label, 0)
+                if n >= self.max_aborts:
+                    continue
+                self._aborts[s.label] = n + 1
+            if s.abort():
+                self.aborted += 1
+                victims.append(s)
+        return victims
 
 
 def _raw_reader(r: requests.Response):
