@@ -58,7 +58,7 @@ from .errors import (
 )
 from .names import DEFAULT_MASK, Name, Ref, parse_ref
 from .progress import BYTES, CACHED, DONE, ERROR, START, VERIFYING, Progress, ProgressCallback
-from .transport import Backoff, StreamMonitor, Transport
+from .transport import Backoff, RangeIgnoredError, StreamMonitor, Transport
 
 __all__ = [
     "Registry",
@@ -74,6 +74,8 @@ DEFAULT_CHUNK_SIZE = 8 << 20  # our own split when a registry has no chunksums
 DEFAULT_BUFFER_SIZE = 2 << 20  # per worker; see README "Tuning"
 VERIFY_MODES = ("blob", "chunks")
 DEFAULT_STALL_TIMEOUT_S = 5.0
+# Real manifests are a few kB; a larger answer is refused rather than buffered.
+MAX_MANIFEST_BYTES = 4 << 20
 # A chunk whose bytes keep failing their digest is fetched at most this often.
 MAX_INTEGRITY_ATTEMPTS = 3
 
@@ -236,7 +238,7 @@ class Registry:
             url = f"{ref.base_url}/manifests/{ref.name.tag}"
         headers = {"Accept": MEDIA_TYPE_MANIFEST}
         try:
-            resp = self.transport.get(url, verify_tls=ref.verify_tls, headers=headers, cancel=cancel)
+            resp = self.transport.get(url, verify_tls=ref.verify_tls, headers=headers, max_bytes=MAX_MANIFEST_BYTES, cancel=cancel)
         except RegistryError as err:
             if err.code.upper() == "MANIFEST_UNKNOWN" or (ref.digest is not None and err.status == 404):
                 raise ModelNotFoundError(text) from err
@@ -398,6 +400,7 @@ class _BlobState:
         self.reported = [0] * len(sums)  # bytes of each chunk already reported
         self.remaining = len(self.todo)
         self.repairs = 0
+        self.single_stream = False  # the registry ignores Range: one stream fetches all
         self.lock = threading.Lock()
         self._clock = clock
         self._saved_at = clock()
@@ -599,19 +602,31 @@ class _Pull:
             # No chunksums endpoint: split the blob ourselves; only the
             # whole-blob digest can verify it.
             return blob_url, [ChunkSum(c, None) for c in split(layer.size, DEFAULT_CHUNK_SIZE)]
-        location = resp.headers.get("Content-Location", "")
-        if not location.startswith(("http://", "https://")):
-            location = _absolute(self.ref.base_url, location) if location else blob_url
+        location = resp.headers.get("Content-Location", "").strip()
+        if not location:
+            location = blob_url
+        elif location.startswith("/"):
+            location = _absolute(self.ref.base_url, location)
+        elif not location.startswith(("http://", "https://")):
+            raise ChunkpullError(f"registry sent an unusable Content-Location {location[:200]!r} for {layer.digest}: want an http(s) URL")
+        # The bytes may come from another host (a CDN); no credentials are
+        # ever sent, and requests drops auth headers on cross-host redirects.
         return location, parse_chunksums(resp.body, layer.size)
 
     def _guard_chunk(self, state: _BlobState, i: int) -> None:
         """Fetch chunk i; whoever finishes a blob's last chunk verifies and commits it."""
         key = str(state.layer.digest)
         try:
-            if key not in self.errors:
+            if key not in self.errors and not state.single_stream:
                 self._check_cancel()
-                self._fetch_chunk(state, i)
-                state.assembler.chunk_done(i)
+                try:
+                    self._fetch_chunk(state, i)
+                    state.assembler.chunk_done(i)
+                except RangeIgnoredError:
+                    with state.lock:
+                        first, state.single_stream = not state.single_stream, True
+                    if first:
+                        self._fetch_blob_stream(state)
                 state.save_record()
         except BaseException as err:  # noqa: BLE001 - recorded and re-raised by run()
             self._fail(state.layer, err)
@@ -671,6 +686,37 @@ class _Pull:
             f"chunk {chunk} of blob {state.layer.digest} failed its digest {s.digest} {MAX_INTEGRITY_ATTEMPTS} times",
             digest=key, expected=str(s.digest),
         )
+
+    def _fetch_blob_stream(self, state: _BlobState) -> None:
+        """Fetch the whole blob in one stream (for registries that ignore Range)."""
+        key = str(state.layer.digest)
+        pos = 0
+
+        def sink(offset: int, view: memoryview) -> None:
+            nonlocal pos
+            self._check_cancel()
+            state.assembler.write(offset, view)
+            pos = offset + len(view)
+            with state.lock:
+                for j, s in enumerate(state.assembler.sums):
+                    if s.chunk.start >= offset + len(view):
+                        break
+                    covered = min(pos, s.chunk.end + 1) - s.chunk.start
+                    if covered > state.reported[j]:
+                        self.report(Progress(key, state.layer.size, BYTES, covered - state.reported[j]))
+                        state.reported[j] = covered
+
+        stream = self.monitor.stream(key)
+        try:
+            # Retries restart at 0: a server that ignores Range cannot resume.
+            def attempt() -> None:
+                self.r.transport.read_range(state.url, 0, state.layer.size - 1, self._buffer(), sink, verify_tls=self.verify_tls, stream=stream)
+
+            self.r.transport.retry(attempt, state.url, cancel=self.cancel)
+        finally:
+            self.monitor.done(stream)
+        for j in range(len(state.assembler.sums)):
+            state.assembler.chunk_done(j)
 
     def _finish_chunked(self, state: _BlobState) -> None:
         """Finish the whole-blob hash; commit, or re-fetch the chunks that fail their digests."""

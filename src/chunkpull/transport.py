@@ -32,7 +32,7 @@ import urllib3
 
 from .errors import RegistryError, TransportError
 
-__all__ = ["Transport", "Backoff", "Response", "ShortReadError", "Stream", "StreamMonitor", "parse_error", "new_session"]
+__all__ = ["Transport", "Backoff", "Response", "RangeIgnoredError", "ShortReadError", "Stream", "StreamMonitor", "parse_error", "new_session"]
 
 USER_AGENT = "chunkpull/0.1"
 # (connect, read) seconds.  The read timeout bounds every wait for bytes: a
@@ -75,6 +75,10 @@ class Response:
     body: bytes
     headers: dict[str, str]
     url: str
+
+
+class RangeIgnoredError(Exception):
+    """The server answered a ranged GET with the whole body (200)."""
 
 
 class ShortReadError(Exception):
@@ -157,7 +161,16 @@ class Transport:
 
     # -- control plane -------------------------------------------------------
 
-    def get(self, url: str, *, verify_tls: bool = True, headers: dict[str, str] | None = None, ok: tuple[int, ...] = (200,), cancel: threading.Event | None = None) -> Response:
+    def get(
+        self,
+        url: str,
+        *,
+        verify_tls: bool = True,
+        headers: dict[str, str] | None = None,
+        ok: tuple[int, ...] = (200,),
+        max_bytes: int = MAX_BODY_BYTES,
+        cancel: threading.Event | None = None,
+    ) -> Response:
         """GET url and return the whole (capped) body; retry what is worth retrying.
 
         A status outside ``ok`` raises RegistryError (after retries for
@@ -166,13 +179,13 @@ class Transport:
         Raises:
             RegistryError, TransportError.
         """
-        return self.retry(lambda: self._get_once(url, verify_tls, headers, ok), url, cancel=cancel)
+        return self.retry(lambda: self._get_once(url, verify_tls, headers, ok, max_bytes), url, cancel=cancel)
 
-    def _get_once(self, url: str, verify_tls: bool, headers: dict[str, str] | None, ok: tuple[int, ...]) -> Response:
+    def _get_once(self, url: str, verify_tls: bool, headers: dict[str, str] | None, ok: tuple[int, ...], max_bytes: int) -> Response:
         with self.session(verify_tls).get(url, headers=headers, timeout=self.timeout_s, stream=True) as r:
-            body = r.raw.read(MAX_BODY_BYTES + 1, decode_content=True)
-            if len(body) > MAX_BODY_BYTES:
-                raise RegistryError(r.status_code, "", f"response body is larger than {MAX_BODY_BYTES} bytes", url)
+            body = r.raw.read(max_bytes + 1, decode_content=True)
+            if len(body) > max_bytes:
+                raise RegistryError(r.status_code, "", f"response body is larger than the {max_bytes}-byte limit", url)
             if r.status_code not in ok:
                 err = parse_error(r.status_code, body, url)
                 err.retry_after_s = _retry_after_s(r.headers.get("Retry-After"))
@@ -259,17 +272,12 @@ class Transport:
                 err = parse_error(r.status_code, r.raw.read(MAX_BODY_BYTES, decode_content=True), url)
                 err.retry_after_s = _retry_after_s(r.headers.get("Retry-After"))
                 raise err
-            skip = 0
             if r.status_code == 200 and start:
-                # The server ignored Range and sent the whole blob: read up to
-                # our range and throw that away; correct, if wasteful.
-                skip = start
+                # The server ignored Range and is sending the whole blob.
+                # Skipping to our offset on every chunk would move O(n²)
+                # bytes; tell the caller to switch to one stream instead.
+                raise RangeIgnoredError(f"{url}: the registry ignored the Range header (answered 200)")
             fp = _raw_reader(r)
-            while skip:
-                n = fp.readinto(buf[: min(skip, len(buf))])
-                if not n:
-                    raise ShortReadError(f"{url}: body ended while skipping to byte {start}", 0)
-                skip -= n
             while got < want:
                 try:
                     n = fp.readinto(buf[: min(want - got, len(buf))])
