@@ -17,7 +17,7 @@ from libc.string cimport memcpy
 from libc.errno cimport EIO
 
 from libcrypto cimport SHA256_CTX, SHA256_Init, SHA256_Update, SHA256_Final
-from _posix cimport pwrite, errno, EINTR, off_t, ssize_t
+from _posix cimport pwrite, errno, EINTR, off_t, ssize_t, sync_file_range, SYNC_FILE_RANGE_WRITE
 
 import os as _os
 
@@ -176,3 +176,14 @@ def sha256_update_pwrite(unsigned char[::1] state, int fd, const unsigned char[:
         # The state is not stored back: a failed write must not advance the hash.
         _raise_oserror(err)
     _store(state, &ctx)
+
+
+def start_writeback(int fd, long long offset, long long n):
+    """Ask the kernel to start writing fd's dirty pages in [offset, offset+n) to disk.
+
+    Asynchronous (SYNC_FILE_RANGE_WRITE): it returns at once, and a later
+    fsync then has little left to wait for.  Errors are ignored: this is
+    only a hint, and fsync reports real I/O errors.
+    """
+    with nogil:
+        sync_file_range(fd, <off_t>offset, <off_t>n, SYNC_FILE_RANGE_WRITE)

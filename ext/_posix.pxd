@@ -7,3 +7,7 @@ cdef extern from "<unistd.h>" nogil:
 cdef extern from "<errno.h>" nogil:
     int errno
     enum: EINTR
+
+cdef extern from "<fcntl.h>" nogil:
+    int sync_file_range(int fd, off_t offset, off_t nbytes, unsigned int flags)
+    enum: SYNC_FILE_RANGE_WRITE

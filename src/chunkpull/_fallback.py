@@ -59,3 +59,8 @@ def sha256_update_pwrite(state, fd: int, data, offset: int) -> None:
     # Write first: a failed write must not advance the hash.
     pwrite_all(fd, data, offset)
     state.update(data)
+
+
+def start_writeback(fd: int, offset: int, n: int) -> None:
+    # Python has no sync_file_range; the hint is simply skipped.
+    return None

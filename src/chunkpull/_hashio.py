@@ -26,6 +26,7 @@ __all__ = [
     "pwrite_all",
     "sha256",
     "sha256_pwrite",
+    "start_writeback",
 ]
 
 
@@ -65,6 +66,7 @@ sha256 = _impl.sha256
 blake3 = _impl.blake3
 pwrite_all = _impl.pwrite_all
 sha256_pwrite = _impl.sha256_pwrite
+start_writeback = _impl.start_writeback
 
 DIGESTERS = {"sha256": sha256, "blake3": blake3}
 

@@ -248,6 +248,9 @@ class BlobAssembler:
                 with self._lock:
                     self._hashing = False
                 raise
+            # Hashed pages are final: start their writeback now, so the
+            # fsync before commit finds little left to write.
+            _hashio.start_writeback(self.fd, chunk.start, chunk.size)
             snap = self._whole.snapshot()
             with self._lock:
                 self._checkpoints[i + 1] = snap

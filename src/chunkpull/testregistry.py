@@ -295,11 +295,11 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
             raise _Unsatisfiable
         return max(0, size - suffix), size - 1
     start = int(first)
-    end = int(last) if last else size - 1
-    if end < start:
+    if last and int(last) < start:
         return None
     if start >= size:
         raise _Unsatisfiable
+    end = int(last) if last else size - 1
     return start, min(end, size - 1)
 
 
@@ -586,7 +586,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     poller = select.poll()
                     poller.register(out, select.POLLOUT)
                 if not poller.poll(None if timeout is None else timeout * 1000):
-                    raise TimeoutError("client did not read the blob body")
+                    raise TimeoutError("client did not read the blob body") from None
                 continue
             if n == 0:
                 raise ConnectionAbortedError("blob file is shorter than its size")
@@ -683,7 +683,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         got = reg._store_stream(digest, self._body_pieces())
         if got != digest:
-            self._send(400, _error_body("DIGEST_INVALID", f"provided digest did not match uploaded content: got {got}"))
+            message = f"provided digest did not match uploaded content: got {got}"
+            self._send(400, _error_body("DIGEST_INVALID", message))
             return
         self._send(
             201,
