@@ -71,6 +71,21 @@ start_writeback = _impl.start_writeback
 DIGESTERS = {"sha256": sha256, "blake3": blake3}
 
 
+def feed_from_file(update, fd: int, offset: int, n: int, buf: memoryview) -> None:
+    """Call update(view) over n bytes of fd from offset, read in len(buf) pieces.
+
+    Raises:
+        OSError: EIO when the file ends early.
+    """
+    while n > 0:
+        got = os.preadv(fd, [buf[: min(n, len(buf))]], offset)
+        if got <= 0:
+            raise OSError(errno.EIO, f"file ends before offset {offset + n}")
+        update(buf[:got])
+        offset += got
+        n -= got
+
+
 class RunningSha256:
     """An in-order SHA-256 over a stream of buffers; not thread-safe.
 
@@ -105,16 +120,9 @@ class RunningSha256:
     def checkpoint(self) -> bytes | None:
         return bytes(self._state) if BACKEND == "native" else None
 
-    def update_from_file(self, fd: int, offset: int, n: int, piece: int = 4 << 20) -> None:
-        """Hash n bytes of fd from offset (from the page cache, in bounded reads)."""
-        buf = memoryview(bytearray(min(piece, max(n, 1))))
-        while n > 0:
-            got = os.preadv(fd, [buf[: min(n, len(buf))]], offset)
-            if got <= 0:
-                raise OSError(errno.EIO, f"file ends before offset {offset + n}")
-            self.update(buf[:got])
-            offset += got
-            n -= got
+    def update_from_file(self, fd: int, offset: int, n: int, buf: memoryview) -> None:
+        """Hash n bytes of fd from offset, read through buf (reused by the caller)."""
+        feed_from_file(self.update, fd, offset, n, buf)
 
     def snapshot(self) -> object:
         """Return an opaque in-memory copy of this hash's state."""

@@ -186,6 +186,7 @@ class BlobAssembler:
         # _checkpoints[i] is the whole-hash snapshot before chunk i: 112 bytes
         # (native) or one hashlib object (python) per chunk.
         self._checkpoints: dict[int, object] = {0: self._whole.snapshot()}
+        self._buf: memoryview | None = None
         if hash_state is not None and hashed:
             self._restore(hash_state, hashed)
 
@@ -200,6 +201,13 @@ class BlobAssembler:
                 return
             self._hashing = True
         self._advance()
+
+    def _read_buf(self) -> memoryview:
+        # One read-back buffer per blob, used only by the thread that holds
+        # the hashing turn (or by finish()), so it is never shared at once.
+        if self._buf is None:
+            self._buf = memoryview(bytearray(_HASH_READ))
+        return self._buf
 
     def mark_done(self, done: list[bool]) -> None:
         """Mark chunks done from a resume record (before any worker starts)."""
@@ -243,7 +251,7 @@ class BlobAssembler:
                     return
             chunk = self.sums[i].chunk
             try:
-                self._whole.update_from_file(self.fd, chunk.start, chunk.size)
+                self._whole.update_from_file(self.fd, chunk.start, chunk.size, self._read_buf())
             except BaseException:
                 with self._lock:
                     self._hashing = False
@@ -274,7 +282,7 @@ class BlobAssembler:
         bad = [
             i
             for i, s in enumerate(self.sums)
-            if s.digest is not None and hash_file_range(s.digest.algorithm, self.fd, s.chunk.start, s.chunk.size) != s.digest.raw
+            if s.digest is not None and hash_file_range(s.digest.algorithm, self.fd, s.chunk.start, s.chunk.size, self._read_buf()) != s.digest.raw
         ]
         if not bad:
             raise IntegrityError(
@@ -301,15 +309,11 @@ class BlobAssembler:
             self._hashing = False
 
 
-def hash_file_range(algorithm: str, fd: int, offset: int, n: int) -> bytes:
-    """Return the digest of n bytes of fd from offset, read in bounded pieces."""
+def hash_file_range(algorithm: str, fd: int, offset: int, n: int, buf: memoryview) -> bytes:
+    """Return the digest of n bytes of fd from offset, read through buf; b"" if the file is short."""
     h = ChunkHasher(algorithm)
-    buf = memoryview(bytearray(min(_HASH_READ, max(n, 1))))
-    while n > 0:
-        got = os.preadv(fd, [buf[: min(n, len(buf))]], offset)
-        if got <= 0:
-            return b""
-        h.update(buf[:got])
-        offset += got
-        n -= got
+    try:
+        _hashio.feed_from_file(h.update, fd, offset, n, buf)
+    except OSError:
+        return b""
     return h.digest()
