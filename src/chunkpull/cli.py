@@ -159,7 +159,7 @@ class _Figures:
 
     completed: int  # bytes done, cached layers included
     total: int
-    fetched: int  # bytes done in layers that were not cached: what the rate is of
+    fetched: int  # bytes this pull moved (not cached, not resumed): what the rate is of
     blobs: int
     cached: int
 
@@ -167,7 +167,8 @@ class _Figures:
     def read(cls, aggregator: Aggregator) -> _Figures:
         completed, total = aggregator.totals()
         layers = aggregator.layers()
-        fetched = sum(l.completed for l in layers if l.state != CACHED)
+        # Resumed bytes came from an earlier pull: not traffic of this one.
+        fetched = sum(l.completed - l.resumed for l in layers if l.state != CACHED)
         cached = sum(1 for l in layers if l.state == CACHED)
         return cls(completed, total, fetched, len(layers), cached)
 

@@ -21,11 +21,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Progress", "ProgressCallback", "LayerProgress", "Aggregator", "START", "CACHED", "BYTES", "VERIFYING", "DONE", "ERROR"]
+__all__ = ["Progress", "ProgressCallback", "LayerProgress", "Aggregator", "START", "CACHED", "BYTES", "RESUMED", "VERIFYING", "DONE", "ERROR"]
 
 START = "start"  # layer announced: total known, nothing fetched yet
 CACHED = "cached"  # layer already in the cache; n == total
 BYTES = "bytes"  # n more bytes of the layer arrived
+RESUMED = "resumed"  # n bytes were verified by an earlier, interrupted pull
 VERIFYING = "verifying"  # all bytes are in; the whole-blob digest is being finished
 DONE = "done"  # the blob is verified and committed under its digest
 ERROR = "error"  # the layer failed; error says why
@@ -52,6 +53,7 @@ class LayerProgress:
     completed: int = 0
     state: str = START
     error: BaseException | None = None
+    resumed: int = 0  # of completed, bytes an earlier pull had fetched
 
 
 class Aggregator:
@@ -79,8 +81,13 @@ class Aggregator:
                 layer.completed = layer.total
             else:
                 layer.completed = min(layer.total, layer.completed + event.n)
-            if event.state != BYTES:
-                layer.state = event.state
+            if event.state == RESUMED:
+                layer.resumed = min(layer.total, layer.resumed + event.n)
+                event_state = BYTES
+            else:
+                event_state = event.state
+            if event_state != BYTES:
+                layer.state = event_state
             elif layer.state == START:
                 layer.state = BYTES
             if event.error is not None:
@@ -97,7 +104,7 @@ class Aggregator:
     def layers(self) -> list[LayerProgress]:
         """Return a consistent copy of every layer's progress, in announcement order."""
         with self._lock:
-            return [LayerProgress(l.digest, l.total, l.completed, l.state, l.error) for l in self._layers.values()]
+            return [LayerProgress(l.digest, l.total, l.completed, l.state, l.error, l.resumed) for l in self._layers.values()]
 
     def totals(self) -> tuple[int, int]:
         """Return (completed, total) bytes over all layers."""

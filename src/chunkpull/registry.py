@@ -57,7 +57,7 @@ from .errors import (
     TransportError,
 )
 from .names import DEFAULT_MASK, Name, Ref, parse_ref
-from .progress import BYTES, CACHED, DONE, ERROR, START, VERIFYING, Progress, ProgressCallback
+from .progress import BYTES, CACHED, DONE, ERROR, RESUMED, START, VERIFYING, Progress, ProgressCallback
 from .transport import Backoff, RangeIgnoredError, StreamMonitor, Transport
 
 __all__ = [
@@ -581,8 +581,8 @@ class _Pull:
             ingest.close()
             raise
         if state.resumed_bytes:
-            # Chunks a previous pull verified count as done for progress.
-            self.report(Progress(key, layer.size, BYTES, state.resumed_bytes))
+            # Chunks a previous pull fetched count as done, but not as traffic.
+            self.report(Progress(key, layer.size, RESUMED, state.resumed_bytes))
             for i, ok in enumerate(state.assembler.done_chunks()):
                 if ok:
                     state.reported[i] = sums[i].chunk.size
