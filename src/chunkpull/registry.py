@@ -32,7 +32,9 @@ Imports cache, chunks, transport, progress, names, digest, errors.
 
 from __future__ import annotations
 
+import errno
 import json
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +50,7 @@ from .digest import Digest, sha256_digest
 from .errors import (
     ChunkpullError,
     IncompletePullError,
+    InsufficientSpaceError,
     IntegrityError,
     InvalidDigestError,
     InvalidManifestError,
@@ -483,6 +486,10 @@ class _Pull:
 
     def _fail(self, layer: Layer, err: BaseException) -> None:
         key = str(layer.digest)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC and not isinstance(err, InsufficientSpaceError):
+            # A file system without fallocate ran out mid-write.
+            free = shutil.disk_usage(self.r.cache.root).free
+            err = InsufficientSpaceError(errno.ENOSPC, f"disk full in {self.r.cache.root} while writing {layer.digest.short()} ({free} bytes free)")
         with self.cond:
             first = key not in self.errors
             self.errors.setdefault(key, err)
