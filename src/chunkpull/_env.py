@@ -63,3 +63,11 @@ def flag(var: str, default: bool = False) -> bool:
     if v in FALSY:
         return False
     raise ValueError(f"{var}={value!r}: want one of 1/true/yes/on or 0/false/no/off")
+
+
+def io_mode() -> str:
+    """Return ``$CHUNKPULL_IO``: ``auto`` (default), ``direct`` or ``buffered``."""
+    value = os.environ.get("CHUNKPULL_IO", "auto").strip().lower() or "auto"
+    if value not in ("auto", "direct", "buffered"):
+        raise ValueError(f"CHUNKPULL_IO={value!r}: want one of auto, direct, buffered")
+    return value

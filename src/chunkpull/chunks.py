@@ -28,12 +28,14 @@ import hashlib
 import os
 import re
 import threading
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from blake3 import blake3 as _Blake3
 
 from . import _hashio
+from .buffers import ALIGN
 from .digest import Digest
 from .errors import IntegrityError, InvalidDigestError
 
@@ -156,75 +158,154 @@ _HASH_READ = 4 << 20
 class BlobAssembler:
     """Assemble one blob in its work file from chunks arriving in any order.
 
-    Workers write pieces at their offsets as they arrive (``write``) and call
-    ``chunk_done(index)`` when a chunk's bytes are all written (and, in the
-    ``chunks`` verify mode, verified).  The whole-blob SHA-256 advances over
-    the contiguous prefix of done chunks on whichever thread completed the
-    chunk that extended it; it hashes from the file (the page cache still
-    holds those pages), not from network buffers, so each worker reuses its
-    one buffer at once and memory stays bounded.
+    Workers stream each chunk in pieces and ``deliver(index, offset, piece,
+    release)`` them: the piece is written at its offset at once and queued
+    for the whole-blob SHA-256, which advances strictly in byte order on one
+    thread at a time.  The worker whose chunk is next in line hashes its own
+    pieces while they are still in the CPU cache; pieces of later chunks wait
+    in memory (bounded by the caller's piece pool) and are hashed, then
+    released, as soon as the hash reaches them.  ``chunk_done(index)`` marks
+    a chunk complete.  Chunks that are done but whose pieces were never
+    delivered this run (resumed from a record, or behind a repaired chunk)
+    are hashed from the file instead.
 
-    ``finish()`` hashes any remaining tail and compares the digest.  On a
-    mismatch it re-hashes each chunk from the file against its chunk digest
-    and returns the bad ones; the caller fetches them again, marks them done,
-    and calls ``finish()`` once more, which resumes the whole hash from the
-    checkpoint before the first bad chunk.
+    ``finish()`` hashes what remains and compares the digest.  On a mismatch
+    it re-hashes each chunk from the file against its chunk digest and
+    returns the bad ones; the caller fetches them again and calls
+    ``finish()`` once more, which resumes the whole hash from the checkpoint
+    before the first bad chunk.
 
-    Thread-safe: ``write`` and ``chunk_done`` may be called from many threads.
+    Writes go through ``direct_fd`` (opened with ``O_DIRECT``) when it is
+    given and the piece is aligned, else through ``fd`` (the page cache).
+
+    Thread-safe.
     """
 
-    def __init__(self, fd: int, digest: Digest, size: int, sums: Sequence[ChunkSum], *, hash_state: bytes | None = None, hashed: int = 0) -> None:
+    def __init__(
+        self,
+        fd: int,
+        digest: Digest,
+        size: int,
+        sums: Sequence[ChunkSum],
+        *,
+        direct_fd: int = -1,
+        hash_state: bytes | None = None,
+        hashed: int = 0,
+    ) -> None:
         self.fd = fd
+        self.direct_fd = direct_fd
         self.digest = digest
         self.size = size
         self.sums = list(sums)
-        self._done = [False] * len(self.sums)
-        self._lock = threading.Lock()
-        self._hashing = False  # one thread at a time advances the whole hash
-        self._next = 0  # index of the first chunk not yet in the whole hash
+        n = len(self.sums)
+        self._done = [False] * n
+        self._parked: list[deque] = [deque() for _ in range(n)]
+        self._cond = threading.Condition()
+        self._hashing = False  # the turn to advance the whole hash
+        self._next = 0  # first chunk not wholly in the hash
+        self._pos = 0  # bytes in the hash
         self._whole = _hashio.RunningSha256()
         # _checkpoints[i] is the whole-hash snapshot before chunk i: 112 bytes
         # (native) or one hashlib object (python) per chunk.
         self._checkpoints: dict[int, object] = {0: self._whole.snapshot()}
         self._buf: memoryview | None = None
+        self.on_advance: callable = lambda: None  # the hash moved: wake pool waiters
         if hash_state is not None and hashed:
             self._restore(hash_state, hashed)
 
-    def write(self, offset: int, data) -> None:
-        _hashio.pwrite_all(self.fd, data, offset)
+    # -- writing -------------------------------------------------------------
+
+    def write(self, offset: int, data, *, aligned: bool = False) -> None:
+        """Write data at offset: O_DIRECT for the aligned part of an aligned buffer."""
+        n = len(data)
+        if self.direct_fd >= 0 and aligned and offset % ALIGN == 0 and n >= ALIGN:
+            head = n - n % ALIGN
+            _hashio.pwrite_all(self.direct_fd, data[:head] if head != n else data, offset)
+            if head != n:
+                _hashio.pwrite_all(self.fd, data[head:], offset + head)
+        else:
+            _hashio.pwrite_all(self.fd, data, offset)
+
+    def deliver(self, index: int, offset: int, piece: memoryview, release: Callable[[], None], *, aligned: bool = False) -> None:
+        """Write a piece of chunk index and queue it for the whole hash.
+
+        Takes ownership of the buffer: ``release()`` is called once the hash
+        no longer needs it (at once on errors).
+        """
+        try:
+            self.write(offset, piece, aligned=aligned)
+        except BaseException:
+            release()
+            raise
+        with self._cond:
+            if offset < self._pos and index <= self._next:
+                release()  # bytes the hash already has (a resumed stream's overlap)
+                return
+            self._parked[index].append((offset, piece, release))
+            if self._hashing:
+                return
+            self._hashing = True
+        self._drain()
 
     def chunk_done(self, index: int) -> None:
         """Mark chunk index complete and advance the in-order hash if it can."""
-        with self._lock:
+        with self._cond:
             self._done[index] = True
-            if self._hashing or index != self._next:
+            if self._hashing:
                 return
             self._hashing = True
-        self._advance()
+        self._drain()
 
-    def _read_buf(self) -> memoryview:
-        # One read-back buffer per blob, used only by the thread that holds
-        # the hashing turn (or by finish()), so it is never shared at once.
-        if self._buf is None:
-            self._buf = memoryview(bytearray(_HASH_READ))
-        return self._buf
+    def is_next(self, index: int) -> bool:
+        """Say whether chunk index is the one the whole hash waits for."""
+        return index == self._next
+
+    def reset_chunk(self, index: int) -> None:
+        """Forget a chunk's bytes (they failed its digest): unhash and drop its pieces."""
+        with self._cond:
+            while self._hashing:
+                self._cond.wait()
+            self._hashing = True
+            try:
+                if self._next == index and self._pos > self.sums[index].chunk.start:
+                    self._whole = _hashio.RunningSha256.from_snapshot(self._checkpoints[index])
+                    self._pos = self.sums[index].chunk.start
+                self._done[index] = False
+                dropped = list(self._parked[index])
+                self._parked[index].clear()
+            finally:
+                self._hashing = False
+                self._cond.notify_all()
+        for _off, _piece, release in dropped:
+            release()
+
+    def release_all(self) -> None:
+        """Release every parked piece (the blob failed or was cancelled)."""
+        with self._cond:
+            dropped = [item for q in self._parked for item in q]
+            for q in self._parked:
+                q.clear()
+        for _off, _piece, release in dropped:
+            release()
 
     def mark_done(self, done: list[bool]) -> None:
         """Mark chunks done from a resume record (before any worker starts)."""
-        with self._lock:
+        with self._cond:
             for i, ok in enumerate(done):
                 if ok:
                     self._done[i] = True
 
     def done_chunks(self) -> list[bool]:
-        with self._lock:
+        with self._cond:
             return list(self._done)
 
     def hashed_prefix(self) -> tuple[int, bytes | None]:
         """Return (bytes hashed, persistable state or None) at the last chunk boundary."""
-        with self._lock:
+        with self._cond:
             snap = self._checkpoints.get(self._next)
         return _hashio.RunningSha256.persistable(snap)
+
+    # -- the in-order hash -----------------------------------------------------
 
     def _restore(self, state: bytes, hashed: int) -> None:
         # A resume record says the first `hashed` bytes (a chunk boundary) are
@@ -235,34 +316,79 @@ class BlobAssembler:
                     self._whole = _hashio.RunningSha256(state, hashed)
                 except ValueError:
                     return
-                self._next = i
+                self._next, self._pos = i, hashed
                 self._checkpoints[i] = self._whole.snapshot()
                 for j in range(i):
                     self._done[j] = True
                 return
 
-    def _advance(self) -> None:
-        """Hash done chunks in order from the file; runs on one thread at a time."""
-        while True:
-            with self._lock:
-                i = self._next
-                if i >= len(self.sums) or not self._done[i]:
-                    self._hashing = False
-                    return
-            chunk = self.sums[i].chunk
-            try:
-                self._whole.update_from_file(self.fd, chunk.start, chunk.size, self._read_buf())
-            except BaseException:
-                with self._lock:
-                    self._hashing = False
-                raise
-            # Hashed pages are final: start their writeback now, so the
-            # fsync before commit finds little left to write.
-            _hashio.start_writeback(self.fd, chunk.start, chunk.size)
-            snap = self._whole.snapshot()
-            with self._lock:
-                self._checkpoints[i + 1] = snap
-                self._next = i + 1
+    def _read_buf(self) -> memoryview:
+        # One read-back buffer per blob, used only by the thread holding the
+        # hashing turn (or by finish()), so never by two threads at once.
+        if self._buf is None:
+            self._buf = memoryview(bytearray(_HASH_READ))
+        return self._buf
+
+    def _drain(self) -> None:
+        """Advance the whole hash as far as the bytes at hand allow; caller holds the turn."""
+        try:
+            while True:
+                with self._cond:
+                    step = self._next_step()
+                    if step is None:
+                        self._hashing = False
+                        self._cond.notify_all()
+                        return
+                kind, a, b = step
+                if kind == "piece":
+                    piece, release = a, b
+                    try:
+                        self._whole.update(piece)
+                    finally:
+                        release()
+                    with self._cond:
+                        self._pos += len(piece)
+                elif kind == "file":
+                    self._whole.update_from_file(self.fd, a, b, self._read_buf())
+                    with self._cond:
+                        self._pos += b
+                else:  # chunk boundary
+                    i = a
+                    chunk = self.sums[i].chunk
+                    if self.direct_fd < 0:
+                        # Hashed pages are final: start their writeback now, so
+                        # the fsync before commit finds little left to write.
+                        _hashio.start_writeback(self.fd, chunk.start, chunk.size)
+                    snap = self._whole.snapshot()
+                    with self._cond:
+                        self._checkpoints[i + 1] = snap
+                        self._next = i + 1
+                    self.on_advance()
+        except BaseException:
+            with self._cond:
+                self._hashing = False
+                self._cond.notify_all()
+            raise
+
+    def _next_step(self):
+        """Return the next hashing step, or None; called with the lock held."""
+        i = self._next
+        if i >= len(self.sums):
+            return None
+        chunk = self.sums[i].chunk
+        q = self._parked[i]
+        while q and q[0][0] < self._pos:  # stale: the hash has these bytes
+            q.popleft()[2]()
+        if q and q[0][0] == self._pos:
+            _off, piece, release = q.popleft()
+            return ("piece", piece, release)
+        if self._pos == chunk.end + 1 and self._done[i]:
+            return ("boundary", i, None)
+        if self._done[i]:
+            # Bytes this run did not deliver (resumed, or behind a repair).
+            upto = q[0][0] if q else chunk.end + 1
+            return ("file", self._pos, upto - self._pos)
+        return None
 
     def finish(self) -> list[int]:
         """Finish the whole-blob hash; return [] when it matches, else the bad chunk indexes.
@@ -271,11 +397,13 @@ class BlobAssembler:
             IntegrityError: the blob does not match its digest and the chunk
                 digests cannot say where (no chunk digests, or all chunks match).
         """
-        with self._lock:
+        with self._cond:
             if not all(self._done):
                 raise RuntimeError("finish() before every chunk is done")
+            while self._hashing:
+                self._cond.wait()
             self._hashing = True
-        self._advance()
+        self._drain()
         got = self._whole.digest()
         if self._whole.length == self.size and got == self.digest.raw:
             return []
@@ -291,7 +419,7 @@ class BlobAssembler:
                 digest=str(self.digest), expected=str(self.digest), got=f"sha256:{got.hex()}",
             )
         self._rewind(bad[0])
-        with self._lock:
+        with self._cond:
             for i in bad:
                 self._done[i] = False
         return bad
@@ -302,11 +430,13 @@ class BlobAssembler:
         if snap is None:
             # Resumed past this chunk without a checkpoint: start over.
             index, snap = 0, self._checkpoints[0]
-        with self._lock:
+        with self._cond:
             self._whole = _hashio.RunningSha256.from_snapshot(snap)
             self._checkpoints = {k: v for k, v in self._checkpoints.items() if k <= index}
             self._next = index
+            self._pos = self.sums[index].chunk.start if index < len(self.sums) else self.size
             self._hashing = False
+            self._cond.notify_all()
 
 
 def hash_file_range(algorithm: str, fd: int, offset: int, n: int, buf: memoryview) -> bytes:

@@ -32,7 +32,7 @@ import urllib3
 
 from .errors import RegistryError, TransportError
 
-__all__ = ["Transport", "Backoff", "Response", "RangeIgnoredError", "ShortReadError", "Stream", "StreamMonitor", "parse_error", "new_session"]
+__all__ = ["Transport", "Backoff", "Response", "RangeIgnoredError", "ShortReadError", "Stream", "StreamMonitor", "join_url", "parse_error", "new_session"]
 
 USER_AGENT = "chunkpull/0.1"
 # (connect, read) seconds.  The read timeout bounds every wait for bytes: a
@@ -182,7 +182,7 @@ class Transport:
         return self.retry(lambda: self._get_once(url, verify_tls, headers, ok, max_bytes), url, cancel=cancel)
 
     def _get_once(self, url: str, verify_tls: bool, headers: dict[str, str] | None, ok: tuple[int, ...], max_bytes: int) -> Response:
-        with self.session(verify_tls).get(url, headers=headers, timeout=self.timeout_s, stream=True) as r:
+        with self.session(verify_tls).get(url, headers=headers, timeout=self.timeout_s, stream=True, **_tls_kw(verify_tls)) as r:
             body = r.raw.read(max_bytes + 1, decode_content=True)
             if len(body) > max_bytes:
                 raise RegistryError(r.status_code, "", f"response body is larger than the {max_bytes}-byte limit", url)
@@ -199,7 +199,7 @@ class Transport:
             TransportError.
         """
         try:
-            return self.session(verify_tls).request(method, url, data=data, headers=headers, timeout=self.timeout_s)
+            return self.session(verify_tls).request(method, url, data=data, headers=headers, timeout=self.timeout_s, **_tls_kw(verify_tls))
         except requests.RequestException as err:
             raise TransportError(f"request error {url}: {err}") from err
 
@@ -217,9 +217,12 @@ class Transport:
                 hint = getattr(last, "retry_after_s", None)
                 if hint is not None:
                     delay = min(max(delay, hint), 60.0)
-                if cancel is not None and cancel.wait(delay):
-                    raise TransportError(f"request error {url}: cancelled")
-                elif cancel is None:
+                if cancel is not None and self.sleep is time.sleep:
+                    # Wake at once on cancel; an injected sleep (tests) is
+                    # always honoured, and cancel is checked right after it.
+                    if cancel.wait(delay):
+                        raise TransportError(f"request error {url}: cancelled")
+                else:
                     self.sleep(delay)
             if cancel is not None and cancel.is_set():
                 raise TransportError(f"request error {url}: cancelled")
@@ -244,7 +247,7 @@ class Transport:
         url: str,
         start: int,
         end: int,
-        buf: memoryview,
+        buf: memoryview | Callable[[], memoryview],
         sink: Callable[[int, memoryview], None],
         *,
         verify_tls: bool = True,
@@ -252,8 +255,9 @@ class Transport:
     ) -> None:
         """GET bytes start..end (inclusive) of url once, handing each piece to sink(offset, view).
 
-        Pieces are read into buf (reused; sink must finish with a piece
-        before returning).  One attempt: the caller retries, resuming from
+        Pieces are read into buf: one buffer reused for every piece (sink
+        must be done with a piece when it returns), or a callable returning
+        a fresh buffer per piece (sink then owns each piece it is handed).  One attempt: the caller retries, resuming from
         where the last attempt stopped.
 
         Raises:
@@ -263,7 +267,7 @@ class Transport:
         """
         want = end - start + 1
         headers = {"Range": f"bytes={start}-{end}", "Accept-Encoding": "identity"}
-        r = self.session(verify_tls).get(url, headers=headers, timeout=self.timeout_s, stream=True)
+        r = self.session(verify_tls).get(url, headers=headers, timeout=self.timeout_s, stream=True, **_tls_kw(verify_tls))
         got = 0
         if stream is not None:
             stream.attach(r)
@@ -278,16 +282,22 @@ class Transport:
                 # bytes; tell the caller to switch to one stream instead.
                 raise RangeIgnoredError(f"{url}: the registry ignored the Range header (answered 200)")
             fp = _raw_reader(r)
+            next_buf = buf if callable(buf) else lambda: buf
             while got < want:
+                if stream is not None:
+                    stream.pause()
+                piece = next_buf()  # may wait for the pool: not the network's fault
+                if stream is not None:
+                    stream.resume()
                 try:
-                    n = fp.readinto(buf[: min(want - got, len(buf))])
+                    n = fp.readinto(piece[: min(want - got, len(piece))])
                 except (socket.timeout, TimeoutError) as err:
                     raise ShortReadError(f"{url}: no bytes for {self.timeout_s[1]:g} s after {got} of {want}", got) from err
                 except OSError as err:
                     raise ShortReadError(f"{url}: connection lost after {got} of {want} bytes: {err}", got) from err
                 if not n:
                     raise ShortReadError(f"{url}: body ended after {got} of {want} bytes", got)
-                sink(start + got, buf[:n])
+                sink(start + got, piece[:n])
                 got += n
                 if stream is not None:
                     stream.advance(n)
@@ -303,7 +313,7 @@ class Transport:
 class Stream:
     """One in-flight ranged GET, as the StreamMonitor sees it."""
 
-    __slots__ = ("label", "started", "last", "bytes", "_resp", "_lock", "aborted", "_clock")
+    __slots__ = ("label", "started", "last", "bytes", "_resp", "_lock", "aborted", "_clock", "_paused_at")
 
     def __init__(self, label: object, clock: Callable[[], float] = time.monotonic) -> None:
         self.label = label
@@ -313,6 +323,22 @@ class Stream:
         self._resp: requests.Response | None = None
         self._lock = threading.Lock()
         self.aborted = False
+        self._paused_at: float | None = None
+
+    def pause(self) -> None:
+        """Stop the clock: the reader waits for a buffer, not for the network."""
+        self._paused_at = self._clock()
+
+    def resume(self) -> None:
+        if self._paused_at is not None:
+            waited = self._clock() - self._paused_at
+            self.started += waited
+            self.last += waited
+            self._paused_at = None
+
+    @property
+    def paused(self) -> bool:
+        return self._paused_at is not None
 
     def attach(self, resp: requests.Response) -> None:
         with self._lock:
@@ -384,7 +410,7 @@ class StreamMonitor:
         """Abort stalled and straggling streams; return them."""
         now = self.clock()
         with self._lock:
-            live = [s for s in self._streams if s._resp is not None]
+            live = [s for s in self._streams if s._resp is not None and not s.paused]
             finished = list(self._finished)
         aged = {s: s.bytes / (now - s.started) for s in live if now - s.started >= self.min_age_s}
         victims = []
@@ -406,6 +432,26 @@ class StreamMonitor:
                 self.aborted += 1
                 victims.append(s)
         return victims
+
+
+def _tls_kw(verify_tls: bool) -> dict[str, bool]:
+    """Per-request TLS arguments: ``verify=False`` for https+insecure.
+
+    Session.verify = False alone is not enough: with REQUESTS_CA_BUNDLE or
+    CURL_CA_BUNDLE set, requests replaces an unset per-request verify with
+    that bundle (psf/requests#3829) and verifies anyway.  Verifying requests
+    pass nothing, so a session_factory's own CA bundle still applies.
+    """
+    return {} if verify_tls else {"verify": False}
+
+
+def join_url(base_url: str, location: str) -> str:
+    """Return location made absolute against base_url's scheme and host (a Location header)."""
+    if location.startswith(("http://", "https://")):
+        return location
+    scheme, rest = base_url.split("://", 1)
+    host = rest.split("/", 1)[0]
+    return f"{scheme}://{host}{location if location.startswith('/') else '/' + location}"
 
 
 def _raw_reader(r: requests.Response):

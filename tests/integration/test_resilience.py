@@ -166,7 +166,7 @@ def test_damaged_record_costs_a_refetch_never_a_wrong_blob(upstream, make_regist
         rec["digest"] = "sha256:" + "0" * 64
         ingest.state_path.write_text(json.dumps(rec))
     else:
-        from chunkpull.registry import _chunks_id
+        from chunkpull.pull import _chunks_id
         from chunkpull.chunks import parse_chunksums
 
         sums = parse_chunksums(up.server.chunksums(layer["digest"]), layer["size"])

@@ -1,0 +1,102 @@
+"""Page-aligned buffers for the data path, from one bounded pool.
+
+All network bytes of a chunked pull land in pieces of one preallocated numpy
+array: memory is ``count × size`` bytes whatever the blob size, and pieces
+are page-aligned so they can be written with ``O_DIRECT``.
+
+A piece travels: a worker acquires it, reads bytes from the socket into it,
+writes them to the work file, and hands it to the blob's in-order hash; the
+hash releases it once those bytes are in.  Pieces of chunks ahead of the
+hash wait ("park") in memory, so when the pool runs low only the workers
+whose chunk is next in line for the hash may take the last ``reserve``
+pieces: they release theirs at once, so the pull always moves on.
+
+Imports nothing from chunkpull but errors.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+from .errors import PullCancelledError
+
+__all__ = ["ALIGN", "Piece", "PiecePool", "aligned_buffer"]
+
+ALIGN = 4096  # page size, and the strictest O_DIRECT alignment we meet
+
+
+def aligned_buffer(size: int) -> memoryview:
+    """Return a page-aligned, writable buffer of size bytes (numpy owns the memory)."""
+    raw = np.empty(size + ALIGN, dtype=np.uint8)
+    skip = (-raw.ctypes.data) % ALIGN
+    return memoryview(raw[skip : skip + size])
+
+
+class Piece:
+    """One buffer of the pool; ``release()`` returns it (idempotent)."""
+
+    __slots__ = ("view", "_pool", "_held")
+
+    def __init__(self, view: memoryview, pool: PiecePool) -> None:
+        self.view = view
+        self._pool = pool
+        self._held = False
+
+    def release(self) -> None:
+        self._pool._put(self)
+
+
+class PiecePool:
+    """A fixed set of ``count`` aligned pieces of ``size`` bytes; thread-safe."""
+
+    def __init__(self, count: int, size: int) -> None:
+        if count < 2 or size <= 0 or size % ALIGN:
+            raise ValueError(f"want at least 2 pieces of a positive multiple of {ALIGN} bytes")
+        self.size = size
+        self.count = count
+        self._memory = aligned_buffer(count * size)
+        self._free = [Piece(self._memory[i * size : (i + 1) * size], self) for i in range(count)]
+        self._cond = threading.Condition()
+        self.reserve = 1
+
+    @property
+    def free(self) -> int:
+        with self._cond:
+            return len(self._free)
+
+    def acquire(self, *, priority: Callable[[], bool] = lambda: False, cancel: threading.Event | None = None, poll_s: float = 0.1) -> Piece:
+        """Take a piece, waiting while none may be had.
+
+        ``priority()`` says whether the caller's bytes are next in line for
+        the hash; only such callers may take the last ``reserve`` pieces.
+
+        Raises:
+            PullCancelledError: cancel was set while waiting.
+        """
+        with self._cond:
+            while True:
+                if len(self._free) > self.reserve or (self._free and priority()):
+                    piece = self._free.pop()
+                    piece._held = True
+                    return piece
+                if cancel is not None and cancel.is_set():
+                    raise PullCancelledError("pull cancelled; work in progress was kept and the next pull resumes it")
+                # Woken by releases; the timeout re-checks priority (the hash
+                # may have reached the caller's chunk) and cancel.
+                self._cond.wait(poll_s)
+
+    def wake(self) -> None:
+        """Let waiters re-check their priority (the hash moved on)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def _put(self, piece: Piece) -> None:
+        with self._cond:
+            if not piece._held:
+                return
+            piece._held = False
+            self._free.append(piece)
+            self._cond.notify_all()

@@ -1,0 +1,487 @@
+"""The pull engine: one pull's worker pool, its blobs, chunks and commits.
+
+``Registry.pull`` resolves the manifest and hands the blobs that are not
+cached to a ``Puller``, which runs them on ``max_streams`` worker threads:
+
+- a blob below the chunking threshold comes in one streamed GET, hashed as
+  it is written;
+- a larger blob's chunk list comes from the chunksums endpoint (or, when the
+  registry has none, from splitting it ourselves); each chunk is a Range GET
+  streamed into pieces of a bounded, page-aligned ``PiecePool``; each piece
+  is written at its final offset in the blob's work file (``O_DIRECT`` when
+  the file system allows it) and handed to the blob's in-order SHA-256
+  (``chunks.BlobAssembler``), which releases it once hashed;
+- the blob is committed only when it hashes to its digest.
+
+Verification modes: ``blob`` hashes each byte once (the whole-blob digest;
+chunk digests only locate a failure), ``chunks`` also checks every chunk's
+digest as it arrives, re-fetching a bad chunk at once.
+
+Bounded: threads (``max_streams``), memory (the piece pool plus one buffer
+per worker for small blobs), open files (one work file per blob in flight,
+closed when that blob is done), retries (``Backoff`` and
+``MAX_INTEGRITY_ATTEMPTS``), waits (the read timeout and the stall monitor).
+
+Imports manifest, cache, chunks, buffers, transport, progress, errors.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from .buffers import ALIGN, PiecePool, aligned_buffer
+from .cache import Ingest
+from .chunks import BlobAssembler, ChunkHasher, ChunkSum, parse_chunksums, split
+from .digest import sha256_digest
+from .errors import (
+    ChunkpullError,
+    IncompletePullError,
+    InsufficientSpaceError,
+    IntegrityError,
+    PullCancelledError,
+    TransportError,
+)
+from .manifest import Layer
+from .names import Ref
+from .progress import BYTES, DONE, ERROR, RESUMED, VERIFYING, Progress, ProgressCallback
+from .transport import RangeIgnoredError, StreamMonitor, join_url
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+__all__ = ["Puller", "DEFAULT_CHUNK_SIZE", "MAX_INTEGRITY_ATTEMPTS", "CANCELLED"]
+
+DEFAULT_CHUNK_SIZE = 8 << 20  # our own split when a registry has no chunksums
+# A chunk whose bytes keep failing their digest is fetched at most this often.
+MAX_INTEGRITY_ATTEMPTS = 3
+CANCELLED = "pull cancelled; work in progress was kept and the next pull resumes it"
+
+
+class _BlobState:
+    """One chunked blob's pull: its work file, assembler, resume record, completion."""
+
+    # Rewrite the resume record at most this often (per blob): a crash then
+    # costs at most this much re-fetching, and the writes stay negligible.
+    RECORD_EVERY_S = 0.5
+
+    def __init__(self, layer: Layer, url: str, sums: list[ChunkSum], ingest: Ingest, clock: Callable[[], float] = time.monotonic) -> None:
+        self.layer = layer
+        self.url = url
+        self.ingest = ingest
+        self.chunks_id = _chunks_id(sums)
+        rec = ingest.load_record(self.chunks_id)
+        resumed = Ingest.record_done(rec, len(sums)) if rec else [False] * len(sums)
+        state = bytes.fromhex(rec["hash_state"]) if rec and rec.get("hash_state") else None
+        self.assembler = BlobAssembler(
+            ingest.fd, layer.digest, layer.size, sums, direct_fd=ingest.direct_fd, hash_state=state, hashed=rec["hashed"] if rec else 0
+        )
+        self.assembler.mark_done(resumed)
+        self.todo = [i for i, ok in enumerate(self.assembler.done_chunks()) if not ok]
+        self.resumed_bytes = sum(sums[i].chunk.size for i, ok in enumerate(self.assembler.done_chunks()) if ok)
+        self.reported = [0] * len(sums)  # bytes of each chunk already reported
+        self.remaining = len(self.todo)
+        self.repairs = 0
+        self.single_stream = False  # the registry ignores Range: one stream fetches all
+        self.lock = threading.Lock()
+        self._clock = clock
+        self._saved_at = clock()
+
+    def save_record(self, *, force: bool = False) -> None:
+        now = self._clock()
+        with self.lock:
+            if not force and now - self._saved_at < self.RECORD_EVERY_S:
+                return
+            self._saved_at = now
+            hashed, hash_state = self.assembler.hashed_prefix()
+            self.ingest.save_record(self.chunks_id, self.assembler.done_chunks(), hashed, hash_state)
+
+
+def _chunks_id(sums: list[ChunkSum]) -> str:
+    """Fingerprint a chunk list, so a record is only reused for the same tiling."""
+    text = "\n".join(f"{s.digest or '-'} {s.chunk}" for s in sums)
+    return str(sha256_digest(text.encode()))
+
+
+class Puller:
+    """One pull's worker pool and bookkeeping (used by Registry.pull)."""
+
+    def __init__(self, registry: Registry, ref: Ref, todo: list[Layer], report: ProgressCallback, cancel: threading.Event) -> None:
+        self.r = registry
+        self.ref = ref
+        self.todo = todo
+        self.report = report
+        self.cancel = cancel
+        self.verify_tls = ref.verify_tls
+        self.errors: dict[str, BaseException] = {}
+        self.pending = 0
+        self.cond = threading.Condition()
+        self.local = threading.local()
+        self.pool = ThreadPoolExecutor(max_workers=registry.max_streams, thread_name_prefix="chunkpull")
+        self.monitor = StreamMonitor(stall_s=registry.stall_timeout_s)
+        self.pieces: PiecePool | None = None  # made for the first chunked blob
+        self.active_chunked = 0
+
+    # -- driver ---------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            for layer in self.todo:
+                if self.cancel.is_set():
+                    break
+                self._begin()
+                if layer.size < self.r.chunking_threshold or layer.size == 0:
+                    self.pool.submit(self._guard, layer, self._fetch_whole, layer)
+                else:
+                    self.pool.submit(self._guard, layer, self._start_chunked, layer)
+            with self.cond:
+                while self.pending:
+                    self.cond.wait(self.r.monitor_interval_s)
+                    self.monitor.check()
+        except BaseException:
+            self.cancel.set()  # e.g. Ctrl-C in the caller's thread: stop the workers too
+            raise
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.cancel.is_set() and not self.errors:
+            raise PullCancelledError(CANCELLED)
+        self._raise_errors()
+
+    def _begin(self) -> None:
+        with self.cond:
+            self.pending += 1
+
+    def _end(self) -> None:
+        with self.cond:
+            self.pending -= 1
+            self.cond.notify_all()
+
+    def _guard(self, layer: Layer, fn, *args) -> None:
+        """Run one unit of a blob's work; a failure fails that blob only."""
+        try:
+            fn(*args)
+        except BaseException as err:  # noqa: BLE001 - recorded and re-raised by run()
+            self._fail(layer, err)
+        finally:
+            self._end()
+
+    def _fail(self, layer: Layer, err: BaseException) -> None:
+        key = str(layer.digest)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC and not isinstance(err, InsufficientSpaceError):
+            # A file system without fallocate ran out mid-write.
+            free = shutil.disk_usage(self.r.cache.root).free
+            err = InsufficientSpaceError(errno.ENOSPC, f"disk full in {self.r.cache.root} while writing {layer.digest.short()} ({free} bytes free)")
+        with self.cond:
+            first = key not in self.errors
+            self.errors.setdefault(key, err)
+        if first:
+            self.report(Progress(key, layer.size, ERROR, error=err))
+
+    def _raise_errors(self) -> None:
+        if not self.errors:
+            return
+        errs = list(self.errors.values())
+        real = [e for e in errs if not isinstance(e, PullCancelledError)]
+        if not real:
+            raise errs[0]
+        if len(real) == 1:
+            raise real[0]
+        first = real[0]
+        raise IncompletePullError(f"{len(real)} of {len(self.todo)} blobs failed; first: {first}", errors=self.errors) from first
+
+    def _buffer(self) -> memoryview:
+        buf = getattr(self.local, "buf", None)
+        if buf is None:
+            buf = self.local.buf = aligned_buffer(self.r.buffer_size)
+        return buf
+
+    def _check_cancel(self) -> None:
+        if self.cancel.is_set():
+            raise PullCancelledError(CANCELLED)
+
+    # -- small blobs: one request ---------------------------------------------
+
+    def _fetch_whole(self, layer: Layer) -> None:
+        url = f"{self.ref.base_url}/blobs/{layer.digest}"
+        key = str(layer.digest)
+        reported = 0  # across attempts, so re-fetched bytes are not counted twice
+        ingest = self.r.cache.ingest(layer.digest, layer.size, cancel=self.cancel)
+        if ingest is None:  # another process committed it while we waited
+            self.report(Progress(key, layer.size, DONE))
+            return
+        try:
+            # A retry restarts the blob: the stream hash cannot skip bytes.
+            def attempt() -> None:
+                h = ChunkHasher("sha256")
+
+                def sink(offset: int, view: memoryview) -> None:
+                    nonlocal reported
+                    self._check_cancel()
+                    h.update_pwrite(ingest.fd, view, offset)
+                    end = offset + len(view)
+                    if end > reported:
+                        self.report(Progress(key, layer.size, BYTES, end - reported))
+                        reported = end
+
+                if layer.size:
+                    stream = self.monitor.stream(key)
+                    try:
+                        self.r.transport.read_range(url, 0, layer.size - 1, self._buffer(), sink, verify_tls=self.verify_tls, stream=stream)
+                    finally:
+                        self.monitor.done(stream)
+                got = h.digest()
+                if got != layer.digest.raw:
+                    raise IntegrityError(f"blob {layer.digest} from {url} hashes to sha256:{got.hex()}", digest=key, expected=key, got=f"sha256:{got.hex()}")
+
+            self._with_retries(url, attempt)
+            self.report(Progress(key, layer.size, VERIFYING))
+            ingest.commit()
+        except BaseException:
+            ingest.discard()  # a one-request blob has nothing worth resuming
+            raise
+        self.report(Progress(key, layer.size, DONE))
+
+    def _with_retries(self, url: str, attempt: Callable[[], None]) -> None:
+        """Retry attempt on transport faults (via Transport.retry) and on bad bytes (bounded)."""
+        for n in range(MAX_INTEGRITY_ATTEMPTS):
+            try:
+                self.r.transport.retry(attempt, url, cancel=self.cancel)
+                return
+            except IntegrityError:
+                if n + 1 == MAX_INTEGRITY_ATTEMPTS:
+                    raise
+            except TransportError:
+                self._check_cancel()
+                raise
+
+    # -- large blobs: chunks ---------------------------------------------------
+
+    def _start_chunked(self, layer: Layer) -> None:
+        url, sums = self._chunksums(layer)
+        key = str(layer.digest)
+        ingest = self.r.cache.ingest(layer.digest, layer.size, cancel=self.cancel, direct=self.r.io != "buffered")
+        if ingest is None:  # another process committed it while we waited
+            self.report(Progress(key, layer.size, DONE))
+            return
+        if self.r.io == "direct" and ingest.direct_fd < 0:
+            ingest.close()
+            raise ChunkpullError(f"io=direct, but {self.r.cache.root} does not support O_DIRECT; use io=auto or buffered")
+        try:
+            state = _BlobState(layer, url, sums, ingest)
+        except BaseException:
+            ingest.close()
+            raise
+        self._hold_reserve(state, sums)
+        if state.resumed_bytes:
+            # Chunks a previous pull fetched count as done, but not as traffic.
+            self.report(Progress(key, layer.size, RESUMED, state.resumed_bytes))
+            for i, ok in enumerate(state.assembler.done_chunks()):
+                if ok:
+                    state.reported[i] = sums[i].chunk.size
+        if not state.todo:
+            self._begin()
+            self.pool.submit(self._guard, layer, self._finish_chunked, state)
+            return
+        for i in state.todo:
+            self._begin()
+            self.pool.submit(self._guard_chunk, state, i)
+
+    def _chunksums(self, layer: Layer) -> tuple[str, list[ChunkSum]]:
+        blob_url = f"{self.ref.base_url}/blobs/{layer.digest}"
+        url = f"{self.ref.base_url}/chunksums/{layer.digest}"
+        resp = self.r.transport.get(url, verify_tls=self.verify_tls, ok=(200, 404), cancel=self.cancel)
+        if resp.status == 404:
+            # No chunksums endpoint: split the blob ourselves; only the
+            # whole-blob digest can verify it.
+            return blob_url, [ChunkSum(c, None) for c in split(layer.size, DEFAULT_CHUNK_SIZE)]
+        location = resp.headers.get("Content-Location", "").strip()
+        if not location:
+            location = blob_url
+        elif location.startswith("/"):
+            location = join_url(self.ref.base_url, location)
+        elif not location.startswith(("http://", "https://")):
+            raise ChunkpullError(f"registry sent an unusable Content-Location {location[:200]!r} for {layer.digest}: want an http(s) URL")
+        # The bytes may come from another host (a CDN); no credentials are
+        # ever sent, and requests drops auth headers on cross-host redirects.
+        return location, parse_chunksums(resp.body, layer.size)
+
+    def _guard_chunk(self, state: _BlobState, i: int) -> None:
+        """Fetch chunk i; whoever finishes a blob's last chunk verifies and commits it."""
+        key = str(state.layer.digest)
+        try:
+            if key not in self.errors and not state.single_stream:
+                self._check_cancel()
+                try:
+                    self._fetch_chunk(state, i)
+                    state.assembler.chunk_done(i)
+                except RangeIgnoredError:
+                    with state.lock:
+                        first, state.single_stream = not state.single_stream, True
+                    if first:
+                        self._fetch_blob_stream(state)
+                state.save_record()
+        except BaseException as err:  # noqa: BLE001 - recorded and re-raised by run()
+            self._fail(state.layer, err)
+        finally:
+            try:
+                with state.lock:
+                    state.remaining -= 1
+                    last = state.remaining == 0
+                if last:
+                    if key in self.errors:
+                        self._end_blob(state)
+                        state.save_record(force=True)
+                        state.ingest.close()  # keep the work file: the next pull resumes it
+                    else:
+                        self._finish_chunked(state)
+            except BaseException as err:  # noqa: BLE001 - recorded and re-raised by run()
+                self._fail(state.layer, err)
+            finally:
+                self._end()
+
+    def _fetch_chunk(self, state: _BlobState, i: int) -> None:
+        """Stream chunk i through pool pieces into the assembler (retrying, resuming mid-chunk)."""
+        s = state.assembler.sums[i]
+        chunk = s.chunk
+        key = str(state.layer.digest)
+        check = self.r.verify == "chunks" and s.digest is not None
+        # Pieces go out with O_DIRECT only if every one starts on a page.
+        aligned = chunk.start % ALIGN == 0
+        for _ in range(MAX_INTEGRITY_ATTEMPTS):
+            hasher = ChunkHasher(s.digest.algorithm) if check else None
+            pos = chunk.start
+            held = None  # the piece being filled, until the assembler owns it
+
+            def acquire() -> memoryview:
+                nonlocal held
+                held = self.pieces.acquire(priority=lambda: state.assembler.is_next(i), cancel=self.cancel)
+                return held.view
+
+            def sink(offset: int, view: memoryview) -> None:
+                nonlocal pos, held
+                piece, held = held, None
+                if self.cancel.is_set():
+                    piece.release()
+                    raise PullCancelledError(CANCELLED)
+                if hasher is not None:
+                    hasher.update(view)  # before deliver: the hash may release the piece
+                state.assembler.deliver(i, offset, view, piece.release, aligned=aligned)
+                pos = offset + len(view)
+                done = pos - chunk.start
+                if done > state.reported[i]:
+                    self.report(Progress(key, state.layer.size, BYTES, done - state.reported[i]))
+                    state.reported[i] = done
+
+            def attempt() -> None:
+                try:
+                    self.r.transport.read_range(state.url, pos, chunk.end, acquire, sink, verify_tls=self.verify_tls, stream=stream)
+                finally:
+                    if held is not None:
+                        held.release()
+
+            # A retried attempt resumes where the last one stopped: the bytes
+            # before pos are written (and, in chunks mode, hashed) already.
+            stream = self.monitor.stream((key, i))
+            try:
+                self.r.transport.retry(attempt, state.url, cancel=self.cancel)
+            finally:
+                self.monitor.done(stream)
+            if hasher is None or hasher.digest() == s.digest.raw:
+                return
+            state.assembler.reset_chunk(i)  # unhash the bad bytes before fetching again
+        raise IntegrityError(
+            f"chunk {chunk} of blob {state.layer.digest} failed its digest {s.digest} {MAX_INTEGRITY_ATTEMPTS} times",
+            digest=key, expected=str(s.digest),
+        )
+
+    def _hold_reserve(self, state: _BlobState, sums: list[ChunkSum]) -> None:
+        """Size the piece pool on first use and keep one reserve piece per blob in flight."""
+        with self.cond:
+            if self.pieces is None:
+                piece = self.r.buffer_size
+                chunk = max(s.chunk.size for s in sums)
+                # Enough for every stream to park a whole chunk, within the budget.
+                want = self.r.max_streams * (math.ceil(chunk / piece) + 1)
+                budget = max(self.r.max_streams + 2, self.r.memory_budget // piece)
+                self.pieces = PiecePool(max(4, min(want, budget)), piece)
+            self.active_chunked += 1
+            self.pieces.reserve = self.active_chunked
+        state.assembler.on_advance = self.pieces.wake
+
+    def _end_blob(self, state: _BlobState) -> None:
+        state.assembler.release_all()
+        with self.cond:
+            self.active_chunked -= 1
+            if self.pieces is not None:
+                self.pieces.reserve = max(1, self.active_chunked)
+
+    def _fetch_blob_stream(self, state: _BlobState) -> None:
+        """Fetch the whole blob in one stream (for registries that ignore Range)."""
+        key = str(state.layer.digest)
+        pos = 0
+
+        def sink(offset: int, view: memoryview) -> None:
+            nonlocal pos
+            self._check_cancel()
+            state.assembler.write(offset, view)
+            pos = offset + len(view)
+            with state.lock:
+                for j, s in enumerate(state.assembler.sums):
+                    if s.chunk.start >= offset + len(view):
+                        break
+                    covered = min(pos, s.chunk.end + 1) - s.chunk.start
+                    if covered > state.reported[j]:
+                        self.report(Progress(key, state.layer.size, BYTES, covered - state.reported[j]))
+                        state.reported[j] = covered
+
+        stream = self.monitor.stream(key)
+        try:
+            # Retries restart at 0: a server that ignores Range cannot resume.
+            def attempt() -> None:
+                self.r.transport.read_range(state.url, 0, state.layer.size - 1, self._buffer(), sink, verify_tls=self.verify_tls, stream=stream)
+
+            self.r.transport.retry(attempt, state.url, cancel=self.cancel)
+        finally:
+            self.monitor.done(stream)
+        for j in range(len(state.assembler.sums)):
+            state.assembler.chunk_done(j)
+
+    def _finish_chunked(self, state: _BlobState) -> None:
+        """Finish the whole-blob hash; commit, or re-fetch the chunks that fail their digests."""
+        key = str(state.layer.digest)
+        self.report(Progress(key, state.layer.size, VERIFYING))
+        try:
+            bad = state.assembler.finish()
+            if bad:
+                state.repairs += 1
+                if state.repairs >= MAX_INTEGRITY_ATTEMPTS:
+                    raise IntegrityError(
+                        f"blob {state.layer.digest}: chunks {bad[:5]} still fail their digests after {state.repairs} re-fetches",
+                        digest=key,
+                    )
+            else:
+                self._end_blob(state)
+                state.ingest.commit()
+        except IntegrityError:
+            self._end_blob(state)
+            state.ingest.discard()  # nothing in it can be trusted any more
+            raise
+        except BaseException:
+            self._end_blob(state)
+            state.save_record(force=True)
+            state.ingest.close()
+            raise
+        if not bad:
+            self.report(Progress(key, state.layer.size, DONE))
+            return
+        with state.lock:
+            state.remaining = len(bad)
+        for i in bad:
+            self._begin()
+            self.pool.submit(self._guard_chunk, state, i)

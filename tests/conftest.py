@@ -1,0 +1,158 @@
+"""Shared fixtures: hashing backends, a temporary cache, upstream registries, clients.
+
+Every server started here is stopped in a finalizer and every client is
+closed, so a failing test never leaves a thread or a socket behind.  Clients
+get ``sleep=lambda s: None`` and a bounded ``Backoff``: retries never wait,
+and no test depends on wall-clock time.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from chunkpull.cache import DiskCache
+from chunkpull.registry import Registry
+from chunkpull.testregistry import TestRegistry, build_model
+from chunkpull.transport import Backoff
+
+# Small on purpose: a 1-3 MiB layer in 256 KiB chunks exercises every code
+# path of a 10 GiB one in milliseconds.
+CHUNK_SIZE = 256 << 10
+CHUNKING_THRESHOLD = 1 << 20
+MODEL = "registry.local/library/smol:latest"
+
+
+def _load_backend(name: str):
+    if name == "python":
+        return importlib.import_module("chunkpull._fallback")
+    try:
+        return importlib.import_module("chunkpull._native")
+    except ImportError as err:
+        pytest.skip(f"native extension not built: {err}")
+
+
+@pytest.fixture(params=["python", "native"], ids=["python", "native"])
+def backend(request):
+    """The kernel module under test: ``chunkpull._fallback`` or ``chunkpull._native``."""
+    return _load_backend(request.param)
+
+
+@pytest.fixture
+def hashio_backend(backend, monkeypatch) -> str:
+    """Point ``chunkpull._hashio`` (and so RunningSha256 and chunks) at the backend under test.
+
+    Returns the backend's name, ``"python"`` or ``"native"``.
+    """
+    from chunkpull import _hashio
+
+    name = "native" if backend.__name__.endswith("_native") else "python"
+    monkeypatch.setattr(_hashio, "_impl", backend)
+    monkeypatch.setattr(_hashio, "BACKEND", name)
+    for kernel in ("sha256", "blake3", "pwrite_all", "sha256_pwrite"):
+        monkeypatch.setattr(_hashio, kernel, getattr(backend, kernel))
+    monkeypatch.setattr(_hashio, "DIGESTERS", {"sha256": backend.sha256, "blake3": backend.blake3})
+    return name
+
+
+@pytest.fixture
+def tmp_cache(tmp_path: Path) -> DiskCache:
+    """An empty DiskCache under tmp_path."""
+    return DiskCache(tmp_path / "cache")
+
+
+@dataclass
+class Upstream:
+    """A models directory served by a running TestRegistry."""
+
+    root: Path
+    server: TestRegistry
+    digests: dict[str, str] = field(default_factory=dict)  # model name -> manifest digest
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def faults(self):
+        return self.server.faults
+
+    @property
+    def stats(self):
+        return self.server.stats
+
+    def add(self, name: str, sizes, *, seed: int = 0, config: bool = True) -> str:
+        """Build another model into this models dir; return its manifest digest."""
+        d = build_model(self.root, name, sizes, seed=seed, config=config)
+        self.digests[name] = d
+        return d
+
+    def ref(self, name: str = MODEL, scheme: str = "http") -> str:
+        """Return the pullable name of a model served here, e.g. ``http://127.0.0.1:P/library/smol:latest``."""
+        rest = name.split("/", 1)[1] if name.count("/") == 2 else name
+        host = self.url.split("://", 1)[1]
+        return f"{scheme}://{host}/{rest}"
+
+    def manifest(self, name: str = MODEL) -> bytes:
+        return self.blob(self.digests[name])
+
+    def blob_path(self, digest: str) -> Path:
+        return self.root / "blobs" / digest.replace(":", "-", 1)
+
+    def blob(self, digest: str) -> bytes:
+        return self.blob_path(digest).read_bytes()
+
+
+@pytest.fixture
+def upstream(tmp_path: Path):
+    """Factory: build a model with build_model and serve it with a TestRegistry.
+
+    ``upstream(sizes=[...], name=MODEL, seed=0, chunk_size=CHUNK_SIZE, **TestRegistry kwargs)``
+    returns an ``Upstream``; servers are stopped when the test ends.
+    """
+    started: list[TestRegistry] = []
+
+    def make(sizes=(3 << 20,), *, name: str = MODEL, seed: int = 0, config: bool = True, root: Path | None = None, **kwargs) -> Upstream:
+        root = root or tmp_path / f"upstream{len(started)}"
+        kwargs.setdefault("chunk_size", CHUNK_SIZE)
+        digests = {}
+        if sizes is not None:
+            digests[name] = build_model(root, name, sizes, seed=seed, config=config)
+        server = TestRegistry(root, **kwargs).start()
+        started.append(server)
+        return Upstream(root, server, digests)
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def make_registry(tmp_path: Path):
+    """Factory: a Registry client on a tmp cache that never sleeps between retries.
+
+    ``make_registry(cache=None, **Registry kwargs)``; defaults: a fresh
+    DiskCache under tmp_path, ``chunking_threshold=1 MiB``, ``max_streams=4``,
+    ``Backoff(attempts=4)``.  Clients are closed when the test ends.
+    """
+    made: list[Registry] = []
+
+    def make(cache: DiskCache | None = None, **kwargs) -> Registry:
+        if cache is None:
+            cache = DiskCache(tmp_path / f"cache{len(made)}")
+        kwargs.setdefault("chunking_threshold", CHUNKING_THRESHOLD)
+        kwargs.setdefault("max_streams", 4)
+        kwargs.setdefault("backoff", Backoff(attempts=4, base_s=0.0, cap_s=0.0))
+        kwargs.setdefault("sleep", lambda s: None)
+        # A short read timeout bounds a hung test, never its speed.
+        kwargs.setdefault("timeout_s", (5.0, 10.0))
+        reg = Registry(cache, **kwargs)
+        made.append(reg)
+        return reg
+
+    yield make
+    for reg in made:
+        reg.close()

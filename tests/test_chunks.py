@@ -1,0 +1,373 @@
+"""Chunks: the chunksums parser, ``split``, and ``BlobAssembler`` over a real work file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import threading
+from pathlib import Path
+
+import pytest
+from blake3 import blake3 as ref_blake3
+
+from chunkpull.chunks import MAX_CHUNKSUMS_BYTES, BlobAssembler, Chunk, ChunkSum, parse_chunksums, split
+from chunkpull.digest import Digest
+from chunkpull.errors import IntegrityError
+
+H = "sha256:" + "ab" * 32
+B3 = "blake3:" + "cd" * 32
+
+
+def body(*lines: str) -> bytes:
+    return "".join(line + "\n" for line in lines).encode()
+
+
+def tiling(size: int, step: int, digest: str = H) -> bytes:
+    return body(*(f"{digest} {s}-{min(s + step, size) - 1}" for s in range(0, size, step)))
+
+
+# -- parse_chunksums ------------------------------------------------------------
+
+VALID = [
+    pytest.param(body(f"{H} 0-9"), 10, [(0, 9)], id="one-chunk"),
+    pytest.param(body(f"{H} 0-4", f"{H} 5-9"), 10, [(0, 4), (5, 9)], id="two-chunks"),
+    pytest.param(tiling(5, 1), 5, [(i, i) for i in range(5)], id="tiny-1-byte-chunks"),
+    pytest.param(body(f"{H} 0-3", f"{H} 4-9"), 10, [(0, 3), (4, 9)], id="uneven"),
+    pytest.param(f"{H} 0-4\r\n{H} 5-9\r\n".encode(), 10, [(0, 4), (5, 9)], id="crlf"),
+    pytest.param(f"{H} 0-4\n{H} 5-9".encode(), 10, [(0, 4), (5, 9)], id="no-final-newline"),
+    pytest.param(f"\n  {H}\t 0-4  \n\n{H}   5-9\n\n".encode(), 10, [(0, 4), (5, 9)], id="blank-lines-and-spaces"),
+    pytest.param(b"", 0, [], id="empty-blob-empty-body"),
+    pytest.param(b"\n \n", 0, [], id="empty-blob-blank-body"),
+    pytest.param(tiling(1000, 7), 1000, [(s, min(s + 7, 1000) - 1) for s in range(0, 1000, 7)], id="143-chunks"),
+]
+
+
+@pytest.mark.parametrize("data, size, want", VALID)
+def test_parse_chunksums_valid(data, size, want):
+    got = [(s.chunk.start, s.chunk.end) for s in parse_chunksums(data, size)]
+    assert got == want, f"parse_chunksums({data[:60]!r}..., {size}) = {got!r}, want {want!r}"
+
+
+def test_parse_chunksums_digests():
+    sums = parse_chunksums(body(f"{H} 0-4", f"{B3} 5-9"), 10)
+    got = [str(s.digest) for s in sums]
+    assert got == [H, B3], f"digests = {got!r}, want {[H, B3]!r}"
+    assert sums[1].digest.algorithm == "blake3"
+    assert sums[0] == ChunkSum(Chunk(0, 4), Digest.parse(H))
+
+
+INVALID = [
+    pytest.param(body(f"{H} 0-4"), 10, "missing", id="missing-chunk-at-end"),
+    pytest.param(body(f"{H} 0-3", f"{H} 5-9"), 10, "gap", id="gap"),
+    pytest.param(body(f"{H} 1-9"), 10, "gap", id="does-not-start-at-0"),
+    pytest.param(body(f"{H} 0-5", f"{H} 5-9"), 10, "overlap", id="overlap"),
+    pytest.param(body(f"{H} 0-9", f"{H} 0-9"), 10, "overlap", id="duplicate"),
+    pytest.param(body(f"{H} 5-9", f"{H} 0-4"), 10, "", id="out-of-order"),
+    pytest.param(body(f"{H} 0-10"), 10, "outside", id="end-beyond-size"),
+    pytest.param(body(f"{H} 0-4", f"{H} 5-99999999999999999999999"), 10, "outside", id="end-huge"),
+    pytest.param(body(f"{H} 0-4", f"{H} 5-3"), 10, "", id="start-greater-than-end"),
+    pytest.param(body(f"{H} 0-9"), 0, "", id="chunk-for-empty-blob"),
+    pytest.param(body(f"{H}"), 10, "line 1", id="missing-range"),
+    pytest.param(body(f"{H} 0-"), 10, "line 1", id="half-range"),
+    pytest.param(body(f"{H} 0 9"), 10, "line 1", id="range-without-dash"),
+    pytest.param(body("0-9"), 10, "line 1", id="missing-digest"),
+    pytest.param(body(f"{H} 0-4", "sha256:abc 5-9"), 10, "line 2", id="short-digest"),
+    pytest.param(body(f"{H.upper()} 0-9"), 10, "line 1", id="uppercase-digest"),
+    pytest.param(body(f"md5:{'ab' * 16} 0-9"), 10, "line 1", id="md5-digest"),
+    pytest.param(body(f"sha512:{'ab' * 32} 0-9"), 10, "line 1", id="unknown-algorithm"),
+    pytest.param(body(f"{H} 0-9 extra"), 10, "line 1", id="extra-field"),
+    pytest.param(body(f"{H} 0-4 {H}", f"{H} 5-9"), 10, "line 1", id="extra-digest"),
+    pytest.param(body(f"{H} a-9"), 10, "line 1", id="non-numeric-start"),
+    pytest.param(body(f"{H} 0-x"), 10, "line 1", id="non-numeric-end"),
+    pytest.param(body(f"{H} -1-9"), 10, "line 1", id="negative-start"),
+    pytest.param(body(f"{H} 0x0-9"), 10, "line 1", id="hex-number"),
+    pytest.param(body(f"{H} ٠-9"), 10, "line 1", id="non-ascii-digit"),
+    pytest.param(body(f"{H} 0-4", f"{H}\t5-9 # comment"), 10, "line 2", id="trailing-comment"),
+    pytest.param(b"\xff\xfe 0-9\n", 10, "line 1", id="binary-junk"),
+    pytest.param(b"", 10, "missing", id="empty-body-for-nonempty-blob"),
+    pytest.param(b"\n\n", 10, "missing", id="blank-body-for-nonempty-blob"),
+]
+
+
+@pytest.mark.parametrize("data, size, want_msg", INVALID)
+def test_parse_chunksums_invalid(data, size, want_msg):
+    with pytest.raises(IntegrityError) as info:
+        got = parse_chunksums(data, size)
+        pytest.fail(f"parse_chunksums({data[:60]!r}, {size}) = {got!r}, want IntegrityError")
+    assert want_msg in str(info.value), f"parse_chunksums({data[:60]!r}, {size}) raised {str(info.value)!r}, want it to mention {want_msg!r}"
+
+
+def test_parse_chunksums_blake3_accepted():
+    sums = parse_chunksums(tiling(10, 3, B3), 10)
+    assert [s.digest.algorithm for s in sums] == ["blake3"] * 4
+
+
+def test_parse_chunksums_oversized_body_rejected():
+    line = f"{H} 0-0\n".encode()
+    data = line * (MAX_CHUNKSUMS_BYTES // len(line) + 1)
+    assert len(data) > MAX_CHUNKSUMS_BYTES
+    with pytest.raises(IntegrityError, match="larger"):
+        parse_chunksums(data, 10)
+
+
+# -- split ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "size, chunk_size, want",
+    [
+        pytest.param(0, 4, [], id="empty"),
+        pytest.param(1, 4, [(0, 0)], id="one-byte"),
+        pytest.param(4, 4, [(0, 3)], id="exact-one"),
+        pytest.param(8, 4, [(0, 3), (4, 7)], id="exact-two"),
+        pytest.param(9, 4, [(0, 3), (4, 7), (8, 8)], id="short-last"),
+        pytest.param(3, 1, [(0, 0), (1, 1), (2, 2)], id="1-byte-chunks"),
+        pytest.param(5, 100, [(0, 4)], id="chunk-larger-than-blob"),
+    ],
+)
+def test_split(size, chunk_size, want):
+    chunks = split(size, chunk_size)
+    got = [(c.start, c.end) for c in chunks]
+    assert got == want, f"split({size}, {chunk_size}) = {got!r}, want {want!r}"
+    assert sum(c.size for c in chunks) == size
+
+
+@pytest.mark.parametrize("chunk_size", [0, -1])
+def test_split_rejects_bad_chunk_size(chunk_size):
+    with pytest.raises(ValueError):
+        split(10, chunk_size)
+
+
+def test_chunk_str_and_size():
+    c = Chunk(5, 9)
+    assert (str(c), c.size) == ("5-9", 5)
+
+
+# -- BlobAssembler ------------------------------------------------------------------
+
+SIZE = 200_000
+STEP = 16_384  # 13 chunks, the last one short
+
+
+def make_data(size: int = SIZE, seed: int = 1) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def sums_for(data: bytes, step: int = STEP, algorithm: str = "sha256") -> list[ChunkSum]:
+    out = []
+    for c in split(len(data), step):
+        piece = data[c.start : c.end + 1]
+        raw = hashlib.sha256(piece).digest() if algorithm == "sha256" else ref_blake3(piece).digest()
+        out.append(ChunkSum(c, Digest.from_bytes(raw, algorithm)))
+    return out
+
+
+class WorkFile:
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        os.ftruncate(self.fd, size)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@pytest.fixture
+def work(tmp_path):
+    files: list[WorkFile] = []
+
+    def make(size: int = SIZE) -> WorkFile:
+        f = WorkFile(tmp_path / f"work{len(files)}.partial", size)
+        files.append(f)
+        return f
+
+    yield make
+    for f in files:
+        f.close()
+
+
+def assembler(wf: WorkFile, data: bytes, sums=None, digest: Digest | None = None, **kw) -> BlobAssembler:
+    d = digest or Digest.from_bytes(hashlib.sha256(data).digest())
+    return BlobAssembler(wf.fd, d, len(data), sums if sums is not None else sums_for(data), **kw)
+
+
+def write_chunk(a: BlobAssembler, data: bytes, i: int, *, flip: int | None = None, pieces: int = 3) -> None:
+    c = a.sums[i].chunk
+    piece = bytearray(data[c.start : c.end + 1])
+    if flip is not None:
+        piece[flip] ^= 0xFF
+    view = memoryview(piece)
+    step = max(1, len(piece) // pieces)
+    for off in range(0, len(piece), step):
+        a.write(c.start + off, view[off : off + step])
+    a.chunk_done(i)
+
+
+@pytest.mark.parametrize("order", ["in-order", "reversed", "shuffled", "last-first"])
+def test_assembler_out_of_order(hashio_backend, work, order):
+    data = make_data()
+    wf = work()
+    a = assembler(wf, data)
+    idx = list(range(len(a.sums)))
+    if order == "reversed":
+        idx.reverse()
+    elif order == "shuffled":
+        random.Random(3).shuffle(idx)
+    elif order == "last-first":
+        idx = idx[-1:] + idx[:-1]
+    for i in idx:
+        write_chunk(a, data, i)
+    got = a.finish()
+    assert got == [], f"finish() after {order} chunks = {got!r}, want []"
+    assert wf.path.read_bytes() == data
+
+
+def test_assembler_concurrent_chunks(hashio_backend, work):
+    data = make_data(1 << 20)
+    wf = work(len(data))
+    a = assembler(wf, data, sums_for(data, 8192))
+    idx = list(range(len(a.sums)))
+    random.Random(5).shuffle(idx)
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            for i in idx[k::6]:
+                write_chunk(a, data, i)
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert a.done_chunks() == [True] * len(a.sums)
+    assert a.finish() == [], "concurrently assembled blob failed verification"
+
+
+@pytest.mark.parametrize("bad", [[0], [6], [12], [3, 9], [0, 12]], ids=lambda b: "bad-" + "-".join(map(str, b)))
+@pytest.mark.parametrize("algorithm", ["sha256", "blake3"])
+def test_assembler_finds_and_repairs_bad_chunks(hashio_backend, work, bad, algorithm):
+    data = make_data()
+    wf = work()
+    a = assembler(wf, data, sums_for(data, algorithm=algorithm))
+    for i in range(len(a.sums)):
+        write_chunk(a, data, i, flip=17 if i in bad else None)
+    got = a.finish()
+    assert got == bad, f"finish() with bad chunks {bad} = {got!r}, want {bad!r}"
+    assert a.done_chunks() == [i not in bad for i in range(len(a.sums))], "bad chunks are not marked undone"
+    for i in bad:
+        write_chunk(a, data, i)
+    got = a.finish()
+    assert got == [], f"finish() after re-writing {bad} = {got!r}, want []"
+    assert wf.path.read_bytes() == data
+
+
+def test_assembler_repair_twice(hashio_backend, work):
+    """A re-fetched chunk that is bad again is found again, then fixed."""
+    data = make_data()
+    wf = work()
+    a = assembler(wf, data)
+    for i in range(len(a.sums)):
+        write_chunk(a, data, i, flip=1 if i == 4 else None)
+    assert a.finish() == [4]
+    write_chunk(a, data, 4, flip=2)
+    assert a.finish() == [4]
+    write_chunk(a, data, 4)
+    assert a.finish() == []
+
+
+def test_assembler_chunks_verify_but_whole_does_not(hashio_backend, work):
+    data = make_data()
+    wrong = Digest.from_bytes(hashlib.sha256(data + b"x").digest())
+    wf = work()
+    a = assembler(wf, data, digest=wrong)
+    for i in range(len(a.sums)):
+        write_chunk(a, data, i)
+    with pytest.raises(IntegrityError) as info:
+        got = a.finish()
+        pytest.fail(f"finish() = {got!r}, want IntegrityError")
+    assert str(wrong) in str(info.value)
+    assert info.value.got == "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_assembler_without_chunk_digests_cannot_locate(hashio_backend, work):
+    data = make_data()
+    wf = work()
+    sums = [ChunkSum(c, None) for c in split(len(data), STEP)]
+    a = assembler(wf, data, sums)
+    for i in range(len(sums)):
+        write_chunk(a, data, i, flip=5 if i == 2 else None)
+    with pytest.raises(IntegrityError):
+        a.finish()
+
+
+def test_assembler_without_chunk_digests_good(hashio_backend, work):
+    data = make_data()
+    wf = work()
+    a = assembler(wf, data, [ChunkSum(c, None) for c in split(len(data), STEP)])
+    for i in reversed(range(len(a.sums))):
+        write_chunk(a, data, i)
+    assert a.finish() == []
+
+
+def test_assembler_finish_before_done(hashio_backend, work):
+    data = make_data()
+    wf = work()
+    a = assembler(wf, data)
+    write_chunk(a, data, 0)
+    with pytest.raises(RuntimeError):
+        a.finish()
+
+
+def test_assembler_empty_blob(hashio_backend, work):
+    wf = work(0)
+    a = assembler(wf, b"", [])
+    assert a.finish() == []
+
+
+def test_assembler_short_work_file(hashio_backend, work):
+    """A work file that ends before the blob does cannot pass (the tail reads back short)."""
+    data = make_data()
+    wf = work()
+    a = assembler(wf, data)
+    last = len(a.sums) - 1
+    for i in range(last):
+        write_chunk(a, data, i)
+    os.ftruncate(wf.fd, SIZE - 10)
+    try:
+        a.chunk_done(last)  # its bytes never landed
+        got = a.finish()
+    except (IntegrityError, OSError):
+        return
+    assert got, "finish() accepted a work file shorter than the blob"
+
+
+def test_assembler_resume_from_checkpoint(hashio_backend, work):
+    data = make_data()
+    wf = work()
+    a = assembler(wf, data)
+    for i in range(5):
+        write_chunk(a, data, i)
+    hashed, state = a.hashed_prefix()
+    if hashio_backend == "python":
+        assert (hashed, state) == (0, None), "python states are not persistable"
+        return
+    assert hashed == a.sums[5].chunk.start, f"hashed_prefix() = {hashed}, want {a.sums[5].chunk.start}"
+    b = assembler(wf, data, hash_state=state, hashed=hashed)
+    assert b.done_chunks()[:5] == [True] * 5 and not any(b.done_chunks()[5:])
+    for i in range(5, len(b.sums)):
+        write_chunk(b, data, i)
+    assert b.finish() == []
+
+
+def test_assembler_damaged_resume_record_is_harmless(hashio_backend, work):
+    data = make_data()
+    wf = work()
+    a = assembler(wf, data, hash_state=b"garbage", hashed=STEP)
+    for i in range(len(a.sums)):
+        write_chunk(a, data, i)
+    assert a.finish() == []
