@@ -1,0 +1,449 @@
+"""One measured pull, run in a process of its own by ``chunkpull.bench``.
+
+``chunkpull bench`` starts a fresh Python process for every measured run so
+that the figures belong to that pull alone: the peak RSS is this process's
+own (or, for the external tools, the largest of the tools' processes), and
+the CPU time is what this process and the tools it waited for spent inside
+the timed region.  The parent writes a JSON *spec* file,
+starts ``python <this file> SPEC`` (``python -m chunkpull._benchchild SPEC``
+for chunkpull itself), and reads the JSON *result* file this process writes
+before exiting.  A result file rather than stdout, because nothing a tool or
+library prints can then corrupt it.
+
+Peak RSS is read from ``VmHWM`` in ``/proc/<pid>/status``, not from
+``ru_maxrss``: Linux carries ``ru_maxrss`` across fork and exec, so every
+child of the (large) harness would report at least the harness's own size.
+``VmHWM`` belongs to the address space the process got at exec.  For the
+external tools it is sampled while they run (it only grows, so the last
+sample before exit is within one interval of the true peak).
+
+Methods (``spec["method"]``):
+
+``chunkpull``
+    ``Registry.pull`` into ``spec["models_dir"]``, with a progress bar on a
+    terminal; with ``spec["instrument"]`` it also records every request's
+    start, first byte and end through a ``session_factory`` (for time to
+    first byte and per-chunk latency).
+``single+sha256``
+    one requests stream into a reused buffer, written to a file, then a
+    separate hashlib SHA-256 pass over the file.
+``curl+sha256sum``
+    ``curl -o FILE URL`` then ``sha256sum FILE``.
+``python-threads``
+    ``benchmarks/baseline_threads.py``: requests + ThreadPoolExecutor +
+    hashlib + os.pwrite over the registry's chunks.
+``aria2c``
+    ``aria2c -x16 -s16 -k8M --checksum=sha-256=<hex>``.
+``hf_transfer``
+    ``hf_transfer.download`` (unverified) then a hashlib SHA-256 pass.
+
+This module imports only the standard library at module level, and nothing
+from chunkpull unless the method is ``chunkpull``: a baseline's process must
+not carry chunkpull's imports (numpy among them) in its peak RSS.  The
+baselines' own checks (a digest mismatch fails the run) are part of what
+they cost; the parent checks every output file again, outside the timed
+region.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+__all__ = ["EXTERNAL_METHODS", "METHODS", "main"]
+
+METHODS = ("chunkpull", "single+sha256", "curl+sha256sum", "python-threads", "aria2c", "hf_transfer")
+# Methods whose work happens in other programs: their peak RSS is the
+# tools', not this Python wrapper's.
+EXTERNAL_METHODS = frozenset({"curl+sha256sum", "aria2c"})
+
+# The single-stream baseline's read buffer: large enough that the Python
+# loop costs nothing next to the copy, like a careful plain-Python program.
+SINGLE_STREAM_BUFFER = 1 << 20
+# chunkpull's bar is redrawn by the bar itself at most ten times a second;
+# this is only how often the waiting thread wakes to let it.
+_TICK_S = 0.05
+# An external tool's VmHWM is sampled every millisecond at first (a short
+# run must not end between two samples), backing off to this interval so
+# the sampling itself costs next to no CPU on long runs.
+_RSS_POLL_S = 0.02
+
+
+def peak_rss_kib(pid: int | str = "self") -> int | None:
+    """Return a live process's peak RSS (VmHWM) in KiB, or None when unavailable."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+_tool_peak_kib = 0  # the largest VmHWM seen among this process's tools
+
+
+def _run_tool(cmd: list[str]) -> tuple[int, str]:
+    """Run an external tool to completion, sampling its peak RSS; return (exit status, stderr text)."""
+    global _tool_peak_kib
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err if cmd[0] == "sha256sum" else subprocess.DEVNULL, stderr=err)
+        interval = 0.001
+        while True:
+            peak = peak_rss_kib(proc.pid)
+            if peak is not None:
+                _tool_peak_kib = max(_tool_peak_kib, peak)
+            try:
+                code = proc.wait(interval)
+                break
+            except subprocess.TimeoutExpired:
+                interval = min(interval * 2, _RSS_POLL_S)
+        err.seek(0)
+        return code, err.read().decode(errors="replace").strip()
+
+
+class MethodError(Exception):
+    """A method ran but its result is wrong (a digest mismatch, a tool's failure)."""
+
+
+def _out_path(spec: dict, blob: dict) -> str:
+    return os.path.join(spec["out_dir"], blob["digest"].replace(":", "-", 1))
+
+
+def _check_hex(blob: dict, got_hex: str, who: str) -> None:
+    want = blob["digest"].partition(":")[2]
+    if got_hex != want:
+        raise MethodError(f"{who}: blob {blob['digest']} hashed to sha256:{got_hex}")
+
+
+def _file_sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+# --------------------------------------------------------------------------
+# Baselines
+# --------------------------------------------------------------------------
+
+
+def _run_single(spec: dict) -> dict:
+    import requests
+
+    buf = bytearray(SINGLE_STREAM_BUFFER)
+    view = memoryview(buf)
+    with requests.Session() as session:
+        session.verify = spec["verify_tls"]
+        for blob in spec["blobs"]:
+            path = _out_path(spec, blob)
+            with session.get(blob["url"], stream=True, timeout=(10, 60)) as r:
+                r.raise_for_status()
+                with open(path, "wb", buffering=0) as f:
+                    while True:
+                        n = r.raw.readinto(view)
+                        if not n:
+                            break
+                        f.write(view[:n])
+            # The second pass the chunksums design exists to avoid.
+            _check_hex(blob, _file_sha256(path), "single+sha256")
+    return {}
+
+
+def _run_curl(spec: dict) -> dict:
+    for blob in spec["blobs"]:
+        path = _out_path(spec, blob)
+        cmd = ["curl", "-s", "-S", "-f", "-L", "-o", path, blob["url"]]
+        if not spec["verify_tls"]:
+            cmd.insert(1, "-k")
+        code, text = _run_tool(cmd)
+        if code:
+            raise MethodError(f"curl exited {code}: {text[:300]}")
+        # sha256sum's stdout and stderr share the file: its output is one line on success.
+        code, text = _run_tool(["sha256sum", path])
+        if code:
+            raise MethodError(f"sha256sum exited {code}: {text[:300]}")
+        _check_hex(blob, text.split()[0], "curl+sha256sum")
+    return {}
+
+
+def _run_threads(spec: dict) -> dict:
+    bdir = spec.get("benchmarks_dir")
+    if bdir and bdir not in sys.path:
+        sys.path.insert(0, bdir)
+    from baseline_threads import pull_threads
+
+    for blob in spec["blobs"]:
+        pull_threads(
+            blob["url"],
+            blob["chunksums_url"],
+            blob["size"],
+            blob["digest"].partition(":")[2],
+            _out_path(spec, blob),
+            streams=spec["streams"],
+            check_chunks=spec["verify"] == "chunks",
+            chunk_size=spec["chunk_size"],
+            verify_tls=spec["verify_tls"],
+        )
+    return {}
+
+
+def _run_aria2c(spec: dict) -> dict:
+    for blob in spec["blobs"]:
+        path = _out_path(spec, blob)
+        cmd = [
+            "aria2c", "-x16", "-s16", "-k8M",
+            f"--checksum=sha-256={blob['digest'].partition(':')[2]}",
+            # Output control only: no progress, no renaming, no .aria2 control file left behind.
+            "--quiet=true", "--allow-overwrite=true", "--auto-file-renaming=false",
+            "-d", os.path.dirname(path), "-o", os.path.basename(path), blob["url"],
+        ]
+        if not spec["verify_tls"]:
+            cmd.insert(1, "--check-certificate=false")
+        code, text = _run_tool(cmd)
+        if code:
+            # aria2c exits 32 on a checksum mismatch.
+            raise MethodError(f"aria2c exited {code}: {text[:300]}")
+    return {}
+
+
+def _run_hf_transfer(spec: dict) -> dict:
+    import hf_transfer
+
+    for blob in spec["blobs"]:
+        path = _out_path(spec, blob)
+        if blob["size"] == 0:
+            open(path, "wb").close()  # hf_transfer asks for a range of an empty body
+        else:
+            hf_transfer.download(blob["url"], path, max_files=spec["streams"], chunk_size=spec["chunk_size"])
+        # hf_transfer verifies nothing; this pass is what makes it comparable.
+        _check_hex(blob, _file_sha256(path), "hf_transfer")
+    return {}
+
+
+# --------------------------------------------------------------------------
+# chunkpull
+# --------------------------------------------------------------------------
+
+
+class _RequestLog:
+    """Record each HTTP request's start, first byte (response headers) and end.
+
+    Installed as a requests response hook on the sessions that the
+    ``session_factory`` hands to ``Registry``: the hook runs when the headers
+    have arrived, ``r.elapsed`` says how long after the request was sent, and
+    the end is when the body's connection is released or closed (the
+    registry reads bodies with ``readinto`` below requests, so no
+    requests-level "content consumed" signal exists).  For a redirected
+    request only the last hop is timed.
+    """
+
+    def __init__(self) -> None:
+        self.entries: list[dict] = []
+        self._lock = threading.Lock()
+
+    def factory(self, max_streams: int, *, verify_tls: bool = True):
+        from chunkpull.transport import new_session
+
+        session = new_session(max_streams, verify_tls=verify_tls)
+        session.hooks["response"].append(self._hook)
+        return session
+
+    def _hook(self, r, *args, **kwargs):
+        now = time.perf_counter()
+        entry = {
+            "start": now - r.elapsed.total_seconds(),
+            "first": now,
+            "end": None,
+            "status": r.status_code,
+            "ranged": "Range" in r.request.headers,
+            "blob": "/blobs/" in r.url or "Range" in r.request.headers,
+        }
+        with self._lock:
+            self.entries.append(entry)
+        raw = r.raw
+
+        def finish(fn):
+            def wrapper(*a, **kw):
+                if entry["end"] is None:
+                    entry["end"] = time.perf_counter()
+                return fn(*a, **kw)
+
+            return wrapper
+
+        # Instance attributes shadow the methods for this response only.
+        raw.release_conn = finish(raw.release_conn)
+        raw.close = finish(raw.close)
+        return r
+
+    def summary(self, t0: float) -> dict:
+        """Return time to first blob byte (from t0) and per-chunk latency percentiles, in ms."""
+        with self._lock:
+            entries = list(self.entries)
+        blob = [e for e in entries if e["blob"] and e["status"] in (200, 206)]
+        chunks = sorted((e["end"] - e["start"]) * 1e3 for e in blob if e["end"] is not None)
+        ttfbs = sorted((e["first"] - e["start"]) * 1e3 for e in blob)
+        return {
+            "requests": len(entries),
+            "ttfb_ms": (min(e["first"] for e in blob) - t0) * 1e3 if blob else None,
+            "request_ttfb_p50_ms": percentile(ttfbs, 50),
+            "chunk_p50_ms": percentile(chunks, 50),
+            "chunk_p90_ms": percentile(chunks, 90),
+            "chunk_p99_ms": percentile(chunks, 99),
+            "chunks": len(chunks),
+        }
+
+
+def percentile(sorted_values: list[float], p: float) -> float | None:
+    """Return the p-th percentile of already sorted values (linear interpolation), or None if empty."""
+    if not sorted_values:
+        return None
+    k = (len(sorted_values) - 1) * p / 100
+    lo = int(k)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
+
+
+def _chunkpull_progress(spec: dict):
+    """Return (aggregator, bar) for the progress mode, or (None, None)."""
+    mode = spec.get("progress", "none")
+    if mode == "none":
+        return None, None
+    from chunkpull.progress import Aggregator
+
+    aggregator = Aggregator()
+    try:
+        from chunkpull.cli import ProgressBar
+    except ImportError:  # the CLI is optional to the harness: pull without a bar
+        return aggregator, None
+    bar = ProgressBar(aggregator, sys.stderr, is_tty=mode == "tty", label=spec.get("label", "chunkpull"))
+    return aggregator, bar
+
+
+def _prepare_chunkpull(spec: dict):
+    """Import and build everything before the timed region; return the pull to time."""
+    from chunkpull.cache import DiskCache
+    from chunkpull.registry import Registry
+
+    log = _RequestLog() if spec.get("instrument") else None
+    registry = Registry(
+        DiskCache(spec["models_dir"], fsync=spec.get("fsync", True)),
+        max_streams=spec["streams"],
+        verify=spec["verify"],
+        chunking_threshold=spec.get("threshold"),
+        session_factory=log.factory if log else None,
+    )
+    aggregator, bar = _chunkpull_progress(spec)
+
+    def run(t0: float) -> dict:
+        outcome: dict[str, BaseException] = {}
+
+        def work() -> None:
+            try:
+                registry.pull(spec["name"], progress=aggregator)
+            except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
+                outcome["error"] = err
+
+        try:
+            if bar is None:
+                work()
+            else:
+                # As in the CLI: the pull in a thread, the bar drawn from here.
+                worker = threading.Thread(target=work, name="bench-pull", daemon=True)
+                worker.start()
+                while worker.is_alive():
+                    worker.join(_TICK_S)
+                    bar.tick()
+                bar.finish()
+        finally:
+            registry.close()
+        if "error" in outcome:
+            raise outcome["error"]
+        return {"latency": log.summary(t0)} if log else {}
+
+    return run
+
+
+# --------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------
+
+_RUNNERS = {
+    "single+sha256": _run_single,
+    "curl+sha256sum": _run_curl,
+    "python-threads": _run_threads,
+    "aria2c": _run_aria2c,
+    "hf_transfer": _run_hf_transfer,
+}
+
+
+def measure(spec: dict) -> dict:
+    """Run the spec's method once and return the result record (never raises for a failed pull)."""
+    method = spec["method"]
+    if method not in METHODS:
+        return {"ok": False, "error": f"unknown method {method!r}"}
+    try:
+        if method == "chunkpull":
+            timed = _prepare_chunkpull(spec)
+        else:
+            runner = _RUNNERS[method]
+            timed = lambda t0: runner(spec)
+    except Exception as err:  # noqa: BLE001 - reported in the result, not as a traceback
+        return {"ok": False, "error": f"setup failed: {type(err).__name__}: {err}"}
+    self0 = resource.getrusage(resource.RUSAGE_SELF)
+    kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    error = None
+    extra: dict = {}
+    try:
+        extra = timed(t0) or {}
+    except Exception as err:  # noqa: BLE001 - a failed run is a result too
+        error = f"{type(err).__name__}: {err}"
+        if os.environ.get("CHUNKPULL_BENCH_DEBUG"):
+            traceback.print_exc()
+    wall = time.perf_counter() - t0
+    self1 = resource.getrusage(resource.RUSAGE_SELF)
+    kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if method in EXTERNAL_METHODS:
+        rss_kib = _tool_peak_kib
+    else:
+        # ru_maxrss (KiB on Linux) only where /proc is missing: see the module docstring.
+        rss_kib = peak_rss_kib() or self1.ru_maxrss
+    return {
+        "ok": error is None,
+        "error": error,
+        "wall_s": wall,
+        "user_s": (self1.ru_utime - self0.ru_utime) + (kids1.ru_utime - kids0.ru_utime),
+        "sys_s": (self1.ru_stime - self0.ru_stime) + (kids1.ru_stime - kids0.ru_stime),
+        "peak_rss_kib": rss_kib,
+        "bytes": sum(b["size"] for b in spec["blobs"]),
+        "pid": os.getpid(),
+        **extra,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the spec file argv[0] and write its result file; exit 0 if the pull succeeded."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: _benchchild SPEC.json", file=sys.stderr)
+        return 2
+    with open(argv[0], encoding="utf-8") as f:
+        spec = json.load(f)
+    result = measure(spec)
+    tmp = spec["result"] + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(result, f)
+    os.replace(tmp, spec["result"])  # the parent never reads half a result
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

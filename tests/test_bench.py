@@ -1,0 +1,291 @@
+"""The benchmark harness (``chunkpull.bench``): it runs end to end, reports what it measured, and never asserts speed.
+
+Real processes and sockets on tiny models (a few MiB in 256 KiB chunks):
+the harness, its registry subprocess and its per-run children all run for
+real.  No figure is compared with a number; only its presence and type are.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from chunkpull import bench
+from chunkpull._hashio import BACKEND
+from chunkpull.bench import (
+    Blob,
+    Report,
+    Target,
+    aggregate,
+    bench_main,
+    format_table,
+    parse_size,
+    read_child_result,
+    run_child,
+)
+
+RUN_FIELDS = {"method", "backend", "cpu_count", "streams", "chunk_size", "verify", "ok", "verified", "bytes",
+              "wall_s", "cpu_s", "user_s", "sys_s", "peak_rss_mib", "gbps"}
+TINY = ["--size", "4M", "--chunk-size", "256K", "-q"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path: Path, monkeypatch):
+    # Generated models go to this test's directory, never to ~/.cache.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+
+def _run_json(capsys, argv: list[str]) -> dict:
+    code = bench_main(argv + ["--json"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    return json.loads(out)
+
+
+def _good_run(record: dict) -> None:
+    missing = RUN_FIELDS - record.keys()
+    assert not missing, f"record lacks {missing}: {record}"
+    assert record["ok"] and record["verified"], record
+    for key in ("wall_s", "cpu_s", "peak_rss_mib", "gbps"):
+        assert isinstance(record[key], float) and record[key] > 0, (key, record)
+
+
+# -- end to end ------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_sweep_end_to_end_json(capsys, tmp_path):
+    doc = _run_json(capsys, TINY + ["--streams", "1,2", "--tmpdir", str(tmp_path)])
+    assert doc["schema"] == bench.SCHEMA
+    assert [(r["method"], r["streams"], r["chunk_size"], r["verify"]) for r in doc["runs"]] == [
+        ("chunkpull", 1, 256 << 10, "blob"),
+        ("chunkpull", 2, 256 << 10, "blob"),
+    ]
+    for r in doc["runs"]:
+        _good_run(r)
+        assert r["backend"] == BACKEND
+        assert r["bytes"] == doc["settings"]["bytes"] > 4 << 20  # the layer plus its config blob
+    for key in ("cpu_model", "cpu_count", "ram_gib", "kernel", "python", "backend", "date"):
+        assert key in doc["machine"], key
+    assert [r["method"] for r in doc["rows"]] == ["chunkpull", "chunkpull"]
+    # Every temporary models directory was removed.
+    assert not list(tmp_path.glob("chunkpull-bench-*"))
+    # The model was generated once, under $XDG_CACHE_HOME.
+    assert len(list((tmp_path / "xdg" / "chunkpull" / "bench").glob("size*"))) == 1
+
+
+@pytest.mark.integration
+def test_compare_runs_the_always_available_baselines(capsys, tmp_path, monkeypatch):
+    # As on a machine without the optional tools (CI may lack them): they are skipped with a note.
+    optional = {"curl+sha256sum", "aria2c", "hf_transfer"}
+    real = bench._missing
+    monkeypatch.setattr(bench, "_missing", lambda m: "not installed here" if m in optional else real(m))
+    doc = _run_json(capsys, TINY + ["--compare", "--streams", "2", "--verify", "chunks", "--tmpdir", str(tmp_path)])
+    methods = [r["method"] for r in doc["runs"]]
+    assert methods == ["chunkpull", "single+sha256", "python-threads"]
+    assert {s["method"]: s["reason"] for s in doc["skipped"]} == dict.fromkeys(optional, "not installed here")
+    for r in doc["runs"]:
+        _good_run(r)  # verified: the parent re-hashed every file each method wrote
+    rows = {r["method"]: r for r in doc["rows"]}
+    assert rows["python-threads"]["verify"] == "chunks"
+    for method in ("single+sha256", "python-threads"):
+        assert rows[method]["ratio"] > 0
+        assert rows[method]["ratio_ref"] == "chunkpull streams=2 chunk=256K verify=chunks"
+
+
+@pytest.mark.integration
+def test_table_is_printed_without_json(capsys, tmp_path):
+    assert bench_main(TINY + ["--streams", "2", "--tmpdir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["method", "GB/s", "wall"]
+    assert lines[1].split()[0] == "chunkpull"
+    assert "256K" in lines[1].split() and BACKEND in lines[1].split()
+
+
+@pytest.mark.integration
+def test_registry_name_adds_latency(capsys, tmp_path, upstream):
+    up = upstream(sizes=[2 << 20])
+    doc = _run_json(capsys, [up.ref(), "--streams", "2", "--threshold", "1M", "-q", "--tmpdir", str(tmp_path)])
+    [run] = doc["runs"]
+    _good_run(run)
+    lat = run["latency"]
+    # One ranged GET per 256 KiB chunk of the layer, and one for the config blob.
+    assert lat["chunks"] == (2 << 20) // (256 << 10) + 1
+    for key in ("ttfb_ms", "chunk_p50_ms", "chunk_p90_ms", "chunk_p99_ms"):
+        assert lat[key] > 0, key
+    assert lat["chunk_p50_ms"] <= lat["chunk_p90_ms"] <= lat["chunk_p99_ms"]
+    assert doc["rows"][0]["ttfb_ms"] > 0
+    assert doc["settings"]["chunk_sizes"] == [256 << 10]  # read from the registry's chunksums
+
+
+@pytest.mark.integration
+def test_embedded_only_options_are_refused_with_a_name(capsys, upstream):
+    up = upstream(sizes=[1 << 20])
+    assert bench_main([up.ref(), "--size", "4M"]) == 1
+    assert "--size only apply to the embedded model" in capsys.readouterr().err
+
+
+# -- the baselines' own files ------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("method", ["single+sha256", "python-threads"])
+def test_baseline_child_writes_the_blob(tmp_path, upstream, method):
+    from chunkpull.manifest import Manifest
+    from chunkpull.names import parse_ref
+
+    up = upstream(sizes=[3 << 20])
+    m = Manifest.parse(up.manifest())
+    target = Target(up.ref(), parse_ref(up.ref()).base_url, tuple(Blob(str(b.digest), b.size) for b in m.blobs()))
+    (tmp_path / "out").mkdir()
+    spec = {"method": method, "name": target.name, "blobs": target.blob_specs(), "out_dir": str(tmp_path / "out"),
+            "models_dir": str(tmp_path / "models"), "streams": 3, "chunk_size": 256 << 10, "verify": "chunks",
+            "verify_tls": True, "benchmarks_dir": str(bench.find_benchmarks_dir())}
+    result = run_child(spec, tmp_path)
+    assert result["ok"], result
+    assert result["bytes"] == m.size
+    for b in m.blobs():
+        assert (tmp_path / "out" / b.digest.filename).read_bytes() == up.blob(str(b.digest))
+
+
+@pytest.mark.integration
+def test_threads_baseline_rejects_a_corrupt_chunk(tmp_path, upstream):
+    sys.path.insert(0, str(bench.find_benchmarks_dir()))
+    try:
+        from baseline_threads import pull_threads
+    finally:
+        sys.path.pop(0)
+    up = upstream(sizes=[1 << 20])
+    layer = json.loads(up.manifest())["layers"][0]
+    up.faults.corrupt_chunk = {2: 1}
+    base = up.url + "/v2/library/smol"
+    with pytest.raises(ValueError, match="does not match"):
+        pull_threads(f"{base}/blobs/{layer['digest']}", f"{base}/chunksums/{layer['digest']}", layer["size"],
+                     layer["digest"][7:], str(tmp_path / "blob"), streams=2)
+
+
+# -- the child's result ------------------------------------------------------
+
+
+def _write(path: Path, obj) -> Path:
+    path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+    return path
+
+
+def test_child_result_is_parsed(tmp_path):
+    good = {"ok": True, "error": None, "wall_s": 0.5, "user_s": 0.25, "sys_s": 0.125, "peak_rss_kib": 51200, "bytes": 1 << 20}
+    assert read_child_result(_write(tmp_path / "r.json", good), 0) == good
+
+
+@pytest.mark.parametrize(
+    ("content", "want"),
+    [
+        pytest.param(None, "exited with status 1 and wrote no result", id="no-file"),
+        pytest.param("{not json", "unreadable result", id="not-json"),
+        pytest.param([1, 2], "malformed result", id="not-an-object"),
+        pytest.param({"ok": True, "wall_s": 1.0, "user_s": 0, "sys_s": 0, "bytes": 1}, "lacks a valid 'peak_rss_kib'", id="missing-field"),
+        pytest.param({"ok": True, "wall_s": "1", "user_s": 0, "sys_s": 0, "peak_rss_kib": 1, "bytes": 1}, "lacks a valid 'wall_s'", id="wrong-type"),
+        pytest.param({"ok": True, "wall_s": 0, "user_s": 0, "sys_s": 0, "peak_rss_kib": 1, "bytes": 1}, "no elapsed time", id="zero-time"),
+        pytest.param({"ok": False, "error": "IntegrityError: bad"}, "IntegrityError: bad", id="failed-run"),
+    ],
+)
+def test_bad_child_results_become_failed_runs(tmp_path, content, want):
+    path = tmp_path / "r.json"
+    if content is not None:
+        _write(path, content)
+    got = read_child_result(path, 1)
+    assert got["ok"] is False and want in got["error"], got
+
+
+# -- plotting ----------------------------------------------------------------
+
+
+def test_plot_without_matplotlib_says_so(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes "import matplotlib" fail
+    assert bench_main(TINY + ["--plot", str(tmp_path / "p.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"{bench.PROG}: --plot needs matplotlib, which is not installed (pip install matplotlib)"]
+    # Checked before any work: no model was generated.
+    assert not (tmp_path / "xdg").exists()
+
+
+def _fake_runs() -> list[dict]:
+    runs = []
+    for method, streams, chunk, verify, gbps in [
+        ("chunkpull", 1, 8 << 20, "blob", 0.5), ("chunkpull", 8, 8 << 20, "blob", 1.0), ("chunkpull", 8, 4 << 20, "blob", 0.9),
+        ("python-threads", 1, 8 << 20, "blob", 0.25), ("python-threads", 8, 8 << 20, "blob", 0.5),
+        ("curl+sha256sum", 1, None, "after", 0.25), ("aria2c", 16, 8 << 20, "after", 0.2),
+    ]:
+        runs.append({"method": method, "streams": streams, "chunk_size": chunk, "verify": verify, "ok": True, "verified": True,
+                     "error": None, "gbps": gbps, "wall_s": 1 / gbps, "cpu_s": 1.0, "peak_rss_mib": 50.0})
+    return runs
+
+
+def _fake_report(runs: list[dict], skipped=()) -> Report:
+    machine = {"backend": BACKEND, "cpu_count": 2, "cpu_model": "test cpu"}
+    settings = {"model": "test", "bytes": 1, "repeat": 1, "verify": ["blob"], "chunk_digest": "sha256"}
+    return Report(machine, settings, runs, aggregate(runs, default_streams=8), list(skipped))
+
+
+def test_plot_is_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "p.png"
+    bench.write_plot(_fake_report(_fake_runs()), str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- rows, ratios and the table --------------------------------------------------
+
+
+def test_ratios_compare_like_with_like():
+    rows = {(r.method, r.streams, r.chunk_size): r for r in aggregate(_fake_runs(), default_streams=8)}
+    # python-threads: against chunkpull at its own settings.
+    assert rows[("python-threads", 1, 8 << 20)].ratio == pytest.approx(2.0)
+    assert rows[("python-threads", 8, 8 << 20)].ratio == pytest.approx(2.0)
+    # other tools: against chunkpull's default mode (8 streams, 8 MiB chunks, blob).
+    assert rows[("curl+sha256sum", 1, None)].ratio == pytest.approx(4.0)
+    assert rows[("aria2c", 16, 8 << 20)].ratio == pytest.approx(5.0)
+    assert rows[("chunkpull", 8, 8 << 20)].ratio is None
+
+
+def test_repeats_give_median_min_max():
+    runs = _fake_runs()[:1] * 3
+    runs = [dict(r, gbps=g) for r, g in zip(runs, (0.3, 0.9, 0.5))]
+    [row] = aggregate(runs)
+    assert (row.gbps, row.gbps_min, row.gbps_max, row.runs, row.ok_runs) == (0.5, 0.3, 0.9, 3, 3)
+
+
+def test_failed_and_skipped_runs_are_noted_in_the_table():
+    runs = _fake_runs()[:2] + [dict(_fake_runs()[3], ok=False, verified=False, error="killed after 5 s")]
+    table = format_table(_fake_report(runs, [{"method": "aria2c", "reason": "aria2c not installed"}]))
+    lines = {line.split()[0]: line for line in table.splitlines() if line and line.split()[0] in ("python-threads", "aria2c")}
+    assert "1 of 1 failed: killed after 5 s" in lines["python-threads"]
+    assert "skipped: aria2c not installed" in lines["aria2c"]
+    md = format_table(_fake_report(runs), markdown=True)
+    assert md.splitlines()[0].startswith("| method | GB/s |") and md.splitlines()[1].startswith("|---|")
+
+
+def test_missing_tools_are_skipped_not_failed(monkeypatch):
+    monkeypatch.setattr(bench.shutil, "which", lambda name: None)
+    monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name: None)
+    assert bench._missing("aria2c") == "aria2c not installed"
+    assert bench._missing("curl+sha256sum") == "curl and sha256sum not installed"
+    assert "not installed" in bench._missing("hf_transfer")
+    assert bench._missing("single+sha256") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [("1G", 1 << 30), ("512M", 512 << 20), ("256K", 256 << 10), ("256KiB", 256 << 10), ("4096", 4096), (" 2 g ", 2 << 30)],
+)
+def test_parse_size(text, want):
+    assert parse_size(text) == want, f"parse_size({text!r})"
+
+
+@pytest.mark.parametrize("text", ["", "1.5G", "-1M", "12X", "G"])
+def test_parse_size_rejects(text):
+    with pytest.raises(ValueError, match="invalid size"):
+        parse_size(text)
