@@ -244,7 +244,6 @@ def test_rm_removes_then_second_rm_fails(served, models, capsys):
         pytest.param(["serve", "--port", "70000"], id="bad-port"),
         pytest.param(["registry"], id="registry-without-action"),
         pytest.param(["registry", "make"], id="registry-make-without-args"),
-        pytest.param(["bench"], id="no-bench-yet"),
     ],
 )
 def test_usage_errors_exit_2(argv, capsys):

@@ -7,6 +7,7 @@ Subcommands::
     chunkpull rm   NAME... [--models DIR]
     chunkpull serve [--host H] [--port P] [--models DIR] [--streams N]
     chunkpull registry serve|make ...      (the built-in test registry)
+    chunkpull bench [NAME] [--compare] ...  (the benchmark harness, bench.py)
     chunkpull --version
 
 This module owns nothing else: pulling, caching and serving live in
@@ -531,6 +532,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench  # heavy and rarely used: only when asked for
+
+    return bench.bench_main(args.rest)
+
+
 def _cmd_registry(args: argparse.Namespace) -> int:
     entry = testregistry.serve_main if args.action == "serve" else testregistry.make_main
     return entry(args.rest)
@@ -605,6 +612,15 @@ def _parser() -> argparse.ArgumentParser:
     reg.add_argument("action", choices=("serve", "make"))
     reg.add_argument("rest", nargs=argparse.REMAINDER, metavar="ARGS", help="passed on unchanged")
     reg.set_defaults(run=_cmd_registry)
+
+    bench = sub.add_parser(
+        "bench",
+        add_help=False,
+        help="benchmark pulls (an embedded 1 GiB model by default, or a registry name)",
+        description="Benchmark pulls; run 'chunkpull bench --help' for the options.",
+    )
+    bench.add_argument("rest", nargs=argparse.REMAINDER, metavar="ARGS", help="passed on to the benchmark harness")
+    bench.set_defaults(run=_cmd_bench)
     return p
 
 
@@ -629,8 +645,10 @@ def main(argv: list[str] | None = None) -> int:
     exceptions (bugs) keep their traceback.
     """
     parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = parser.parse_args(argv)
+        # bench owns its whole option set (its --help included): hand it over.
+        args = argparse.Namespace(command="bench", rest=argv[1:], run=_cmd_bench) if argv[:1] == ["bench"] else parser.parse_args(argv)
         if args.command is None:
             parser.print_usage(sys.stderr)
             print("chunkpull: error: a command is required", file=sys.stderr)
