@@ -52,8 +52,10 @@ def hashio_backend(backend, monkeypatch) -> str:
     name = "native" if backend.__name__.endswith("_native") else "python"
     monkeypatch.setattr(_hashio, "_impl", backend)
     monkeypatch.setattr(_hashio, "BACKEND", name)
-    for kernel in ("sha256", "blake3", "pwrite_all", "sha256_pwrite"):
-        monkeypatch.setattr(_hashio, kernel, getattr(backend, kernel))
+    # Every kernel _hashio re-exports (sha256, pwrite_all, ...), whatever the list grows to.
+    for kernel in dir(backend):
+        if not kernel.startswith("_") and callable(getattr(backend, kernel)) and hasattr(_hashio, kernel):
+            monkeypatch.setattr(_hashio, kernel, getattr(backend, kernel))
     monkeypatch.setattr(_hashio, "DIGESTERS", {"sha256": backend.sha256, "blake3": backend.blake3})
     return name
 

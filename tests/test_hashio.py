@@ -437,3 +437,17 @@ def test_backend_env_native():
     r = _import_with_backend("native")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "native"
+
+
+def test_start_writeback_is_a_harmless_hint(backend, tmp_path):
+    path = tmp_path / "out"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        backend.pwrite_all(fd, PATTERN, 0)
+        assert backend.start_writeback(fd, 0, MIB) is None
+        assert backend.start_writeback(fd, MIB, 0) is None
+    finally:
+        os.close(fd)
+    # Only a hint: errors are left for fsync to report.
+    assert backend.start_writeback(_closed_fd(tmp_path), 0, 10) is None
+    assert path.read_bytes() == PATTERN

@@ -10,6 +10,7 @@ assertion depends on timing.
 from __future__ import annotations
 
 import collections
+import faulthandler
 import hashlib
 import json
 import shutil
@@ -48,6 +49,18 @@ SMALL = 100_000  # below the chunking threshold: one request
 SIZES = [BIG, SMALL]
 NAME = Name("registry.local", "library", "smol", "latest")
 MANIFEST_PATH = "/v2/library/smol/manifests/latest"
+
+
+# A hung pull must fail the run loudly, not stall CI: dump every thread's
+# stack and exit if one test runs this long (never reached by a healthy test).
+HANG_GUARD_S = 120
+
+
+@pytest.fixture(autouse=True)
+def hang_guard():
+    faulthandler.dump_traceback_later(HANG_GUARD_S, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
 
 
 # -- helpers ---------------------------------------------------------------------

@@ -350,3 +350,21 @@ def test_read_range_retry_resumes(served):
     assert bytes(got) == data
     assert len(sleeps) == 3
     assert [r[1] for r in up.stats.ranges] == [0, 30_000, 60_000, 90_000]
+
+
+def test_read_range_fresh_buffer_per_piece(served):
+    """With a buffer factory, every piece lands in its own buffer and the sink keeps it."""
+    up, url, data = served
+    t, _ = transport()
+    handed: list[memoryview] = []
+    kept: list[tuple[int, memoryview]] = []
+
+    def acquire() -> memoryview:
+        view = memoryview(bytearray(8192))
+        handed.append(view)
+        return view
+
+    t.read_range(url, 5000, 104_999, acquire, lambda offset, view: kept.append((offset, view)))
+    assert b"".join(bytes(v) for _, v in kept) == data[5000:105_000], "pieces kept by the sink were overwritten"
+    assert [o for o, _ in kept] == [5000 + sum(len(v) for _, v in kept[:i]) for i in range(len(kept))]
+    assert len({id(v.obj) for _, v in kept}) == len(kept), "two pieces shared one buffer"

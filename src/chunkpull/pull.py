@@ -328,6 +328,9 @@ class Puller:
                 state.save_record()
         except BaseException as err:  # noqa: BLE001 - recorded and re-raised by run()
             self._fail(state.layer, err)
+            # Free the pieces parked behind the failed chunk: workers still
+            # streaming this blob's chunks may be waiting for one.
+            state.assembler.release_all()
         finally:
             try:
                 with state.lock:
@@ -369,6 +372,11 @@ class Puller:
                 if self.cancel.is_set():
                     piece.release()
                     raise PullCancelledError(CANCELLED)
+                if key in self.errors:
+                    # The blob failed: its pieces would park for a hash that
+                    # never comes and starve the pool (a deadlock).  Stop.
+                    piece.release()
+                    raise ChunkpullError(f"blob {key} failed; chunk {chunk} dropped")
                 if hasher is not None:
                     hasher.update(view)  # before deliver: the hash may release the piece
                 state.assembler.deliver(i, offset, view, piece.release, aligned=aligned)
