@@ -46,12 +46,11 @@ from .errors import (
     InsufficientSpaceError,
     IntegrityError,
     PullCancelledError,
-    TransportError,
 )
 from .manifest import Layer
 from .names import Ref
 from .progress import BYTES, DONE, ERROR, RESUMED, VERIFYING, Progress, ProgressCallback
-from .transport import RangeIgnoredError, StreamMonitor, join_url
+from .transport import RangeIgnoredError, ShortReadError, StreamMonitor, join_url
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -208,6 +207,7 @@ class Puller:
     # -- small blobs: one request ---------------------------------------------
 
     def _fetch_whole(self, layer: Layer) -> None:
+        """Fetch a small blob in one streamed GET, hashing as it is written."""
         url = f"{self.ref.base_url}/blobs/{layer.digest}"
         key = str(layer.digest)
         reported = 0  # across attempts, so re-fetched bytes are not counted twice
@@ -216,49 +216,49 @@ class Puller:
             self.report(Progress(key, layer.size, DONE))
             return
         try:
-            # A retry restarts the blob: the stream hash cannot skip bytes.
-            def attempt() -> None:
+            for _ in range(MAX_INTEGRITY_ATTEMPTS):
                 h = ChunkHasher("sha256")
+                pos = 0
 
                 def sink(offset: int, view: memoryview) -> None:
-                    nonlocal reported
+                    nonlocal reported, pos
                     self._check_cancel()
                     h.update_pwrite(ingest.fd, view, offset)
-                    end = offset + len(view)
-                    if end > reported:
-                        self.report(Progress(key, layer.size, BYTES, end - reported))
-                        reported = end
+                    pos = offset + len(view)
+                    if pos > reported:
+                        self.report(Progress(key, layer.size, BYTES, pos - reported))
+                        reported = pos
 
-                if layer.size:
+                def attempt() -> None:
+                    nonlocal h, pos
+                    if pos >= layer.size:
+                        return
                     stream = self.monitor.stream(key)
                     try:
-                        self.r.transport.read_range(url, 0, layer.size - 1, self._buffer(), sink, verify_tls=self.verify_tls, stream=stream)
+                        self.r.transport.read_range(url, pos, layer.size - 1, self._buffer(), sink, verify_tls=self.verify_tls, stream=stream)
+                    except RangeIgnoredError:
+                        # Cannot resume from a server that ignores Range: start over.
+                        h, pos = ChunkHasher("sha256"), 0
+                        raise ShortReadError(f"{url}: cannot resume (Range ignored)", 0) from None
                     finally:
                         self.monitor.done(stream)
-                got = h.digest()
-                if got != layer.digest.raw:
-                    raise IntegrityError(f"blob {layer.digest} from {url} hashes to sha256:{got.hex()}", digest=key, expected=key, got=f"sha256:{got.hex()}")
 
-            self._with_retries(url, attempt)
+                # A cut connection resumes at pos: the stream hash has every byte before it.
+                self.r.transport.retry(attempt, url, cancel=self.cancel)
+                got = h.digest()
+                if got == layer.digest.raw:
+                    break
+            else:
+                raise IntegrityError(
+                    f"blob {layer.digest} from {url} hashes to sha256:{got.hex()} ({MAX_INTEGRITY_ATTEMPTS} attempts)",
+                    digest=key, expected=key, got=f"sha256:{got.hex()}",
+                )
             self.report(Progress(key, layer.size, VERIFYING))
             ingest.commit()
         except BaseException:
             ingest.discard()  # a one-request blob has nothing worth resuming
             raise
         self.report(Progress(key, layer.size, DONE))
-
-    def _with_retries(self, url: str, attempt: Callable[[], None]) -> None:
-        """Retry attempt on transport faults (via Transport.retry) and on bad bytes (bounded)."""
-        for n in range(MAX_INTEGRITY_ATTEMPTS):
-            try:
-                self.r.transport.retry(attempt, url, cancel=self.cancel)
-                return
-            except IntegrityError:
-                if n + 1 == MAX_INTEGRITY_ATTEMPTS:
-                    raise
-            except TransportError:
-                self._check_cancel()
-                raise
 
     # -- large blobs: chunks ---------------------------------------------------
 
