@@ -1,0 +1,1173 @@
+"""The Ollama-compatible local HTTP API (SPEC section 5) and the server that runs it.
+
+This module owns ``Local``, the WSGI application behind ``chunkpull serve``
+(``POST /api/pull``, ``DELETE /api/delete``, ``GET /api/tags``,
+``GET /api/version`` and ``GET|HEAD /``); the one table that maps exceptions
+to HTTP statuses and error codes; the table of pulls in flight, so that
+clients asking for the same model at once share one download; the NDJSON
+progress stream; and ``Server`` / ``serve``, an embedded multi-threaded
+HTTP/1.1 server built on the standard library that flushes every progress
+line as it is produced.  It is a thin handler: every byte is moved, checked
+and committed by ``Registry.pull``; this module only starts pulls, shares
+them and reports on them.  It imports ``registry``, ``progress``, ``names``
+and ``errors``; it must not import ``cache``, ``chunks``, ``transport``,
+``testregistry`` or ``cli``, and nothing in chunkpull imports it except
+``cli``.
+"""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import logging
+import select
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+from urllib.parse import unquote_to_bytes
+
+from .errors import (
+    ChunkpullError,
+    IncompletePullError,
+    InsufficientSpaceError,
+    IntegrityError,
+    InvalidDigestError,
+    InvalidManifestError,
+    InvalidNameError,
+    ModelNotFoundError,
+    PullCancelledError,
+    RegistryError,
+    TransportError,
+)
+from .names import Name, Ref
+from .progress import CACHED, START, Aggregator, Progress
+from .registry import Registry
+
+__all__ = ["Local", "PullInFlight", "Server", "serve", "PROGRESS_INTERVAL_S"]
+
+log = logging.getLogger("chunkpull.api")
+# Wire-level events of the embedded server (debug only); the per-request
+# records come from Local's logger.
+_wire_log = logging.getLogger("chunkpull.api.server")
+
+# SPEC section 5: progress lines at most every ~100 ms.
+PROGRESS_INTERVAL_S = 0.1
+# API request bodies are a few dozen bytes of JSON; refuse anything absurd
+# before reading it into memory.
+MAX_BODY_BYTES = 1 << 20
+NDJSON = "application/x-ndjson"
+JSON = "application/json"
+RUNNING_TEXT = b"chunkpull is running"
+
+
+# --------------------------------------------------------------------------
+# Errors and the one table that maps them to statuses
+# --------------------------------------------------------------------------
+
+
+class _HTTPError(Exception):
+    """An error of the request itself (not of a pull); the table gives its status."""
+
+
+class _BadRequestError(_HTTPError):
+    pass
+
+
+class _UnknownPathError(_HTTPError):
+    pass
+
+
+class _MethodNotAllowedError(_HTTPError):
+    def __init__(self, allow: Iterable[str]) -> None:
+        super().__init__("method not allowed")
+        self.allow = sorted(allow)
+
+
+class _BodyTooLargeError(_HTTPError):
+    pass
+
+
+class _ClientGoneError(_HTTPError):
+    pass
+
+
+class _ShuttingDownError(_HTTPError):
+    pass
+
+
+# (exception class, HTTP status, error code, message).  The first row whose
+# class matches wins, so subclasses come before their bases.  A message of
+# None means the exception's own text is meant for users and is sent as is;
+# anything not in the table is a 500 whose text goes to the log only.
+_ERROR_TABLE: tuple[tuple[type[BaseException], int, str, str | None], ...] = (
+    (_BadRequestError, 400, "bad_request", None),
+    (InvalidNameError, 400, "bad_request", None),
+    (InvalidDigestError, 400, "bad_request", None),
+    (_UnknownPathError, 404, "not_found", "not found"),
+    (ModelNotFoundError, 404, "not_found", "model not found"),
+    (_MethodNotAllowedError, 405, "method_not_allowed", "method not allowed"),
+    (_BodyTooLargeError, 413, "request_too_large", None),
+    (_ClientGoneError, 499, "client_closed_request", "client closed request"),
+    (InsufficientSpaceError, 507, "insufficient_storage", None),
+    (PullCancelledError, 503, "unavailable", None),
+    (_ShuttingDownError, 503, "unavailable", "server is shutting down"),
+    # The upstream registry failed or sent bad data: not our fault, and the
+    # message (URL, upstream status and text) is what the user needs.
+    (RegistryError, 502, "bad_gateway", None),
+    (TransportError, 502, "bad_gateway", None),
+    (InvalidManifestError, 502, "bad_gateway", None),
+    (IntegrityError, 502, "bad_gateway", None),
+    (IncompletePullError, 502, "bad_gateway", None),
+)
+_INTERNAL = (500, "internal_error", "internal server error")
+
+
+def _describe(err: BaseException) -> tuple[int, str, str]:
+    """Return (status, code, client-safe message) for err, from the one table."""
+    for cls, status, code, message in _ERROR_TABLE:
+        if isinstance(err, cls):
+            return status, code, str(err) if message is None else message
+    return _INTERNAL
+
+
+def _stream_message(err: BaseException) -> str:
+    """Return the text of a stream's error line for err.
+
+    chunkpull's own errors are written for users (``model "x" not found``,
+    the upstream URL and status); anything else is internal and must not
+    leak, exactly as for a 500 answer.
+    """
+    if isinstance(err, (ChunkpullError, _HTTPError)):
+        return str(err)
+    return _INTERNAL[2]
+
+
+def _json_bytes(obj: object) -> bytes:
+    # Compact and newline-terminated, byte for byte what Go's json.Encoder
+    # writes, so that clients (and the seed's substring checks) see Ollama's
+    # exact lines.
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+def _log_quote(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+# --------------------------------------------------------------------------
+# Pulls in flight
+# --------------------------------------------------------------------------
+
+
+class PullInFlight:
+    """One running pull, shared by every request that asked for its model.
+
+    ``name`` is the text of the first request, ``progress`` the Aggregator
+    that every listening stream reads, ``cancel`` is set when the last
+    listener leaves (or the server shuts down), ``done`` when
+    ``Registry.pull`` has returned, with ``error`` set if it raised.
+    ``listeners`` counts the requests still waiting on it.  Attributes are
+    for reading; only ``Local`` changes them.
+    """
+
+    def __init__(self, ref: Ref, name: str) -> None:
+        self.ref = ref
+        self.name = name
+        self.progress = Aggregator()
+        self.cancel = threading.Event()
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.listeners = 0
+        self.thread: threading.Thread | None = None
+        # True once every layer has been announced: Registry.pull reports a
+        # start/cached event for every blob before any other event, so the
+        # first other event (or the end of the pull) proves the list is whole.
+        self.announced = False
+        self._cond = threading.Condition()
+        self._version = 0
+
+    def report(self, event: Progress) -> None:
+        """The progress callback handed to Registry.pull (worker threads; never blocks long)."""
+        self.progress(event)
+        with self._cond:
+            if event.state not in (START, CACHED):
+                self.announced = True
+            self._version += 1
+            self._cond.notify_all()
+
+    def finish(self, error: BaseException | None) -> None:
+        with self._cond:
+            self.error = error
+            self.announced = True
+            self.done.set()
+            self._version += 1
+            self._cond.notify_all()
+
+    def wait(self, version: int, timeout_s: float) -> int:
+        """Block until something changed after ``version`` (or timeout); return the new version."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._version != version, timeout_s)
+            return self._version
+
+
+# --------------------------------------------------------------------------
+# The WSGI application
+# --------------------------------------------------------------------------
+
+# path -> methods; HEAD is answered wherever GET is.
+_ROUTES: dict[str, tuple[str, ...]] = {
+    "/": ("GET", "HEAD"),
+    "/api/version": ("GET", "HEAD"),
+    "/api/tags": ("GET", "HEAD"),
+    "/api/pull": ("POST",),
+    "/api/delete": ("DELETE",),
+}
+
+
+class _Reply:
+    """A complete (non-streaming) answer: status, body and content type."""
+
+    def __init__(self, status: int, body: bytes = b"", content_type: str = JSON, headers: Iterable[tuple[str, str]] = ()) -> None:
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.headers = list(headers)
+
+
+class Local:
+    """The Ollama-compatible local API as a WSGI application (SPEC section 5).
+
+    ``registry`` does the pulls, deletes and listings; names are completed
+    with its mask.  ``fallback``, if given, is a WSGI application that gets
+    every request for a path this API does not know (it may be set or
+    changed later, as an attribute); otherwise such requests get a 404.
+    ``logger`` (default ``logging.getLogger("chunkpull.api")``) gets one
+    record per request this app answers, none for those passed to the
+    fallback: level ERROR for 5xx, WARNING for 4xx, INFO otherwise; the
+    message reads ``error="…" status=N method=M path=P content_length=L
+    remote=ADDR`` (``error=""`` when there was none; for a 500 it holds the
+    internal error the client never sees, with the traceback attached).  A
+    streamed pull is logged when its stream ends, with status 200 and the
+    error, if any, that ended it (``client disconnected`` when the client
+    left first).
+
+    Endpoints:
+
+    ``POST /api/pull`` ``{"model": name, "stream": true}`` (``name`` is
+    accepted for ``model``; ``insecure`` is accepted and ignored)
+        streaming (default): 200 and NDJSON, ``{"status":"pulling
+        manifest"}``, then, once every layer is known, one
+        ``{"digest","total"}`` line per layer, then
+        ``{"digest","total","completed"}`` lines at most every
+        ``progress_interval_s`` that never go backwards, then
+        ``verifying sha256 digest``, ``writing manifest``, ``success``.  A
+        failure after the stream started ends it with
+        ``{"status":"error: <message>"}`` (the older form Ollama's seed test
+        expects) followed by the final line ``{"error":"<message>"}`` (the
+        key Ollama's clients stop on).  ``"stream": false``: one answer,
+        ``{"status":"success"}`` or an error response.
+    ``DELETE /api/delete`` ``{"model": name}``
+        200 with an empty body when removed; 404 when there was no such model.
+    ``GET /api/tags``
+        ``{"models":[{"name","model","size","digest","modified_at","details"}]}``,
+        newest first; names are shortened against the mask as Ollama shows
+        them (``smol:latest``), ``digest`` is the manifest's sha256 hex.
+    ``GET /api/version``
+        ``{"version": chunkpull.__version__}``.
+    ``GET /``, ``HEAD /``
+        200 ``chunkpull is running`` (Ollama's clients probe it).
+
+    Errors are ``{"code": …, "error": …}`` with ``Content-Type:
+    application/json``: 400 ``bad_request`` (body not JSON: the parser's
+    message; empty body; invalid or missing name), 404 ``not_found`` (unknown
+    path; ``model not found``), 405 ``method_not_allowed``, 413
+    ``request_too_large``, 502 ``bad_gateway`` (the registry failed; its
+    message), 503 ``unavailable`` (shutting down), 507
+    ``insufficient_storage``, 500 ``internal_error`` ("internal server
+    error", never the internal text).
+
+    Pulls run on their own threads, one per model in flight, keyed by the
+    canonical name (scheme, name compared ignoring case, digest): a second
+    request for a model being pulled listens to the same pull instead of
+    starting another.  When the last listener leaves (its client
+    disconnected: the WSGI server raised on a write or saw the socket close,
+    and called ``close()`` on the response) the pull is cancelled; work
+    files are kept for the next pull to resume.  Thread-safe: one ``Local``
+    serves any number of concurrent requests.
+    """
+
+    progress_interval_s = PROGRESS_INTERVAL_S
+    # How often a request that is only waiting (a stalled pull, a
+    # non-streaming pull) checks whether its client is still there, when the
+    # server offers a way to check ("chunkpull.peer_closed" in the environ).
+    poll_s = 0.5
+
+    def __init__(self, registry: Registry, *, fallback: Callable | None = None, logger: logging.Logger | None = None) -> None:
+        self.registry = registry
+        self.fallback = fallback
+        self.logger = logger if logger is not None else log
+        self._lock = threading.Lock()
+        self._flights: dict[Ref, PullInFlight] = {}
+        self._closed = False
+
+    # -- WSGI entry ------------------------------------------------------------
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        """Answer one request (WSGI); a streaming pull returns an iterable whose close() must be called.
+
+        Raises:
+            Nothing of its own: every failure becomes an error answer (or a
+            stream's error line) through the error table.  Requests passed to
+            the fallback raise whatever the fallback raises.
+        """
+        path = environ.get("PATH_INFO") or "/"
+        method = (environ.get("REQUEST_METHOD") or "GET").upper()
+        methods = _ROUTES.get(path)
+        if methods is None and self.fallback is not None:
+            return self.fallback(environ, start_response)
+        try:
+            if methods is None:
+                raise _UnknownPathError("not found")
+            if method not in methods:
+                raise _MethodNotAllowedError(methods)
+            if path == "/api/pull":
+                result = self._pull(environ)
+            elif path == "/api/delete":
+                result = self._delete(environ)
+            elif path == "/api/tags":
+                result = self._tags()
+            elif path == "/api/version":
+                result = self._version()
+            else:
+                result = _Reply(200, RUNNING_TEXT, "text/plain; charset=utf-8")
+        except Exception as err:  # noqa: BLE001 - every failure becomes an answer via the table
+            result = self._error_reply(environ, err)
+        else:
+            if isinstance(result, _Reply):
+                self._log(environ, result.status, None)
+        if isinstance(result, _PullStream):
+            start_response("200 OK", [("Content-Type", NDJSON), ("Cache-Control", "no-store")])
+            return result
+        return self._send(environ, start_response, result)
+
+    def _send(self, environ: dict, start_response: Callable, reply: _Reply) -> list[bytes]:
+        headers = [("Content-Type", reply.content_type), ("Content-Length", str(len(reply.body))), *reply.headers]
+        start_response(f"{reply.status} {_reason(reply.status)}", headers)
+        return [b""] if environ.get("REQUEST_METHOD", "").upper() == "HEAD" else [reply.body]
+
+    def _error_reply(self, environ: dict, err: BaseException) -> _Reply:
+        status, code, message = _describe(err)
+        self._log(environ, status, err)
+        headers = []
+        if isinstance(err, _MethodNotAllowedError):
+            headers.append(("Allow", ", ".join(err.allow)))
+        return _Reply(status, _json_bytes({"code": code, "error": message}), JSON, headers)
+
+    def _log(self, environ: dict, status: int, error: BaseException | str | None) -> None:
+        level = logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else logging.INFO
+        exc_info = None
+        if isinstance(error, BaseException) and not isinstance(error, (ChunkpullError, _HTTPError)):
+            # Unexpected: the client saw a generic message, so the log must
+            # carry everything, traceback included.
+            exc_info = (type(error), error, error.__traceback__)
+        remote = environ.get("REMOTE_ADDR") or "-"
+        if environ.get("REMOTE_PORT"):
+            remote = f"{remote}:{environ['REMOTE_PORT']}"
+        self.logger.log(
+            level,
+            "error=%s status=%d method=%s path=%s content_length=%s remote=%s",
+            _log_quote("" if error is None else str(error)),
+            status,
+            environ.get("REQUEST_METHOD") or "-",
+            environ.get("PATH_INFO") or "/",
+            environ.get("CONTENT_LENGTH") or "0",
+            remote,
+            exc_info=exc_info,
+        )
+
+    # -- endpoints -------------------------------------------------------------
+
+    def _pull(self, environ: dict) -> _Reply | _PullStream:
+        params = _read_params(environ)
+        stream = params.get("stream", True)
+        if stream is None:
+            stream = True
+        if not isinstance(stream, bool):
+            raise _BadRequestError(f'invalid request: "stream" must be true or false, not {json.dumps(stream)}')
+        model = _model_param(params)
+        if stream:
+            # Even an invalid name is reported inside the stream (status 200),
+            # as Ollama does: its clients expect the stream to start first.
+            return _PullStream(self, environ, model)
+        ref = self.registry.parse(model)
+        flight = self._join(ref, model)
+        try:
+            while not flight.done.wait(self.poll_s):
+                if _peer_closed(environ):
+                    raise _ClientGoneError("client disconnected")
+        finally:
+            self._leave(flight)
+        if flight.error is not None:
+            raise flight.error
+        return _Reply(200, _json_bytes({"status": "success"}))
+
+    def _delete(self, environ: dict) -> _Reply:
+        model = _model_param(_read_params(environ))
+        if not self.registry.unlink(model):
+            raise ModelNotFoundError(model)
+        return _Reply(200)
+
+    def _tags(self) -> _Reply:
+        mask = Name.parse(self.registry.mask)
+        cache = self.registry.cache
+        paths = dict(cache.links())
+        rows = []
+        for name, m in self.registry.list_local():
+            try:
+                mtime = paths[name].stat().st_mtime
+            except (KeyError, OSError):
+                continue  # removed while we listed
+            # Ollama shows the tag always, host and namespace only where
+            # they differ from the mask: "smol:latest", "me/smol:q4".
+            short = Name(name.host, name.namespace, name.model).display_shortest(mask) + ":" + name.tag
+            rows.append((mtime, short, m))
+        rows.sort(key=lambda r: (-r[0], r[1].lower()))
+        models = [
+            {
+                "name": short,
+                "model": short,
+                "modified_at": datetime.fromtimestamp(mtime).astimezone().isoformat(),
+                "size": m.size,
+                "digest": m.digest.hex,
+                "details": self._details(m),
+            }
+            for mtime, short, m in rows
+        ]
+        return _Reply(200, _json_bytes({"models": models}))
+
+    def _details(self, m) -> dict:
+        """Return Ollama's ``details`` object, read from the model's config blob when present."""
+        details = {"parent_model": "", "format": "", "family": "", "families": None, "parameter_size": "", "quantization_level": ""}
+        if m.config is None or m.config.size > MAX_BODY_BYTES:
+            return details
+        try:
+            cfg = json.loads(self.registry.cache.blob_path(m.config.digest).read_bytes())
+        except (OSError, ValueError):
+            return details
+        if not isinstance(cfg, dict):
+            return details
+        for key, source in (("format", "model_format"), ("family", "model_family"), ("parameter_size", "model_type"), ("quantization_level", "file_type")):
+            if isinstance(cfg.get(source), str):
+                details[key] = cfg[source]
+        families = cfg.get("model_families")
+        if isinstance(families, list) and all(isinstance(f, str) for f in families):
+            details["families"] = families
+        return details
+
+    def _version(self) -> _Reply:
+        from . import __version__  # at call time: the package imports this module's users first
+
+        return _Reply(200, _json_bytes({"version": __version__}))
+
+    # -- the in-flight table ---------------------------------------------------
+
+    def in_flight(self) -> list[PullInFlight]:
+        """Return the pulls running now (a snapshot, for status pages and tests)."""
+        with self._lock:
+            return list(self._flights.values())
+
+    def _join(self, ref: Ref, model: str) -> PullInFlight:
+        """Listen to the pull of ref, starting it if none is running.
+
+        Raises:
+            _ShuttingDownError: close() was called.
+        """
+        with self._lock:
+            if self._closed:
+                raise _ShuttingDownError("server is shutting down")
+            flight = self._flights.get(ref)
+            if flight is None:
+                flight = self._flights[ref] = PullInFlight(ref, model)
+                flight.thread = threading.Thread(target=self._run, args=(flight,), name=f"chunkpull-api-pull {ref.name}", daemon=True)
+                flight.thread.start()
+            flight.listeners += 1
+            return flight
+
+    def _leave(self, flight: PullInFlight) -> None:
+        with self._lock:
+            flight.listeners -= 1
+            if flight.listeners > 0 or flight.done.is_set():
+                return
+            # Nobody is listening any more: stop the download, and take the
+            # flight out of the table now so that a new request starts a
+            # fresh pull instead of joining one that is winding down.
+            flight.cancel.set()
+            if self._flights.get(flight.ref) is flight:
+                del self._flights[flight.ref]
+
+    def _run(self, flight: PullInFlight) -> None:
+        error: BaseException | None = None
+        try:
+            self.registry.pull(flight.name, progress=flight.report, cancel=flight.cancel)
+        except BaseException as err:  # noqa: BLE001 - handed to every listener, never lost
+            error = err
+        finally:
+            with self._lock:
+                if self._flights.get(flight.ref) is flight:
+                    del self._flights[flight.ref]
+            flight.finish(error)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Cancel every pull in flight and wait (at most timeout_s) for them to stop.
+
+        Work in progress is kept for a later pull to resume; streams end with
+        an error line.  New pull requests are refused with 503 afterwards.
+        """
+        with self._lock:
+            self._closed = True
+            flights = list(self._flights.values())
+        for f in flights:
+            f.cancel.set()
+        deadline = time.monotonic() + timeout_s
+        for f in flights:
+            if f.thread is not None:
+                f.thread.join(max(0.0, deadline - time.monotonic()))
+
+
+class _PullStream:
+    """The NDJSON body of one streaming pull: a WSGI iterable whose close() leaves the pull.
+
+    The first ``next()`` joins (or starts) the pull before it returns the
+    first line, so a client that has read ``pulling manifest`` is known to
+    be listening.  ``close()`` is called by the WSGI server when the body is
+    done or the client went away; if the pull is still running and this was
+    its last listener, the pull is cancelled.
+    """
+
+    def __init__(self, local: Local, environ: dict, model: object) -> None:
+        self._local = local
+        self._environ = environ
+        self._model = model
+        self._flight: PullInFlight | None = None
+        self._error: BaseException | str | None = None
+        self._finished = False
+        self._closed = False
+        self._lines = self._generate()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._lines)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._lines.close()
+        if self._flight is not None:
+            self._local._leave(self._flight)
+        error = self._error
+        if error is None and not self._finished:
+            error = "client disconnected"
+        self._local._log(self._environ, 200, error)
+
+    def _generate(self) -> Iterator[bytes]:
+        try:
+            yield from self._lines_of_pull()
+        except Exception as err:  # noqa: BLE001 - a bug here: tell the client, log it at close()
+            yield from self._fail(err)
+        self._finished = True
+
+    def _lines_of_pull(self) -> Iterator[bytes]:
+        local = self._local
+        try:
+            ref = local.registry.parse(self._model)
+            self._flight = flight = local._join(ref, self._model)
+        except (InvalidNameError, _ShuttingDownError) as err:
+            yield _json_bytes({"status": "pulling manifest"})
+            yield from self._fail(err)
+            return
+        yield _json_bytes({"status": "pulling manifest"})
+        announced: set[str] = set()
+        sent: dict[str, int] = {}
+        seen = -1
+        while True:
+            version = flight.wait(seen, local.poll_s)
+            if version == seen:
+                # Nothing happened for poll_s (a stall, or a slow chunksums
+                # answer): no write would tell us the client left, so ask.
+                if _peer_closed(self._environ):
+                    self._error = "client disconnected"
+                    return
+                continue
+            seen = version
+            done = flight.done.is_set()
+            if flight.announced:
+                yield from _progress_lines(flight.progress, announced, sent)
+            if done:
+                break
+            # Throttle: at most one batch per interval, but wake at once
+            # when the pull ends so the closing lines are not delayed.
+            flight.done.wait(local.progress_interval_s)
+        if flight.error is not None:
+            yield from self._fail(flight.error)
+            return
+        for status in ("verifying sha256 digest", "writing manifest", "success"):
+            yield _json_bytes({"status": status})
+
+    def _fail(self, err: BaseException) -> Iterator[bytes]:
+        self._error = err
+        message = _stream_message(err)
+        yield _json_bytes({"status": f"error: {message}"})
+        yield _json_bytes({"error": message})
+
+
+def _progress_lines(progress: Aggregator, announced: set[str], sent: dict[str, int]) -> Iterator[bytes]:
+    """Yield the lines a stream owes: new layers' announcements first, then forward progress only."""
+    layers = progress.layers()
+    for layer in layers:
+        if layer.digest not in announced:
+            announced.add(layer.digest)
+            yield _json_bytes({"digest": layer.digest, "total": layer.total})
+    for layer in layers:
+        if layer.completed > sent.get(layer.digest, 0):
+            sent[layer.digest] = layer.completed
+            yield _json_bytes({"digest": layer.digest, "total": layer.total, "completed": layer.completed})
+
+
+def _peer_closed(environ: dict) -> bool:
+    check = environ.get("chunkpull.peer_closed")
+    return bool(check is not None and check())
+
+
+def _read_params(environ: dict) -> dict:
+    """Read and decode the request's JSON object body.
+
+    Raises:
+        _BadRequestError: empty, not JSON, or not an object; bad Content-Length.
+        _BodyTooLargeError: more than MAX_BODY_BYTES.
+        OSError and anything else the input stream raises (a 500).
+    """
+    text = (environ.get("CONTENT_LENGTH") or "").strip()
+    try:
+        length = int(text) if text else 0
+    except ValueError:
+        raise _BadRequestError(f"invalid Content-Length {text!r}") from None
+    if length < 0:
+        raise _BadRequestError(f"invalid Content-Length {text!r}")
+    if length > MAX_BODY_BYTES:
+        raise _BodyTooLargeError(f"request body too large: {length} bytes, at most {MAX_BODY_BYTES}")
+    stream = environ.get("wsgi.input")
+    chunks = []
+    left = length
+    while left > 0 and stream is not None:
+        piece = stream.read(left)
+        if not piece:
+            break
+        chunks.append(piece)
+        left -= len(piece)
+    data = b"".join(chunks)
+    if not data.strip():
+        raise _BadRequestError("empty request body")
+    try:
+        params = json.loads(data)
+    except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8/16/32
+        raise _BadRequestError(str(err)) from None
+    if not isinstance(params, dict):
+        raise _BadRequestError(f"invalid request: want a JSON object, not {type(params).__name__}")
+    return params
+
+
+def _model_param(params: dict) -> object:
+    # "model" is current; "name" is what older Ollama clients send.
+    model = params.get("model")
+    if model is None or model == "":
+        model = params.get("name")
+    return "" if model is None else model
+
+
+def _reason(status: int) -> str:
+    if status == 499:
+        return "Client Closed Request"
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+# --------------------------------------------------------------------------
+# The embedded server
+# --------------------------------------------------------------------------
+
+_PEER_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
+# Chunked request bodies are read whole before the app runs; cap them.
+MAX_CHUNKED_BODY_BYTES = 16 << 20
+
+
+class _Input(io.RawIOBase):
+    """wsgi.input: the request body, never more than Content-Length bytes of the connection."""
+
+    def __init__(self, rfile, length: int) -> None:
+        self._rfile = rfile
+        self.left = length
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if self.left <= 0:
+            return 0
+        n = self._rfile.readinto(memoryview(b)[: min(len(b), self.left)])
+        self.left -= n or 0
+        return n or 0
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = self.left
+        data = self._rfile.read(min(size, self.left)) if self.left > 0 else b""
+        self.left -= len(data)
+        return data
+
+    def readline(self, size: int = -1) -> bytes:
+        limit = self.left if size is None or size < 0 else min(size, self.left)
+        data = self._rfile.readline(limit) if limit > 0 else b""
+        self.left -= len(data)
+        return data
+
+
+class _HTTPServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, address: tuple[str, int], app: Callable) -> None:
+        self.app = app
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self._conns: dict[_Handler, bool] = {}  # handler -> busy with a request
+        self._conns_changed = threading.Condition()
+        self.stopping = False
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves our own name (socket.getfqdn): a
+        # reverse DNS lookup that can take seconds and is never needed here.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = port
+
+    def handle_error(self, request, client_address) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            _wire_log.debug("connection from %s ended: %r", client_address, exc)
+        else:
+            _wire_log.exception("chunkpull serve: error on the connection from %s", client_address)
+
+    def track(self, handler: _Handler) -> bool:
+        with self._conns_changed:
+            if self.stopping:
+                return False
+            self._conns[handler] = False
+            return True
+
+    def untrack(self, handler: _Handler) -> None:
+        with self._conns_changed:
+            self._conns.pop(handler, None)
+            self._conns_changed.notify_all()
+
+    def set_busy(self, handler: _Handler, busy: bool) -> bool:
+        """Mark a connection busy (in a request) or idle; False when the server is stopping."""
+        with self._conns_changed:
+            if handler in self._conns:
+                self._conns[handler] = busy
+            self._conns_changed.notify_all()
+            return not self.stopping
+
+    def close_connections(self, grace_s: float) -> None:
+        """Close idle connections now, busy ones once they finish or grace_s has passed."""
+        with self._conns_changed:
+            self.stopping = True
+            for handler, busy in self._conns.items():
+                if not busy:
+                    handler.hang_up()
+            self._conns_changed.wait_for(lambda: not any(self._conns.values()), grace_s)
+            left = list(self._conns)
+        for handler in left:
+            handler.hang_up()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Run the WSGI app for each request of a keep-alive HTTP/1.1 connection."""
+
+    server: _HTTPServer
+    protocol_version = "HTTP/1.1"
+    server_version = "chunkpull"
+    sys_version = ""
+    # An idle keep-alive connection, or a client that stops reading a
+    # stream, is dropped after this long.
+    timeout = 120
+    # Each progress line must leave at once, not wait for the previous
+    # segment's ACK (Nagle).
+    disable_nagle_algorithm = True
+
+    def setup(self) -> None:
+        super().setup()
+        if not self.server.track(self):
+            raise ConnectionAbortedError("server is stopping")
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.untrack(self)
+
+    def hang_up(self) -> None:
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def log_message(self, format: str, *args) -> None:
+        # The app logs every request it answers; this is only the wire view.
+        _wire_log.debug("%s - %s", self.address_string(), format % args)
+
+    def version_string(self) -> str:
+        from . import __version__
+
+        return f"chunkpull/{__version__}"
+
+    def handle_one_request(self) -> None:
+        try:
+            line = self.rfile.readline(65537)
+        except (OSError, ValueError):
+            self.close_connection = True
+            return
+        if not line or not self.server.set_busy(self, True):
+            self.close_connection = True
+            return
+        try:
+            if len(line) > 65536:
+                self.requestline = self.request_version = self.command = ""
+                self.send_error(414)
+                return
+            self.raw_requestline = line
+            if not self.parse_request():
+                return
+            self._run_app()
+        finally:
+            self.server.set_busy(self, False)
+
+    # -- one request -------------------------------------------------------------
+
+    def _run_app(self) -> None:
+        try:
+            environ = self._environ()
+        except ValueError as err:
+            self.close_connection = True
+            self.send_error(400, str(err))
+            return
+        self._status: str | None = None
+        self._headers: list[tuple[str, str]] = []
+        self._headers_sent = False
+        self._chunked = False
+        result = None
+        try:
+            result = self.server.app(environ, self._start_response)
+            for data in result:
+                if data:
+                    self._write(data)
+            if not self._headers_sent:
+                self._send_headers(empty=True)
+            elif self._chunked:
+                self.wfile.write(b"0\r\n\r\n")
+        except _PEER_GONE:
+            self.close_connection = True
+        except Exception:
+            _wire_log.exception("chunkpull serve: %s %s failed", self.command, self.path)
+            self.close_connection = True
+            if not self._headers_sent:
+                try:
+                    self.send_error(500)
+                except OSError:
+                    pass
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    _wire_log.exception("chunkpull serve: closing the response to %s %s failed", self.command, self.path)
+        self._drain(environ["wsgi.input"])
+
+    def _start_response(self, status: str, headers: list[tuple[str, str]], exc_info=None) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self._headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self._status is not None:
+            raise AssertionError("start_response called twice without exc_info")
+        self._status = status
+        self._headers = list(headers)
+        return self._write
+
+    def _send_headers(self, *, empty: bool = False) -> None:
+        if self._status is None:
+            raise AssertionError("the application returned without calling start_response")
+        code, _, reason = self._status.partition(" ")
+        status = int(code)
+        self.send_response(status, reason or None)
+        names = set()
+        for name, value in self._headers:
+            names.add(name.lower())
+            self.send_header(name, value)
+        head = self.command == "HEAD"
+        if "content-length" not in names and not head and status not in (204, 304):
+            if empty:
+                self.send_header("Content-Length", "0")
+            elif self.request_version == "HTTP/1.1":
+                # Unknown length (a progress stream): chunked, so the
+                # connection stays open for the next request afterwards.
+                self.send_header("Transfer-Encoding", "chunked")
+                self._chunked = True
+            else:
+                self.close_connection = True
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self._headers_sent = True
+
+    def _write(self, data: bytes) -> None:
+        if not self._headers_sent:
+            self._send_headers()
+        if self.command == "HEAD" or not data:
+            return
+        if self._chunked:
+            # One send per line: the client sees each line as it is made.
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            self.wfile.write(data)
+
+    def _environ(self) -> dict:
+        """Build the PEP 3333 environ of the current request.
+
+        Raises:
+            ValueError: a malformed Content-Length or chunked body.
+        """
+        target = self.path
+        if "://" in target.split("?", 1)[0]:
+            # absolute-form request target (sent to proxies): keep the path
+            target = "/" + target.split("://", 1)[1].partition("/")[2]
+        path, _, query = target.partition("?")
+        environ = {
+            "REQUEST_METHOD": self.command,
+            "SCRIPT_NAME": "",
+            "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
+            "QUERY_STRING": query,
+            "SERVER_NAME": self.server.server_name,
+            "SERVER_PORT": str(self.server.server_port),
+            "SERVER_PROTOCOL": self.request_version,
+            "REMOTE_ADDR": self.client_address[0],
+            "REMOTE_PORT": str(self.client_address[1]),
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+            "chunkpull.peer_closed": self._peer_closed,
+        }
+        for name, value in self.headers.items():
+            key = name.upper().replace("-", "_")
+            if "_" in name:
+                continue  # "X_Foo" would read like "X-Foo": drop it, as common servers do
+            if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                environ[key] = value
+                continue
+            key = "HTTP_" + key
+            environ[key] = f"{environ[key]},{value}" if key in environ else value
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            body = self._read_chunked()
+            environ["CONTENT_LENGTH"] = str(len(body))
+            environ["wsgi.input"] = _Input(io.BytesIO(body), len(body))
+        else:
+            text = (self.headers.get("Content-Length") or "0").strip()
+            if not text.isdigit():
+                raise ValueError(f"invalid Content-Length {text!r}")
+            environ["wsgi.input"] = _Input(self.rfile, int(text))
+        return environ
+
+    def _read_chunked(self) -> bytes:
+        out = bytearray()
+        while True:
+            size_line = self.rfile.readline(1024).split(b";", 1)[0].strip()
+            try:
+                size = int(size_line, 16)
+            except ValueError:
+                raise ValueError("malformed chunked request body") from None
+            if size == 0:
+                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return bytes(out)
+            if len(out) + size > MAX_CHUNKED_BODY_BYTES:
+                raise ValueError("request body too large")
+            piece = self.rfile.read(size)
+            if len(piece) != size:
+                raise ValueError("chunked request body ended early")
+            out += piece
+            self.rfile.readline(1024)
+
+    def _drain(self, body: _Input) -> None:
+        # Body bytes the app did not read would be parsed as the next
+        # request on this keep-alive connection.
+        if body.left > MAX_BODY_BYTES:
+            self.close_connection = True
+            return
+        try:
+            while body.left > 0 and body.read(min(body.left, 65536)):
+                pass
+        except OSError:
+            self.close_connection = True
+
+    def _peer_closed(self) -> bool:
+        """Return whether the client has closed its end (EOF waiting on the socket)."""
+        sock = self.connection
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if not readable:
+                return False
+            return sock.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return False
+        except (OSError, ValueError):
+            return True
+
+
+class Server:
+    """An embedded multi-threaded HTTP/1.1 server for a WSGI application.
+
+    Binds ``host:port`` at once (``port=0`` picks a free port; see ``.url``),
+    then serves from a daemon thread after ``start()`` (or in the calling
+    thread with ``serve_forever()``).  Each connection gets its own thread
+    and keeps alive between requests; a response without a Content-Length
+    (a progress stream) is sent chunked, one chunk per item the application
+    yields, each written to the socket at once.  The environ carries
+    ``chunkpull.peer_closed``, a callable that tells whether the client has
+    closed the connection.  Use it as a context manager, or call
+    ``shutdown()``; ``stopped`` (an Event) is set once shutdown has begun.
+
+    Raises:
+        OSError: the address cannot be bound (e.g. the port is in use).
+    """
+
+    def __init__(self, app: Callable, host: str = "127.0.0.1", port: int = 0, *, grace_s: float = 5.0) -> None:
+        self.app = app
+        self.grace_s = grace_s
+        self._httpd = _HTTPServer((host, port), app)
+        self._thread: threading.Thread | None = None
+        self._serving = False
+        self.stopped = threading.Event()
+
+    @property
+    def host(self) -> str:
+        return str(self._httpd.server_address[0])
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """The base URL, ``http://HOST:PORT``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> Server:
+        """Serve from a daemon thread; return self."""
+        if self._thread is not None:
+            raise RuntimeError("server already started")
+        self._serving = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1}, name=f"chunkpull-serve:{self.port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve in the calling thread until another thread calls shutdown()."""
+        self._serving = True
+        self._httpd.serve_forever(poll_interval=0.1)
+
+    def shutdown(self) -> None:
+        """Stop accepting, cancel the app's pulls, close every connection; idempotent.
+
+        Pulls in flight are cancelled through the app's ``close()`` (when it
+        has one, as ``Local`` does): their streams end with an error line and
+        their work files stay for the next pull.  Connections busy with a
+        request get ``grace_s`` seconds to finish; idle ones close at once.
+        """
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        if self._serving:
+            self._httpd.shutdown()  # waits for the accept loop to exit
+        self._httpd.server_close()
+        close = getattr(self.app, "close", None)
+        if callable(close):
+            close()
+        self._httpd.close_connections(self.grace_s)
+        if self._thread is not None:
+            self._thread.join(self.grace_s)
+
+    def __enter__(self) -> Server:
+        if self._thread is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+def serve(registry: Registry, host: str = "127.0.0.1", port: int = 11434, *, ready: Callable[[Server], None] | None = None) -> None:
+    """Serve the local API for registry on host:port until SIGINT or SIGTERM.
+
+    Runs ``Local(registry)`` on an embedded ``Server`` (one thread per
+    connection; progress streamed line by line; other requests answered
+    while pulls run).  Once the socket listens, ``ready(server)`` is called,
+    if given, from the calling thread: the CLI prints ``server.url`` there,
+    and a caller can keep ``server`` to stop it with ``server.shutdown()``.
+    Returns after a clean stop: SIGINT or SIGTERM (handlers are installed
+    only when called from the main thread, and restored on return),
+    ``KeyboardInterrupt``, or ``server.shutdown()`` from another thread.
+    Stopping cancels pulls in flight (their work files are kept for the
+    next pull to resume) and closes every connection.  Logging goes to the
+    ``chunkpull.api`` logger; configuring handlers is the caller's job.
+    The registry is not closed.
+
+    Raises:
+        OSError: the address cannot be bound (e.g. the port is in use).
+    """
+    server = Server(Local(registry), host, port)
+    stop = threading.Event()
+    previous: dict[int, object] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    try:
+        server.start()
+        if ready is not None:
+            ready(server)
+        # Short waits keep the main thread responsive to signals.
+        while not stop.is_set() and not server.stopped.is_set():
+            stop.wait(0.25)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
