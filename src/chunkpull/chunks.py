@@ -161,10 +161,11 @@ class BlobAssembler:
     Workers stream each chunk in pieces and ``deliver(index, offset, piece,
     release)`` them: the piece is written at its offset at once and queued
     for the whole-blob SHA-256, which advances strictly in byte order on one
-    thread at a time.  The worker whose chunk is next in line hashes its own
-    pieces while they are still in the CPU cache; pieces of later chunks wait
-    in memory (bounded by the caller's piece pool) and are hashed, then
-    released, as soon as the hash reaches them.  ``chunk_done(index)`` marks
+    thread at a time: the caller's hasher thread when ``wake`` is given (it
+    is called on every delivery; the thread then calls ``drain()``), else
+    the delivering thread.  Pieces of chunks ahead of the hash wait in memory
+    (bounded by the caller's piece pool) and are hashed, then released, as
+    soon as the hash reaches them.  ``chunk_done(index)`` marks
     a chunk complete.  Chunks that are done but whose pieces were never
     delivered this run (resumed from a record, or behind a repaired chunk)
     are hashed from the file instead.
@@ -191,8 +192,10 @@ class BlobAssembler:
         direct_fd: int = -1,
         hash_state: bytes | None = None,
         hashed: int = 0,
+        wake: Callable[[], None] | None = None,
     ) -> None:
         self.fd = fd
+        self.wake = wake
         self.direct_fd = direct_fd
         self.digest = digest
         self.size = size
@@ -209,7 +212,7 @@ class BlobAssembler:
         # (native) or one hashlib object (python) per chunk.
         self._checkpoints: dict[int, object] = {0: self._whole.snapshot()}
         self._buf: memoryview | None = None
-        self.on_advance: callable = lambda: None  # the hash moved: wake pool waiters
+        self.on_advance: Callable[[], None] = lambda: None  # the hash moved: wake pool waiters
         if hash_state is not None and hashed:
             self._restore(hash_state, hashed)
 
@@ -242,19 +245,29 @@ class BlobAssembler:
                 release()  # bytes the hash already has (a resumed stream's overlap)
                 return
             self._parked[index].append((offset, piece, release))
-            if self._hashing:
-                return
-            self._hashing = True
-        self._drain()
+        self._kick()
 
     def chunk_done(self, index: int) -> None:
         """Mark chunk index complete and advance the in-order hash if it can."""
         with self._cond:
             self._done[index] = True
+        self._kick()
+
+    def _kick(self) -> None:
+        # With a hasher thread (``wake`` given), tell it; otherwise hash here.
+        if self.wake is not None:
+            self.wake()
+        else:
+            self.drain()
+
+    def drain(self) -> bool:
+        """Advance the whole hash as far as the bytes at hand allow; False if another thread has the turn."""
+        with self._cond:
             if self._hashing:
-                return
+                return False
             self._hashing = True
         self._drain()
+        return True
 
     def is_next(self, index: int) -> bool:
         """Say whether chunk index is the one the whole hash waits for."""

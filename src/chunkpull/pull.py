@@ -70,7 +70,15 @@ class _BlobState:
     # costs at most this much re-fetching, and the writes stay negligible.
     RECORD_EVERY_S = 0.5
 
-    def __init__(self, layer: Layer, url: str, sums: list[ChunkSum], ingest: Ingest, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        layer: Layer,
+        url: str,
+        sums: list[ChunkSum],
+        ingest: Ingest,
+        wake: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.layer = layer
         self.url = url
         self.ingest = ingest
@@ -79,7 +87,7 @@ class _BlobState:
         resumed = Ingest.record_done(rec, len(sums)) if rec else [False] * len(sums)
         state = bytes.fromhex(rec["hash_state"]) if rec and rec.get("hash_state") else None
         self.assembler = BlobAssembler(
-            ingest.fd, layer.digest, layer.size, sums, direct_fd=ingest.direct_fd, hash_state=state, hashed=rec["hashed"] if rec else 0
+            ingest.fd, layer.digest, layer.size, sums, direct_fd=ingest.direct_fd, hash_state=state, hashed=rec["hashed"] if rec else 0, wake=wake
         )
         self.assembler.mark_done(resumed)
         self.todo = [i for i, ok in enumerate(self.assembler.done_chunks()) if not ok]
@@ -126,6 +134,11 @@ class Puller:
         self.monitor = StreamMonitor(stall_s=registry.stall_timeout_s)
         self.pieces: PiecePool | None = None  # made for the first chunked blob
         self.active_chunked = 0
+        # One thread advances every chunked blob's in-order hash, so workers
+        # never stop reading their sockets to hash other chunks' pieces.
+        self.hashing: list[_BlobState] = []
+        self.hash_wakeup = threading.Event()
+        self.hasher: threading.Thread | None = None
 
     # -- driver ---------------------------------------------------------------
 
@@ -148,9 +161,36 @@ class Puller:
             raise
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
+            self._stop_hasher()
+            if self.pieces is not None:
+                self.pieces.close()  # free the pool now, not at the next gc
+                self.pieces = None
         if self.cancel.is_set() and not self.errors:
             raise PullCancelledError(CANCELLED)
         self._raise_errors()
+
+    def _hash_loop(self) -> None:
+        """The hasher thread: drain every active blob's in-order hash as pieces arrive."""
+        while True:
+            self.hash_wakeup.wait(0.05)
+            self.hash_wakeup.clear()
+            with self.cond:
+                blobs = list(self.hashing)
+                if self.hasher is None:
+                    return
+            for state in blobs:
+                try:
+                    state.assembler.drain()
+                except BaseException as err:  # noqa: BLE001 - fails that blob only
+                    self._fail(state.layer, err)
+                    state.assembler.release_all()
+
+    def _stop_hasher(self) -> None:
+        with self.cond:
+            t, self.hasher = self.hasher, None
+        if t is not None:
+            self.hash_wakeup.set()
+            t.join()
 
     def _begin(self) -> None:
         with self.cond:
@@ -273,7 +313,7 @@ class Puller:
             ingest.close()
             raise ChunkpullError(f"io=direct, but {self.r.cache.root} does not support O_DIRECT; use io=auto or buffered")
         try:
-            state = _BlobState(layer, url, sums, ingest)
+            state = _BlobState(layer, url, sums, ingest, wake=self.hash_wakeup.set)
         except BaseException:
             ingest.close()
             raise
@@ -420,11 +460,17 @@ class Puller:
                 self.pieces = PiecePool(max(4, min(want, budget)), piece)
             self.active_chunked += 1
             self.pieces.reserve = self.active_chunked
+            self.hashing.append(state)
+            if self.hasher is None:
+                self.hasher = threading.Thread(target=self._hash_loop, name="chunkpull-hash", daemon=True)
+                self.hasher.start()
         state.assembler.on_advance = self.pieces.wake
 
     def _end_blob(self, state: _BlobState) -> None:
         state.assembler.release_all()
         with self.cond:
+            if state in self.hashing:
+                self.hashing.remove(state)
             self.active_chunked -= 1
             if self.pieces is not None:
                 self.pieces.reserve = max(1, self.active_chunked)
