@@ -11,6 +11,13 @@ buffer size, at disjoint offsets of one file:
 - BLAKE3: ``pwrite_all`` then ``blake3`` (both backends hash with the
   ``blake3`` package; only the write differs), as ``chunks.ChunkHasher`` does.
 
+Two buffer sizes: ``piece`` (the registry's read unit, reused per thread,
+so it stays in the CPU cache: both backends are the same OpenSSL SHA-256
+and the same pwrite syscall, and tie) and ``chunk`` (a whole 8 MiB chunk
+per call, from a 64 MiB working set per thread, so the bytes come from RAM:
+the fused native kernel hashes a 256 KiB slice and writes it while it is
+still cached, the fallback streams the buffer through the cache twice).
+
 The file is written once before measuring and then overwritten: the pages
 are already in the page cache, so the rounds measure the kernels, not the
 kernel's page allocation (``bench_pull.py`` and ``chunkpull bench`` measure
@@ -33,9 +40,12 @@ from chunkpull.registry import DEFAULT_BUFFER_SIZE
 
 TOTAL = 64 << 20
 PIECE = DEFAULT_BUFFER_SIZE  # what one registry worker hands the kernel per read
+CHUNK = 8 << 20  # a whole chunk, as a plain "fetch chunk, hash, write" loop hands it
+WORKING_SET = 64 << 20  # per thread, in the chunk case: more than the CPU caches hold
+SIZES = {"piece": PIECE, "chunk": CHUNK}
 ROUNDS = 10
 
-_rates: dict[tuple[str, int, str], float] = {}  # (algorithm, threads, backend) -> MiB/s
+_rates: dict[tuple[str, str, int, str], float] = {}  # (algorithm, size, threads, backend) -> MiB/s
 
 
 def _backend(name: str):
@@ -61,29 +71,34 @@ def _kernel(mod, algorithm: str):
 # python before native for each (algorithm, threads): the native row reads
 # the fallback's rate to report the ratio.
 CASES = [
-    pytest.param(alg, threads, backend, id=f"{alg}-{threads}t-{backend}")
+    pytest.param(alg, size, threads, backend, id=f"{alg}-{size}-{threads}t-{backend}")
     for alg in ("sha256", "blake3")
+    for size in ("piece", "chunk")
     for threads in (1, 2, 4)
     for backend in ("python", "native")
 ]
 
 
-@pytest.mark.parametrize(("algorithm", "threads", "backend"), CASES)
-def test_hash_write(benchmark, tmp_path, machine_info, algorithm, threads, backend):
+@pytest.mark.parametrize(("algorithm", "size", "threads", "backend"), CASES)
+def test_hash_write(benchmark, tmp_path, machine_info, algorithm, size, threads, backend):
     mod = _backend(backend)
     kernel = _kernel(mod, algorithm)
+    step = SIZES[size]
     share = TOTAL // threads
-    # One buffer per thread, random so no hash or write takes a shortcut.
-    buffers = [memoryview(bytearray(os.urandom(PIECE))) for _ in range(threads)]
+    # Random bytes so no hash or write takes a shortcut; in the chunk case
+    # each thread cycles through a working set larger than the caches.
+    count = WORKING_SET // step if size == "chunk" else 1
+    seed = os.urandom(step)
+    buffers = [[memoryview(bytearray(seed)) for _ in range(count)] for _ in range(threads)]
     fd = os.open(tmp_path / "out.bin", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        for off in range(0, TOTAL, PIECE):
-            os.pwrite(fd, buffers[0], off)
+        for off in range(0, TOTAL, step):
+            os.pwrite(fd, buffers[0][0], off)
 
         def work(i: int) -> None:
             base = i * share
-            for off in range(0, share, PIECE):
-                kernel(fd, buffers[i], base + off)
+            for n, off in enumerate(range(0, share, step)):
+                kernel(fd, buffers[i][n % count], base + off)
 
         with ThreadPoolExecutor(max_workers=threads) as pool:
 
@@ -95,12 +110,12 @@ def test_hash_write(benchmark, tmp_path, machine_info, algorithm, threads, backe
     finally:
         os.close(fd)
     info = benchmark.extra_info
-    info.update(machine_info, threads=threads, algorithm=algorithm, kernel_backend=backend, bytes=TOTAL, piece=PIECE)
+    info.update(machine_info, threads=threads, algorithm=algorithm, kernel_backend=backend, bytes=TOTAL, buffer=step, size=size)
     if benchmark.stats is None:  # --benchmark-disable: nothing was timed
         return
     rate = TOTAL / (1 << 20) / benchmark.stats.stats.median
-    _rates[(algorithm, threads, backend)] = rate
+    _rates[(algorithm, size, threads, backend)] = rate
     info["mib_s"] = round(rate, 1)
-    baseline = _rates.get((algorithm, threads, "python"))
+    baseline = _rates.get((algorithm, size, threads, "python"))
     if backend == "native" and baseline:
         info["ratio_vs_fallback"] = round(rate / baseline, 3)
