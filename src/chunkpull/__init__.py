@@ -6,6 +6,7 @@
 """
 
 from ._hashio import BACKEND
+from .api import Local
 from .cache import DiskCache
 from .digest import Digest
 from .errors import (
@@ -39,6 +40,7 @@ __all__ = [
     "InsufficientSpaceError",
     "IntegrityError",
     "InvalidDigestError",
+    "Local",
     "InvalidManifestError",
     "InvalidNameError",
     "Layer",
