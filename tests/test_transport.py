@@ -368,3 +368,103 @@ def test_read_range_fresh_buffer_per_piece(served):
     assert b"".join(bytes(v) for _, v in kept) == data[5000:105_000], "pieces kept by the sink were overwritten"
     assert [o for o, _ in kept] == [5000 + sum(len(v) for _, v in kept[:i]) for i in range(len(kept))]
     assert len({id(v.obj) for _, v in kept}) == len(kept), "two pieces shared one buffer"
+
+
+# -- StreamMonitor: stalls and stragglers, on an injected clock ------------------
+
+
+class _FakeSock:
+    def __init__(self) -> None:
+        self.shut = False
+
+    def shutdown(self, how) -> None:
+        self.shut = True
+
+
+class _FakeResp:
+    """Just enough of a requests.Response for Stream.abort: .raw.connection.sock."""
+
+    def __init__(self) -> None:
+        self.sock = _FakeSock()
+        conn = type("Conn", (), {"sock": self.sock})()
+        self.raw = type("Raw", (), {"connection": conn})()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _stream(monitor, label, window=4 << 20):
+    from chunkpull.transport import Stream  # noqa: F401 - the type under test
+
+    s = monitor.stream(label)
+    resp = _FakeResp()
+    s.attach(resp)
+    s.window = window
+    return s, resp
+
+
+def test_monitor_cuts_a_stalled_stream():
+    from chunkpull.transport import StreamMonitor
+
+    clock = _Clock()
+    m = StreamMonitor(stall_s=5.0, clock=clock)
+    s, resp = _stream(m, "a")
+    clock.t += 4.9
+    assert m.check() == [] and not resp.sock.shut
+    clock.t += 0.2
+    assert m.check() == [s] and resp.sock.shut
+
+
+def test_monitor_cuts_a_straggler_among_fast_peers_even_paused_ones():
+    from chunkpull.transport import StreamMonitor
+
+    clock = _Clock()
+    m = StreamMonitor(stall_s=60.0, min_age_s=0.5, clock=clock)
+    slow, slow_resp = _stream(m, "slow")
+    peers = [_stream(m, f"p{i}")[0] for i in range(3)]
+    clock.t += 0.05
+    for p in peers:
+        p.advance(4 << 20)  # 80 MiB/s each
+        p.pause()  # then waiting for a buffer, as behind a stalled prefix
+    clock.t += 0.95
+    assert m.check() == [slow], "a stream with nothing in 1 s among 80 MiB/s peers is a straggler"
+    assert slow_resp.sock.shut
+    assert all(not p._resp.sock.shut for p in peers), "paused streams are never cut"
+
+
+def test_monitor_leaves_a_uniformly_slow_link_alone():
+    from chunkpull.transport import StreamMonitor
+
+    clock = _Clock()
+    m = StreamMonitor(stall_s=60.0, min_age_s=0.5, clock=clock)
+    streams = [_stream(m, f"s{i}")[0] for i in range(4)]
+    # Earlier streams finished at 2 MB/s; these are mid-piece, nothing counted yet.
+    for _ in range(3):
+        old = m.stream("old")
+        old.attach(_FakeResp())
+        clock.t += 2.0
+        old.advance(4 << 20)
+        m.done(old)
+    for s in streams:
+        s.attach(s._resp)  # restart their clocks now
+    clock.t += 1.5
+    assert m.check() == [], "a 4 MiB read in flight at 2 MB/s is on time, not straggling"
+
+
+def test_monitor_cuts_each_label_at_most_max_aborts_times():
+    from chunkpull.transport import StreamMonitor
+
+    clock = _Clock()
+    m = StreamMonitor(stall_s=1.0, max_aborts=2, clock=clock)
+    cut = 0
+    for _ in range(4):
+        s, _resp = _stream(m, "same-chunk")
+        clock.t += 2.0
+        cut += len(m.check())
+        m.done(s)
+    assert cut == 2

@@ -289,6 +289,7 @@ class Transport:
                 piece = next_buf()  # may wait for the pool: not the network's fault
                 if stream is not None:
                     stream.resume()
+                    stream.window = min(want - got, len(piece))
                 try:
                     n = fp.readinto(piece[: min(want - got, len(piece))])
                 except (socket.timeout, TimeoutError) as err:
@@ -313,13 +314,14 @@ class Transport:
 class Stream:
     """One in-flight ranged GET, as the StreamMonitor sees it."""
 
-    __slots__ = ("label", "started", "last", "bytes", "_resp", "_lock", "aborted", "_clock", "_paused_at")
+    __slots__ = ("label", "started", "last", "bytes", "window", "_resp", "_lock", "aborted", "_clock", "_paused_at")
 
     def __init__(self, label: object, clock: Callable[[], float] = time.monotonic) -> None:
         self.label = label
         self._clock = clock
         self.started = self.last = clock()
         self.bytes = 0
+        self.window = 0  # size of the read in flight
         self._resp: requests.Response | None = None
         self._lock = threading.Lock()
         self.aborted = False
@@ -339,6 +341,11 @@ class Stream:
     @property
     def paused(self) -> bool:
         return self._paused_at is not None
+
+    def active_until(self, now: float) -> float:
+        """Return the end of this stream's reading time so far (the pause start, if paused)."""
+        paused_at = self._paused_at
+        return now if paused_at is None else paused_at
 
     def attach(self, resp: requests.Response) -> None:
         with self._lock:
@@ -410,17 +417,29 @@ class StreamMonitor:
         """Abort stalled and straggling streams; return them."""
         now = self.clock()
         with self._lock:
-            live = [s for s in self._streams if s._resp is not None and not s.paused]
+            attached = [s for s in self._streams if s._resp is not None]
             finished = list(self._finished)
-        aged = {s: s.bytes / (now - s.started) for s in live if now - s.started >= self.min_age_s}
+        # Peers' rates: every stream that has moved bytes, paused ones
+        # included (a paused stream waits for a buffer, often for a stalled
+        # stream to catch up; its rate up to the pause still counts).
+        rates = {}
+        for s in attached:
+            active = s.active_until(now) - s.started
+            if s.bytes and active > 0:
+                rates[s] = s.bytes / active
         victims = []
-        for s in live:
+        for s in attached:
+            age = now - s.started
+            if s.paused:
+                continue
             stalled = now - s.last >= self.stall_s
             slow = False
-            if s in aged:
-                peers = sorted([r for t, r in aged.items() if t is not s] + finished)
+            if age >= self.min_age_s:  # too young to judge otherwise
+                peers = sorted([r for t, r in rates.items() if t is not s] + finished)
                 if len(peers) >= 2:
-                    slow = aged[s] * self.slow_ratio < peers[len(peers) // 2]
+                    # Credit the read in flight (its bytes show only when it
+                    # returns), so a slow link everywhere is not "slow".
+                    slow = (s.bytes + s.window) * self.slow_ratio < peers[len(peers) // 2] * age
             if not (stalled or slow):
                 continue
             with self._lock:
