@@ -26,6 +26,21 @@ CHUNKING_THRESHOLD = 1 << 20
 MODEL = "registry.local/library/smol:latest"
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """Return an environment whose Python imports the chunkpull these tests import.
+
+    That is the installed package under CI (pip install .), or src/ in a
+    checkout built in place: never src/ when it has no compiled extension.
+    """
+    import os
+
+    import chunkpull
+
+    here = str(Path(chunkpull.__file__).resolve().parents[1])
+    path = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 def _load_backend(name: str):
     if name == "python":
         return importlib.import_module("chunkpull._fallback")

@@ -17,6 +17,7 @@ import types
 from pathlib import Path
 
 import pytest
+from conftest import child_env
 
 import chunkpull
 from chunkpull import cli
@@ -31,7 +32,6 @@ from chunkpull.cli import (
 from chunkpull.progress import BYTES, CACHED, DONE, START, Aggregator, Progress
 from chunkpull.testregistry import TestRegistry, build_model
 
-SRC = Path(__file__).resolve().parents[1] / "src"
 SIZES = [300_000, 2_000_000]  # two layers plus the config blob: 3 blobs
 
 
@@ -204,8 +204,26 @@ def test_ls_lists_pulled_model(served, models, capsys):
 
 
 def test_ls_empty_models_dir_prints_header_only(models, capsys):
+    models.mkdir(parents=True, exist_ok=True)
     assert main(["ls", "--models", str(models)]) == 0
     assert _lines(capsys.readouterr().out) == ["NAME   DIGEST   SIZE   MODIFIED"]
+
+
+@pytest.mark.parametrize("command", [["ls"], ["rm", "smol"]], ids=["ls", "rm"])
+def test_read_only_commands_do_not_create_the_models_dir(models, capsys, command):
+    assert main([*command, "--models", str(models)]) == 1
+    assert capsys.readouterr().err.strip() == f"chunkpull: error: no models directory at {models}"
+    assert not models.exists()
+
+
+def test_rm_finds_a_model_by_the_short_name_ls_shows(served, models, capsys):
+    reg, _ = served
+    assert main(["pull", _name(reg), "--models", str(models)]) == 0
+    assert main(["rm", "smol", "--models", str(models)]) == 0
+    assert "deleted smol" in capsys.readouterr().out
+    assert main(["rm", "smol", "--models", str(models)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f'chunkpull: error: model "smol" not found in {models} (see chunkpull ls)', err
 
 
 def test_rm_removes_then_second_rm_fails(served, models, capsys):
@@ -225,7 +243,7 @@ def test_rm_removes_then_second_rm_fails(served, models, capsys):
     out, err = capsys.readouterr()
     assert rc == 1
     assert out == ""
-    assert _lines(err) == [f'chunkpull: error: model "{short}" not found'], err
+    assert _lines(err) == [f'chunkpull: error: model "{short}" not found in {models} (see chunkpull ls)'], err
 
 
 # --- usage, version, serve, registry -------------------------------------------------
@@ -261,7 +279,7 @@ def test_version_shows_backend(capsys):
 
 
 def test_python_dash_m_version():
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
+    env = child_env()
     r = subprocess.run([sys.executable, "-m", "chunkpull", "--version"], capture_output=True, text=True, env=env, timeout=60, check=False)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("chunkpull 0.1.0 (backend: ")
@@ -296,7 +314,7 @@ def test_serve_real_api_answers_and_stops(tmp_path, models):
     import json
     import urllib.request
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
+    env = child_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "chunkpull", "serve", "--port", "0", "--models", str(models)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -323,7 +341,7 @@ def test_registry_make_delegates(tmp_path, capsys):
 
 def test_registry_serve_subprocess_then_pull(tmp_path, models, capsys):
     build_model(tmp_path / "served", "registry.local/library/smol:latest", [5000], seed=4)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
+    env = child_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "chunkpull", "registry", "serve", str(tmp_path / "served"), "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import child_env
 from blake3 import blake3 as ref_blake3
 
 from chunkpull import _hashio
@@ -410,7 +411,7 @@ def test_hashio_exports_backend_kernels():
 
 
 def _import_with_backend(value: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, CHUNKPULL_BACKEND=value, PYTHONPATH=str(SRC.parent))
+    env = child_env(CHUNKPULL_BACKEND=value)
     return subprocess.run(
         [sys.executable, "-c", "import chunkpull._hashio as h; print(h.BACKEND)"],
         env=env, capture_output=True, text=True, timeout=60,

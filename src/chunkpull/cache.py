@@ -58,7 +58,7 @@ class BlobInfo:
 class DiskCache:
     """A models directory in Ollama's layout; safe to share between threads and processes."""
 
-    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True, create: bool = True) -> None:
         self.root = Path(root)
         # fsync before each rename so that, after a power loss too, a final
         # blob name never points at bytes that did not reach the disk.
@@ -66,6 +66,11 @@ class DiskCache:
         self.blobs_dir = self.root / "blobs"
         self.manifests_dir = self.root / "manifests"
         self.ingest_dir = self.root / ".chunkpull" / "ingest"
+        if not create:
+            # Read-only uses (ls, rm) must not conjure up a directory from a typo.
+            if not self.root.is_dir():
+                raise FileNotFoundError(f"no models directory at {self.root}")
+            return
         for d in (self.blobs_dir, self.manifests_dir, self.ingest_dir):
             try:
                 d.mkdir(parents=True, exist_ok=True)
@@ -73,9 +78,13 @@ class DiskCache:
                 raise OSError(err.errno, f"cannot create models directory {d}: {err.strerror}") from err
 
     @classmethod
-    def open(cls, root: str | os.PathLike[str] | None = None) -> DiskCache:
-        """Open (creating if needed) the models directory; None means ``$OLLAMA_MODELS`` or ``~/.ollama/models``."""
-        return cls(_env.models_dir() if root is None else root)
+    def open(cls, root: str | os.PathLike[str] | None = None, *, create: bool = True) -> DiskCache:
+        """Open the models directory; None means ``$OLLAMA_MODELS`` or ``~/.ollama/models``.
+
+        With create (the default) missing directories are made; without it a
+        missing root raises FileNotFoundError and nothing is created.
+        """
+        return cls(_env.models_dir() if root is None else root, create=create)
 
     def __repr__(self) -> str:
         return f"DiskCache({str(self.root)!r})"
@@ -116,7 +125,7 @@ class DiskCache:
         if self.get(d) is not None:
             return
         h = hashlib.sha256()
-        fd, tmp = tempfile.mkstemp(dir=self.ingest_dir, prefix="import-")
+        fd, tmp = _mkstemp(self.ingest_dir, "import-")
         try:
             with open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
                 while piece := src.read(_COPY_PIECE):
@@ -189,6 +198,11 @@ class DiskCache:
         except (FileNotFoundError, IsADirectoryError):
             pass
         raise ModelNotFoundError(str(name))
+
+    def has_manifest(self, name: Name) -> bool:
+        """Say whether name has a manifest here (matching case-insensitively)."""
+        path = self._manifest_path(name)
+        return path is not None and path.is_file()
 
     def resolve(self, name: Name) -> Digest:
         """Return the digest of name's manifest (names match case-insensitively).
@@ -268,7 +282,7 @@ class DiskCache:
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.ingest_dir, prefix="tmp-")
+        fd, tmp = _mkstemp(self.ingest_dir, "tmp-")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -284,6 +298,14 @@ class DiskCache:
         os.replace(src, dst)
         if self.fsync:
             _fsync_dir(dst.parent)
+
+
+def _mkstemp(directory: Path, prefix: str) -> tuple[int, str]:
+    # mkstemp makes 0600 files; manifests and blobs must stay readable by an
+    # Ollama service running as another user, like the files Ollama writes.
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix)
+    os.fchmod(fd, 0o644)
+    return fd, tmp
 
 
 def _find_casefold(directory: Path, part: str) -> Path | None:

@@ -384,9 +384,9 @@ class ProgressBar:
 # --------------------------------------------------------------------------
 
 
-def _open_registry(args: argparse.Namespace) -> Registry:
+def _open_registry(args: argparse.Namespace, *, create: bool = True) -> Registry:
     return Registry(
-        DiskCache.open(args.models),
+        DiskCache.open(args.models, create=create),
         max_streams=getattr(args, "streams", None),
         verify=getattr(args, "verify", None),
     )
@@ -470,7 +470,7 @@ def _pull_one(registry: Registry, name: str, label: str, *, quiet: bool) -> int:
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
-    registry = _open_registry(args)
+    registry = _open_registry(args, create=False)
     try:
         now = time.time()
         mtimes = {}
@@ -492,14 +492,14 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _cmd_rm(args: argparse.Namespace) -> int:
-    registry = _open_registry(args)
+    registry = _open_registry(args, create=False)
     status = EXIT_OK
     try:
         # Like rm(1): a missing model is reported and the others still go.
         for name in args.names:
             try:
                 if not registry.unlink(name):
-                    raise ModelNotFoundError(name)
+                    raise ModelNotFoundError(name, f'model "{name}" not found in {registry.cache.root} (see chunkpull ls)')
             except ChunkpullError as exc:
                 _print_error(exc)
                 status = EXIT_ERROR

@@ -41,9 +41,11 @@ class InvalidDigestError(ChunkpullError, ValueError):
 class ModelNotFoundError(ChunkpullError, LookupError):
     """The registry or the local cache has no such model."""
 
-    def __init__(self, name: str = "") -> None:
+    def __init__(self, name: str = "", message: str = "") -> None:
         self.name = name
-        super().__init__(f"model {name!r} not found".replace("'", '"') if name else "model not found")
+        if not message:
+            message = 'model "' + name + '" not found' if name else "model not found"
+        super().__init__(message)
 
 
 class InvalidManifestError(ChunkpullError, ValueError):

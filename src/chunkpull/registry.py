@@ -178,16 +178,45 @@ class Registry:
         return m
 
     def resolve_local(self, name: str) -> Manifest:
-        """Return the manifest of a model in the local cache.
+        """Return the manifest of a model in the local cache (see ``local_name``).
 
         Raises:
             InvalidNameError, ModelNotFoundError, InvalidManifestError.
         """
+        return Manifest.parse(self.cache.manifest_bytes(self.local_name(name)))
+
+    def local_name(self, name: str) -> Name:
+        """Return the local model that name means.
+
+        The name completed with the mask, if that model is here; otherwise
+        the one local model whose trailing parts match what was written
+        (``smol`` finds ``127.0.0.1:5000/library/smol:latest`` when it is
+        the only ``smol:latest`` here), as people name the models they see
+        in ``chunkpull ls``.
+
+        Raises:
+            InvalidNameError, ModelNotFoundError (none, or several, match).
+        """
         ref = self.parse(name)
-        try:
-            return Manifest.parse(self.cache.manifest_bytes(ref.name))
-        except ModelNotFoundError:
-            raise ModelNotFoundError(name) from None
+        if self.cache.has_manifest(ref.name):
+            return ref.name
+        text = name.split("://", 1)[-1].split("@", 1)[0]
+        written = Name.parse(text)
+        tag = written.tag or self.parse(name).name.tag
+        matches = [
+            n
+            for n, _path in self.cache.links()
+            if n.model.lower() == written.model.lower()
+            and n.tag.lower() == tag.lower()
+            and (not written.namespace or n.namespace.lower() == written.namespace.lower())
+            and (not written.host or n.host.lower() == written.host.lower())
+        ]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            options = ", ".join(sorted(str(m) for m in matches))
+            raise ModelNotFoundError(name, f"model {name!r} is ambiguous here: {options}")
+        raise ModelNotFoundError(name)
 
     def list_local(self) -> list[tuple[Name, Manifest]]:
         """Return every local model whose manifest parses, sorted by name."""
@@ -202,11 +231,16 @@ class Registry:
     def unlink(self, name: str) -> bool:
         """Remove the model's manifest and prune blobs no manifest references; False if absent.
 
+        The name is found as ``local_name`` finds it.
+
         Raises:
-            InvalidNameError.
+            InvalidNameError, ModelNotFoundError (the name is ambiguous here).
         """
-        ref = self.parse(name)
-        removed = self.cache.unlink(ref.name)
+        try:
+            local = self.local_name(name)
+        except ModelNotFoundError:
+            return False
+        removed = self.cache.unlink(local)
         if removed:
             self.prune()
         return removed

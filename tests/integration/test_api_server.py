@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import ollama
 import pytest
+from conftest import child_env
 import requests
 import requests.adapters
 
@@ -433,7 +434,7 @@ print("stopped", flush=True)
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_serve_stops_on_signal(tmp_path: Path, upstream: TestRegistry, sig: int) -> None:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    env = child_env()
     proc = subprocess.Popen([sys.executable, "-c", SERVE, str(tmp_path / "models")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     try:
         url = proc.stdout.readline().strip()
