@@ -468,3 +468,19 @@ def test_monitor_cuts_each_label_at_most_max_aborts_times():
         cut += len(m.check())
         m.done(s)
     assert cut == 2
+
+
+def test_network_errors_read_as_a_sentence(make_registry, tmp_path):
+    import socket as _socket
+
+    from chunkpull.errors import TransportError
+
+    s = _socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens here now
+    reg = make_registry()
+    with pytest.raises(TransportError) as info:
+        reg.pull(f"http://127.0.0.1:{port}/library/smol")
+    msg = str(info.value)
+    assert msg == f"request error http://127.0.0.1:{port}/v2/library/smol/manifests/latest: cannot connect: connection refused (after 4 attempts)", msg

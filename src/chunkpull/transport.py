@@ -238,7 +238,7 @@ class Transport:
                 on_retry(last)
         if isinstance(last, RegistryError):
             raise last
-        raise TransportError(f"request error {url}: {last} (after {self.backoff.attempts} attempts)") from last
+        raise TransportError(f"request error {url}: {describe(last)} (after {self.backoff.attempts} attempts)") from last
 
     # -- data plane ----------------------------------------------------------
 
@@ -462,6 +462,39 @@ def _tls_kw(verify_tls: bool) -> dict[str, bool]:
     pass nothing, so a session_factory's own CA bundle still applies.
     """
     return {} if verify_tls else {"verify": False}
+
+
+def describe(err: BaseException) -> str:
+    """Say what went wrong on the network in a few words (requests' own text is a nest of reprs)."""
+    if isinstance(err, requests.exceptions.SSLError):
+        return f"TLS handshake failed ({_root_reason(err)}); if the registry speaks plain HTTP, use an http:// name"
+    if isinstance(err, requests.ConnectTimeout):
+        return "connection timed out"
+    if isinstance(err, (requests.ReadTimeout, socket.timeout)):
+        return "no response (read timed out)"
+    if isinstance(err, requests.ConnectionError):
+        return f"cannot connect: {_root_reason(err)}"
+    return str(err)
+
+
+def _root_reason(err: BaseException) -> str:
+    """Return the innermost OS-level reason in an exception chain (e.g. "connection refused")."""
+    seen, todo = set(), [err]
+    found = None
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno and e.strerror:
+            found = e
+        for nxt in (getattr(e, "reason", None), e.__cause__, e.__context__, *[a for a in getattr(e, "args", ()) if isinstance(a, BaseException)]):
+            if isinstance(nxt, BaseException):
+                todo.append(nxt)
+    if found is not None:
+        return found.strerror[0].lower() + found.strerror[1:]
+    text = str(err)
+    return text.rsplit(": ", 1)[-1].strip(" ')\"") or text
 
 
 def join_url(base_url: str, location: str) -> str:
