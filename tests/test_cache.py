@@ -235,7 +235,7 @@ def test_ingest_commit(tmp_cache):
     ing.state_path.write_bytes(b"resume record")
     assert tmp_cache.get(d) is None
     ino = os.fstat(ing.fd).st_ino
-    ing.commit()
+    ing.commit(d.raw)
     assert ing.fd == -1, "commit did not close the work file"
     assert tmp_cache.blob_path(d).read_bytes() == data
     assert os.stat(tmp_cache.blob_path(d)).st_ino == ino, "commit copied instead of renaming"
@@ -283,5 +283,20 @@ def test_ingest_is_locked(tmp_cache):
 def test_ingest_empty_blob(tmp_cache):
     d = sha256_digest(b"")
     ing = tmp_cache.ingest(d, 0)
-    ing.commit()
+    ing.commit(d.raw)
     assert tmp_cache.get(d).size == 0
+
+
+@pytest.mark.parametrize("case", ["wrong-digest", "no-digest", "short-file"])
+def test_ingest_commit_refuses_unverified_bytes(tmp_cache, case):
+    data = os.urandom(10_000)
+    d = sha256_digest(data)
+    ing = tmp_cache.ingest(d, len(data))
+    os.pwrite(ing.fd, data, 0)
+    if case == "short-file":
+        os.ftruncate(ing.fd, 5_000)
+    verified = {"wrong-digest": b"\0" * 32, "no-digest": b"", "short-file": d.raw}[case]
+    with pytest.raises(IntegrityError, match="refusing to commit"):
+        ing.commit(verified)
+    assert tmp_cache.get(d) is None, "an unverified blob got its final name"
+    ing.discard()

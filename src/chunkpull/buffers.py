@@ -13,6 +13,11 @@ hash wait ("park") in memory, so when the pool runs low only the workers
 whose chunk is next in line for the hash may take the last ``reserve``
 pieces: they release theirs at once, so the pull always moves on.
 
+Why the reserve cannot deadlock: chunks are queued in order, and the worker
+pool takes them first in, first out, so the chunk a blob's hash waits for is
+always running (and may take a reserve piece, which its hash releases at
+once) or already done.
+
 Imports nothing from chunkpull but errors.
 """
 
@@ -103,6 +108,16 @@ class PiecePool:
                 # Woken by releases; the timeout re-checks priority (the hash
                 # may have reached the caller's chunk) and cancel.
                 self._cond.wait(poll_s)
+
+    def set_reserve(self, blobs: int) -> None:
+        """Keep one piece per blob in flight for the workers whose chunk is next for its hash.
+
+        Capped at half the pool, so many blobs at once never shut the other
+        workers out entirely.
+        """
+        with self._cond:
+            self.reserve = max(1, min(blobs, self.count // 2))
+            self._cond.notify_all()
 
     def close(self) -> None:
         """Drop the pool's memory now (pieces still held keep theirs until released)."""

@@ -341,13 +341,14 @@ class Ingest:
     A work file that is not committed stays, with its resume record, for a
     later pull.
 
-    Durability: records are replaced atomically (rename) but not fsynced.
-    After a process crash (kill -9) the page cache still holds both the
-    record and the bytes it describes, so the resume is exact.  After a power
-    loss the record may claim chunks whose bytes never reached the disk; the
-    whole-blob digest check at commit catches that and the chunk digests
-    name what to fetch again, so a stale record costs a re-fetch, never a
-    wrong blob.  The blob itself is fsynced before its rename.
+    Durability: before a record that carries the hashed prefix's SHA-256
+    state is written, the work file is fdatasync'ed, so the prefix the state
+    vouches for is on disk (a resume does not re-read it).  The record itself
+    is replaced atomically (rename) but not fsynced: after a power loss it
+    may be an older one, which only costs re-fetching.  Chunks it marks done
+    beyond the hashed prefix are re-read and hashed on resume, and the
+    whole-blob digest decides the commit, so a stale record costs a
+    re-fetch, never a wrong blob.  The blob is fsynced before its rename.
     """
 
     RECORD_VERSION = 1
@@ -358,6 +359,7 @@ class Ingest:
         self.size = size
         self.fd = fd
         self.direct_fd = -1  # a second descriptor with O_DIRECT, when wanted and possible
+        self.committed = False
         self.path = cache.ingest_dir / f"{d.filename}.partial"
         self.state_path = cache.ingest_dir / f"{d.filename}.state"
 
@@ -454,10 +456,24 @@ class Ingest:
             return None
         if not isinstance(rec.get("done"), str) or not isinstance(rec.get("hashed"), int):
             return None
+        state = rec.get("hash_state", "")
+        if not isinstance(state, str) or not 0 <= rec["hashed"] <= self.size:
+            return None
+        try:
+            bytes.fromhex(state)
+        except ValueError:
+            return None
         return rec
 
     def save_record(self, chunks_id: str, done: list[bool], hashed: int, hash_state: bytes | None) -> None:
-        """Atomically replace the resume record (no fsync; see the class docstring)."""
+        """Atomically replace the resume record (see the class docstring for what is synced)."""
+        if self.committed or self.fd < 0:
+            return  # the blob is final (or closed): a record now would be stale
+        if hash_state is not None:
+            # The record vouches for the hashed prefix's bytes: they must be
+            # on disk before it is, or a power loss could leave a hash of
+            # bytes that never landed (and a resume would not re-read them).
+            os.fdatasync(self.fd)
         bits = bytearray((len(done) + 7) // 8)
         for i, ok in enumerate(done):
             if ok:
@@ -487,12 +503,27 @@ class Ingest:
 
     # -- commit --------------------------------------------------------------
 
-    def commit(self) -> None:
-        """Make the verified work file the final blob (fsync, rename, fsync dir)."""
+    def commit(self, verified: bytes) -> None:
+        """Make the work file the final blob (fsync, rename, fsync dir).
+
+        ``verified`` is the SHA-256 the caller computed over the file's bytes;
+        it must be this blob's digest, and the file its size, or nothing is
+        renamed: the invariant is checked here, not only by callers.
+
+        Raises:
+            IntegrityError: the digest or size does not match.
+        """
         self._close_direct()
+        size = os.fstat(self.fd).st_size
+        if verified != self.digest.raw or size != self.size:
+            raise IntegrityError(
+                f"refusing to commit {self.digest}: verified digest {verified.hex() or 'none'}, size {size} of {self.size}",
+                digest=str(self.digest),
+            )
         if self.cache.fsync:
             os.fsync(self.fd)
         self.cache._rename_into_place(self.path, self.cache.blob_path(self.digest))
+        self.committed = True
         with contextlib.suppress(FileNotFoundError):
             self.state_path.unlink()
         self.close()

@@ -19,17 +19,16 @@ running over the written prefix (from the page cache, while later chunks are
 still arriving), checkpoints that hash at every chunk boundary, and on a
 whole-blob mismatch uses the chunk digests to find the chunks to fetch again.
 
-Imports digest, errors and _hashio only.
+Imports digest, errors, buffers and _hashio (and the blake3 package).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
+import contextlib
 import re
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from blake3 import blake3 as _Blake3
@@ -212,6 +211,7 @@ class BlobAssembler:
         # (native) or one hashlib object (python) per chunk.
         self._checkpoints: dict[int, object] = {0: self._whole.snapshot()}
         self._buf: memoryview | None = None
+        self._closed = False
         self.on_advance: Callable[[], None] = lambda: None  # the hash moved: wake pool waiters
         if hash_state is not None and hashed:
             self._restore(hash_state, hashed)
@@ -241,8 +241,9 @@ class BlobAssembler:
             release()
             raise
         with self._cond:
-            if offset < self._pos and index <= self._next:
-                release()  # bytes the hash already has (a resumed stream's overlap)
+            if self._closed or (offset < self._pos and index <= self._next):
+                # Closed (the blob failed), or bytes the hash already has.
+                release()
                 return
             self._parked[index].append((offset, piece, release))
         self._kick()
@@ -262,33 +263,77 @@ class BlobAssembler:
 
     def drain(self) -> bool:
         """Advance the whole hash as far as the bytes at hand allow; False if another thread has the turn."""
-        with self._cond:
-            if self._hashing:
-                return False
-            self._hashing = True
-        self._drain()
-        return True
+        ran = False
+        while True:
+            with self._cond:
+                if self._hashing or self._closed:
+                    return ran
+                self._hashing = True
+            try:
+                self._advance()
+            finally:
+                self._give_turn()
+            ran = True
+            # Bytes delivered while we held the turn found it taken: look again.
+            with self._cond:
+                if not self._ready():
+                    return ran
 
-    def is_next(self, index: int) -> bool:
-        """Say whether chunk index is the one the whole hash waits for."""
-        return index == self._next
+    def _ready(self) -> bool:
+        """Say whether the hash could advance now; called with the lock held."""
+        i = self._next
+        if i >= len(self.sums) or self._closed:
+            return False
+        q = self._parked[i]
+        return bool(q and q[0][0] <= self._pos) or self._done[i]
 
-    def reset_chunk(self, index: int) -> None:
-        """Forget a chunk's bytes (they failed its digest): unhash and drop its pieces."""
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """Hold the hashing turn (waiting for it): one thread at a time touches the hash."""
         with self._cond:
             while self._hashing:
                 self._cond.wait()
             self._hashing = True
-            try:
-                if self._next == index and self._pos > self.sums[index].chunk.start:
-                    self._whole = _hashio.RunningSha256.from_snapshot(self._checkpoints[index])
-                    self._pos = self.sums[index].chunk.start
-                self._done[index] = False
-                dropped = list(self._parked[index])
-                self._parked[index].clear()
-            finally:
-                self._hashing = False
-                self._cond.notify_all()
+        try:
+            yield
+        finally:
+            self._give_turn()
+
+    def _give_turn(self) -> None:
+        with self._cond:
+            self._hashing = False
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Stop hashing and drop every parked piece; later deliveries are released at once.
+
+        Waits for the hashing turn, so no other thread is reading the work
+        file through this assembler when the caller closes it.
+        """
+        with self._turn():
+            with self._cond:
+                self._closed = True
+        self.release_all()
+
+    def is_next(self, index: int) -> bool:
+        """Say whether chunk index is the one the whole hash waits for.
+
+        Reads without the lock on purpose: PiecePool.acquire calls this while
+        holding the pool's lock, and the hash releases pieces (taking the
+        pool's lock) while holding this one.  A stale answer only delays a
+        waiter until its next poll.
+        """
+        return index == self._next
+
+    def reset_chunk(self, index: int) -> None:
+        """Forget a chunk's bytes (they failed its digest): unhash and drop its pieces."""
+        with self._turn(), self._cond:
+            if self._next == index and self._pos > self.sums[index].chunk.start:
+                self._whole = _hashio.RunningSha256.from_snapshot(self._checkpoints[index])
+                self._pos = self.sums[index].chunk.start
+            self._done[index] = False
+            dropped = list(self._parked[index])
+            self._parked[index].clear()
         for _off, _piece, release in dropped:
             release()
 
@@ -342,46 +387,38 @@ class BlobAssembler:
             self._buf = memoryview(bytearray(_HASH_READ))
         return self._buf
 
-    def _drain(self) -> None:
-        """Advance the whole hash as far as the bytes at hand allow; caller holds the turn."""
-        try:
-            while True:
-                with self._cond:
-                    step = self._next_step()
-                    if step is None:
-                        self._hashing = False
-                        self._cond.notify_all()
-                        return
-                kind, a, b = step
-                if kind == "piece":
-                    piece, release = a, b
-                    try:
-                        self._whole.update(piece)
-                    finally:
-                        release()
-                    with self._cond:
-                        self._pos += len(piece)
-                elif kind == "file":
-                    self._whole.update_from_file(self.fd, a, b, self._read_buf())
-                    with self._cond:
-                        self._pos += b
-                else:  # chunk boundary
-                    i = a
-                    chunk = self.sums[i].chunk
-                    if self.direct_fd < 0:
-                        # Hashed pages are final: start their writeback now, so
-                        # the fsync before commit finds little left to write.
-                        _hashio.start_writeback(self.fd, chunk.start, chunk.size)
-                    snap = self._whole.snapshot()
-                    with self._cond:
-                        self._checkpoints[i + 1] = snap
-                        self._next = i + 1
-                    self.on_advance()
-        except BaseException:
+    def _advance(self) -> None:
+        """Advance the whole hash as far as the bytes at hand allow; the caller holds the turn."""
+        while True:
             with self._cond:
-                self._hashing = False
-                self._cond.notify_all()
-            raise
+                step = None if self._closed else self._next_step()
+            if step is None:
+                return
+            kind, a, b = step
+            if kind == "piece":
+                piece, release = a, b
+                try:
+                    self._whole.update(piece)
+                finally:
+                    release()
+                with self._cond:
+                    self._pos += len(piece)
+            elif kind == "file":
+                self._whole.update_from_file(self.fd, a, b, self._read_buf())
+                with self._cond:
+                    self._pos += b
+            else:  # chunk boundary
+                i = a
+                chunk = self.sums[i].chunk
+                if self.direct_fd < 0:
+                    # Hashed pages are final: start their writeback now, so
+                    # the fsync before commit finds little left to write.
+                    _hashio.start_writeback(self.fd, chunk.start, chunk.size)
+                snap = self._whole.snapshot()
+                with self._cond:
+                    self._checkpoints[i + 1] = snap
+                    self._next = i + 1
+                self.on_advance()
 
     def _next_step(self):
         """Return the next hashing step, or None; called with the lock held."""
@@ -406,39 +443,45 @@ class BlobAssembler:
     def finish(self) -> list[int]:
         """Finish the whole-blob hash; return [] when it matches, else the bad chunk indexes.
 
+        Holds the hashing turn from the last byte to the verdict, so no other
+        thread can hash (or rewind) in between.
+
         Raises:
             IntegrityError: the blob does not match its digest and the chunk
                 digests cannot say where (no chunk digests, or all chunks match).
         """
-        with self._cond:
-            if not all(self._done):
-                raise RuntimeError("finish() before every chunk is done")
-            while self._hashing:
-                self._cond.wait()
-            self._hashing = True
-        self._drain()
-        got = self._whole.digest()
-        if self._whole.length == self.size and got == self.digest.raw:
-            return []
-        bad = [
-            i
-            for i, s in enumerate(self.sums)
-            if s.digest is not None and hash_file_range(s.digest.algorithm, self.fd, s.chunk.start, s.chunk.size, self._read_buf()) != s.digest.raw
-        ]
-        if not bad:
-            raise IntegrityError(
-                f"blob {self.digest} failed verification: its bytes hash to sha256:{got.hex()}; "
-                "the registry's chunk list disagrees with the layer digest",
-                digest=str(self.digest), expected=str(self.digest), got=f"sha256:{got.hex()}",
-            )
-        self._rewind(bad[0])
-        with self._cond:
-            for i in bad:
-                self._done[i] = False
-        return bad
+        with self._turn():
+            with self._cond:
+                if not all(self._done):
+                    raise RuntimeError("finish() before every chunk is done")
+            self._advance()
+            got = self._whole.digest()
+            if self._whole.length == self.size and got == self.digest.raw:
+                return []
+            bad = [
+                i
+                for i, s in enumerate(self.sums)
+                if s.digest is not None and hash_file_range(s.digest.algorithm, self.fd, s.chunk.start, s.chunk.size, self._read_buf()) != s.digest.raw
+            ]
+            if not bad:
+                raise IntegrityError(
+                    f"blob {self.digest} failed verification: its bytes hash to sha256:{got.hex()}; "
+                    "the registry's chunk list disagrees with the layer digest",
+                    digest=str(self.digest), expected=str(self.digest), got=f"sha256:{got.hex()}",
+                )
+            self._rewind(bad[0])
+            with self._cond:
+                for i in bad:
+                    self._done[i] = False
+            return bad
+
+    def digest_if_verified(self) -> bytes:
+        """Return the whole-blob digest the hash reached (what ``Ingest.commit`` checks)."""
+        with self._turn():
+            return self._whole.digest() if self._whole.length == self.size else b""
 
     def _rewind(self, index: int) -> None:
-        """Reset the whole hash to the checkpoint before chunk index."""
+        """Reset the whole hash to the checkpoint before chunk index; the caller holds the turn."""
         snap = self._checkpoints.get(index)
         if snap is None:
             # Resumed past this chunk without a checkpoint: start over.
@@ -448,8 +491,6 @@ class BlobAssembler:
             self._checkpoints = {k: v for k, v in self._checkpoints.items() if k <= index}
             self._next = index
             self._pos = self.sums[index].chunk.start if index < len(self.sums) else self.size
-            self._hashing = False
-            self._cond.notify_all()
 
 
 def hash_file_range(algorithm: str, fd: int, offset: int, n: int, buf: memoryview) -> bytes:

@@ -32,6 +32,7 @@ import math
 import shutil
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -58,8 +59,10 @@ if TYPE_CHECKING:
 __all__ = ["Puller", "DEFAULT_CHUNK_SIZE", "MAX_INTEGRITY_ATTEMPTS", "CANCELLED"]
 
 DEFAULT_CHUNK_SIZE = 8 << 20  # our own split when a registry has no chunksums
-# A chunk whose bytes keep failing their digest is fetched at most this often.
+# A chunk whose bytes keep failing their digest is fetched at most this often,
+# and a blob whose chunks fail after it completed is repaired at most this often.
 MAX_INTEGRITY_ATTEMPTS = 3
+MAX_REPAIRS = 2
 CANCELLED = "pull cancelled; work in progress was kept and the next pull resumes it"
 
 
@@ -96,6 +99,7 @@ class _BlobState:
         self.remaining = len(self.todo)
         self.repairs = 0
         self.single_stream = False  # the registry ignores Range: one stream fetches all
+        self.ended = False  # _end_blob ran: no pieces, hash or files of this blob remain in use
         self.lock = threading.Lock()
         self._clock = clock
         self._saved_at = clock()
@@ -139,35 +143,58 @@ class Puller:
         self.hashing: list[_BlobState] = []
         self.hash_wakeup = threading.Event()
         self.hasher: threading.Thread | None = None
+        # Blobs in flight are capped at max_streams, so open files (two
+        # descriptors per work file) and reserved pieces stay bounded however
+        # many layers a model has.
+        self.blobs_in_flight = 0
+        self.ended_blobs: set[str] = set()
+        self.open_states: set[_BlobState] = set()
 
     # -- driver ---------------------------------------------------------------
 
     def run(self) -> None:
+        queue = deque(self.todo)
         try:
-            for layer in self.todo:
-                if self.cancel.is_set():
-                    break
-                self._begin()
-                if layer.size < self.r.chunking_threshold or layer.size == 0:
-                    self.pool.submit(self._guard, layer, self._fetch_whole, layer)
-                else:
-                    self.pool.submit(self._guard, layer, self._start_chunked, layer)
-            with self.cond:
-                while self.pending:
+            while True:
+                with self.cond:
+                    while queue and self.blobs_in_flight < self.r.max_streams and not self.cancel.is_set():
+                        layer = queue.popleft()
+                        self.blobs_in_flight += 1
+                        self.pending += 1
+                        if layer.size < self.r.chunking_threshold or layer.size == 0:
+                            self.pool.submit(self._guard, layer, self._fetch_whole, layer)
+                        else:
+                            self.pool.submit(self._guard, layer, self._start_chunked, layer)
+                    if self.cancel.is_set():
+                        queue.clear()
+                    if not self.pending and not queue:
+                        break
                     self.cond.wait(self.r.monitor_interval_s)
-                    self.monitor.check()
+                self.monitor.check()  # outside the lock: it may shut sockets down
         except BaseException:
             self.cancel.set()  # e.g. Ctrl-C in the caller's thread: stop the workers too
             raise
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self._stop_hasher()
+            for state in list(self.open_states):  # blobs whose queued chunks were cancelled
+                self._end_blob(state, keep=True)
             if self.pieces is not None:
                 self.pieces.close()  # free the pool now, not at the next gc
                 self.pieces = None
         if self.cancel.is_set() and not self.errors:
             raise PullCancelledError(CANCELLED)
         self._raise_errors()
+
+    def _blob_ended(self, layer: Layer) -> None:
+        """Count a blob out of flight (once), so the driver can start the next."""
+        with self.cond:
+            key = str(layer.digest)
+            if key in self.ended_blobs:
+                return
+            self.ended_blobs.add(key)
+            self.blobs_in_flight -= 1
+            self.cond.notify_all()
 
     def _hash_loop(self) -> None:
         """The hasher thread: drain every active blob's in-order hash as pieces arrive."""
@@ -183,6 +210,9 @@ class Puller:
                     state.assembler.drain()
                 except BaseException as err:  # noqa: BLE001 - fails that blob only
                     self._fail(state.layer, err)
+                    with self.cond:
+                        if state in self.hashing:
+                            self.hashing.remove(state)
                     state.assembler.release_all()
 
     def _stop_hasher(self) -> None:
@@ -250,6 +280,12 @@ class Puller:
         """Fetch a small blob in one streamed GET, hashing as it is written."""
         url = f"{self.ref.base_url}/blobs/{layer.digest}"
         key = str(layer.digest)
+        try:
+            self._fetch_whole_into(layer, url, key)
+        finally:
+            self._blob_ended(layer)
+
+    def _fetch_whole_into(self, layer: Layer, url: str, key: str) -> None:
         reported = 0  # across attempts, so re-fetched bytes are not counted twice
         ingest = self.r.cache.ingest(layer.digest, layer.size, cancel=self.cancel)
         if ingest is None:  # another process committed it while we waited
@@ -294,7 +330,7 @@ class Puller:
                     digest=key, expected=key, got=f"sha256:{got.hex()}",
                 )
             self.report(Progress(key, layer.size, VERIFYING))
-            ingest.commit()
+            ingest.commit(got)
         except BaseException:
             ingest.discard()  # a one-request blob has nothing worth resuming
             raise
@@ -303,12 +339,22 @@ class Puller:
     # -- large blobs: chunks ---------------------------------------------------
 
     def _start_chunked(self, layer: Layer) -> None:
+        try:
+            started = self._open_chunked(layer)
+        except BaseException:
+            self._blob_ended(layer)
+            raise
+        if not started:
+            self._blob_ended(layer)
+
+    def _open_chunked(self, layer: Layer) -> bool:
+        """Open a chunked blob's work file and queue its chunks; False if nothing is left to do."""
         url, sums = self._chunksums(layer)
         key = str(layer.digest)
         ingest = self.r.cache.ingest(layer.digest, layer.size, cancel=self.cancel, direct=self.r.io != "buffered")
         if ingest is None:  # another process committed it while we waited
             self.report(Progress(key, layer.size, DONE))
-            return
+            return False
         if self.r.io == "direct" and ingest.direct_fd < 0:
             ingest.close()
             raise ChunkpullError(f"io=direct, but {self.r.cache.root} does not support O_DIRECT; use io=auto or buffered")
@@ -327,10 +373,11 @@ class Puller:
         if not state.todo:
             self._begin()
             self.pool.submit(self._guard, layer, self._finish_chunked, state)
-            return
+            return True
         for i in state.todo:
             self._begin()
             self.pool.submit(self._guard_chunk, state, i)
+        return True
 
     def _chunksums(self, layer: Layer) -> tuple[str, list[ChunkSum]]:
         blob_url = f"{self.ref.base_url}/blobs/{layer.digest}"
@@ -378,9 +425,7 @@ class Puller:
                     last = state.remaining == 0
                 if last:
                     if key in self.errors:
-                        self._end_blob(state)
-                        state.save_record(force=True)
-                        state.ingest.close()  # keep the work file: the next pull resumes it
+                        self._end_blob(state, keep=True)  # the next pull resumes it
                     else:
                         self._finish_chunked(state)
             except BaseException as err:  # noqa: BLE001 - recorded and re-raised by run()
@@ -459,40 +504,61 @@ class Puller:
                 budget = max(self.r.max_streams + 2, self.r.memory_budget // piece)
                 self.pieces = PiecePool(max(4, min(want, budget)), piece)
             self.active_chunked += 1
-            self.pieces.reserve = self.active_chunked
+            self.pieces.set_reserve(self.active_chunked)
             self.hashing.append(state)
+            self.open_states.add(state)
             if self.hasher is None:
                 self.hasher = threading.Thread(target=self._hash_loop, name="chunkpull-hash", daemon=True)
                 self.hasher.start()
         state.assembler.on_advance = self.pieces.wake
 
-    def _end_blob(self, state: _BlobState) -> None:
-        state.assembler.release_all()
+    def _end_blob(self, state: _BlobState, *, keep: bool = False) -> None:
+        """Retire a chunked blob once: stop its hash, free its pieces, count it out.
+
+        With keep, also save its resume record and close its work file (the
+        next pull resumes it); otherwise the caller commits or discards it.
+        """
+        with state.lock:
+            if state.ended:
+                return
+            state.ended = True
+        # close() waits for the hashing turn: nobody reads the work file
+        # through the assembler once it returns, so the fd may be closed.
+        state.assembler.close()
         with self.cond:
             if state in self.hashing:
                 self.hashing.remove(state)
+            self.open_states.discard(state)
             self.active_chunked -= 1
             if self.pieces is not None:
-                self.pieces.reserve = max(1, self.active_chunked)
+                self.pieces.set_reserve(max(1, self.active_chunked))
+        if keep:
+            try:
+                state.save_record(force=True)
+            finally:
+                state.ingest.close()
+        self._blob_ended(state.layer)
 
     def _fetch_blob_stream(self, state: _BlobState) -> None:
         """Fetch the whole blob in one stream (for registries that ignore Range)."""
         key = str(state.layer.digest)
-        pos = 0
+        sums = state.assembler.sums
+        j = 0  # first chunk not yet wholly reported
 
         def sink(offset: int, view: memoryview) -> None:
-            nonlocal pos
+            nonlocal j
             self._check_cancel()
             state.assembler.write(offset, view)
-            pos = offset + len(view)
+            end = offset + len(view)
             with state.lock:
-                for j, s in enumerate(state.assembler.sums):
-                    if s.chunk.start >= offset + len(view):
-                        break
-                    covered = min(pos, s.chunk.end + 1) - s.chunk.start
+                while j < len(sums) and sums[j].chunk.start < end:
+                    covered = min(end, sums[j].chunk.end + 1) - sums[j].chunk.start
                     if covered > state.reported[j]:
                         self.report(Progress(key, state.layer.size, BYTES, covered - state.reported[j]))
                         state.reported[j] = covered
+                    if end <= sums[j].chunk.end:
+                        break
+                    j += 1
 
         stream = self.monitor.stream(key)
         try:
@@ -503,8 +569,8 @@ class Puller:
             self.r.transport.retry(attempt, state.url, cancel=self.cancel)
         finally:
             self.monitor.done(stream)
-        for j in range(len(state.assembler.sums)):
-            state.assembler.chunk_done(j)
+        for i in range(len(sums)):
+            state.assembler.chunk_done(i)
 
     def _finish_chunked(self, state: _BlobState) -> None:
         """Finish the whole-blob hash; commit, or re-fetch the chunks that fail their digests."""
@@ -512,30 +578,33 @@ class Puller:
         self.report(Progress(key, state.layer.size, VERIFYING))
         try:
             bad = state.assembler.finish()
-            if bad:
-                state.repairs += 1
-                if state.repairs >= MAX_INTEGRITY_ATTEMPTS:
-                    raise IntegrityError(
-                        f"blob {state.layer.digest}: chunks {bad[:5]} still fail their digests after {state.repairs} re-fetches",
-                        digest=key,
-                    )
-            else:
-                self._end_blob(state)
-                state.ingest.commit()
+            if bad and state.repairs == MAX_REPAIRS:
+                raise IntegrityError(
+                    f"blob {state.layer.digest}: chunks {bad[:5]} still fail their digests after {state.repairs} re-fetches",
+                    digest=key,
+                )
         except IntegrityError:
             self._end_blob(state)
             state.ingest.discard()  # nothing in it can be trusted any more
             raise
         except BaseException:
-            self._end_blob(state)
-            state.save_record(force=True)
+            self._end_blob(state, keep=True)
+            raise
+        if bad:
+            state.repairs += 1
+            with state.lock:
+                state.remaining = len(bad)
+                # Re-fetch with ranges again; a registry that ignores them
+                # sends us back to one stream.
+                state.single_stream = False
+            for i in bad:
+                self._begin()
+                self.pool.submit(self._guard_chunk, state, i)
+            return
+        self._end_blob(state)
+        try:
+            state.ingest.commit(state.assembler.digest_if_verified())
+        except BaseException:
             state.ingest.close()
             raise
-        if not bad:
-            self.report(Progress(key, state.layer.size, DONE))
-            return
-        with state.lock:
-            state.remaining = len(bad)
-        for i in bad:
-            self._begin()
-            self.pool.submit(self._guard_chunk, state, i)
+        self.report(Progress(key, state.layer.size, DONE))

@@ -137,7 +137,9 @@ def test_resume_after_cancel_continues_the_hash(upstream, make_registry):
     with pytest.raises(PullCancelledError):
         reg.pull(up.ref(), progress=watch, cancel=cancel)
     rec = _record(reg.cache)
-    assert rec is not None and rec["hashed"] > 0, "the record should carry the hashed prefix"
+    assert rec is not None
+    if _hashio.BACKEND == "native":  # only native hash states can be persisted
+        assert rec["hashed"] > 0, "the record should carry the hashed prefix"
     up.faults.throttle_bps = None
     up.stats.reset()
     agg2 = Aggregator()
