@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from chunkpull.errors import RegistryError, TransportError
+from chunkpull.errors import PullCancelledError, RegistryError, TransportError
 from chunkpull.transport import Backoff, RangeIgnoredError, ShortReadError, Transport, parse_error
 
 URL = "https://example.com/v2/library/BOOM/manifests/latest"
@@ -206,7 +206,7 @@ def test_retry_cancelled(served):
     t, _ = transport(attempts=10)
     cancel = threading.Event()
     cancel.set()
-    with pytest.raises(TransportError, match="cancelled"):
+    with pytest.raises(PullCancelledError, match="cancelled"):
         t.get(url, cancel=cancel)
 
 

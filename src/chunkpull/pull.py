@@ -320,9 +320,9 @@ class Puller:
                         self.monitor.done(stream)
 
                 # A cut connection resumes at pos: the stream hash has every byte before it.
-                self.r.transport.retry(attempt, url, cancel=self.cancel)
+                self.r.transport.retry(attempt, url, cancel=self.cancel, position=lambda: pos)
                 got = h.digest()
-                if got == layer.digest.raw:
+                if got == layer.digest.raw and pos == layer.size:
                     break
             else:
                 raise IntegrityError(
@@ -482,7 +482,7 @@ class Puller:
             # before pos are written (and, in chunks mode, hashed) already.
             stream = self.monitor.stream((key, i))
             try:
-                self.r.transport.retry(attempt, state.url, cancel=self.cancel)
+                self.r.transport.retry(attempt, state.url, cancel=self.cancel, position=lambda: pos)
             finally:
                 self.monitor.done(stream)
             if hasher is None or hasher.digest() == s.digest.raw:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import socket
 import threading
 import time
@@ -30,7 +31,7 @@ import requests
 import requests.adapters
 import urllib3
 
-from .errors import RegistryError, TransportError
+from .errors import PullCancelledError, RegistryError, TransportError
 
 __all__ = ["Transport", "Backoff", "Response", "RangeIgnoredError", "ShortReadError", "Stream", "StreamMonitor", "join_url", "parse_error", "new_session"]
 
@@ -38,6 +39,9 @@ USER_AGENT = "chunkpull/0.1"
 # (connect, read) seconds.  The read timeout bounds every wait for bytes: a
 # connection that stops sending for this long fails and is retried.
 DEFAULT_TIMEOUT_S = (10.0, 30.0)
+# Bodies are read in slices of this size, so the stream monitor sees bytes
+# move even while a large piece fills (a slow but live stream is not "stalled").
+READ_SLICE = 256 << 10
 # Control-plane bodies (manifests, chunksums, errors) are buffered: cap them.
 MAX_BODY_BYTES = 16 << 20
 
@@ -203,42 +207,63 @@ class Transport:
         except requests.RequestException as err:
             raise TransportError(f"request error {url}: {err}") from err
 
-    def retry(self, attempt: Callable[[], object], url: str, *, cancel: threading.Event | None = None, on_retry: Callable[[BaseException], None] | None = None):
+    def retry(
+        self,
+        attempt: Callable[[], object],
+        url: str,
+        *,
+        cancel: threading.Event | None = None,
+        position: Callable[[], int] | None = None,
+    ):
         """Call attempt() until it succeeds or a non-retryable error; bounded by ``backoff``.
+
+        ``position()``, when given, says how far the work has got (bytes):
+        a failed attempt that still moved it forward does not use up an
+        attempt (a long chunk over a flaky link keeps going), within a hard
+        cap of ten times the attempts.
 
         Raises:
             RegistryError: a non-retryable status, or retries exhausted on one.
-            TransportError: the network failed on every attempt.
+            TransportError: the network failed on every attempt (or TLS
+                verification failed, which is not retried).
+            PullCancelledError: cancel was set.
         """
         last: BaseException | None = None
-        for n in range(self.backoff.attempts):
-            if n:
-                delay = self.backoff.delay_s(n, self.rng)
-                hint = getattr(last, "retry_after_s", None)
-                if hint is not None:
-                    delay = min(max(delay, hint), 60.0)
-                if cancel is not None and self.sleep is time.sleep:
-                    # Wake at once on cancel; an injected sleep (tests) is
-                    # always honoured, and cancel is checked right after it.
-                    if cancel.wait(delay):
-                        raise TransportError(f"request error {url}: cancelled")
-                else:
-                    self.sleep(delay)
+        n = 0  # failures without progress
+        where = position() if position else 0
+        for total in range(self.backoff.attempts * 10):
+            if n >= self.backoff.attempts:
+                break
+            if total:
+                self._pause(self.backoff.delay_s(n, self.rng), last, cancel)
             if cancel is not None and cancel.is_set():
-                raise TransportError(f"request error {url}: cancelled")
+                raise PullCancelledError("pull cancelled; work in progress was kept and the next pull resumes it")
             try:
                 return attempt()
             except RegistryError as err:
                 if not err.retryable:
                     raise
                 last = err
+            except requests.exceptions.SSLError as err:
+                raise TransportError(f"request error {url}: {describe(err)}") from err  # retrying cannot help
             except _RETRYABLE_EXC as err:
                 last = err
-            if on_retry is not None:
-                on_retry(last)
+            now = position() if position else 0
+            if now > where:
+                where, n = now, 0
+            n += 1
         if isinstance(last, RegistryError):
             raise last
         raise TransportError(f"request error {url}: {describe(last)} (after {self.backoff.attempts} attempts)") from last
+
+    def _pause(self, delay: float, last: BaseException | None, cancel: threading.Event | None) -> None:
+        hint = getattr(last, "retry_after_s", None)
+        if hint is not None:
+            delay = min(max(delay, hint), 60.0)
+        if cancel is not None and self.sleep is time.sleep:
+            cancel.wait(delay)  # wakes at once on cancel
+        else:
+            self.sleep(delay)  # injected (tests): cancel is checked right after
 
     # -- data plane ----------------------------------------------------------
 
@@ -266,6 +291,7 @@ class Transport:
             requests exceptions: connection failures (the caller's retry catches them).
         """
         want = end - start + 1
+        offered = want  # bytes this answer carries (a 206 may carry fewer)
         headers = {"Range": f"bytes={start}-{end}", "Accept-Encoding": "identity"}
         r = self.session(verify_tls).get(url, headers=headers, timeout=self.timeout_s, stream=True, **_tls_kw(verify_tls))
         got = 0
@@ -281,34 +307,59 @@ class Transport:
                 # Skipping to our offset on every chunk would move O(n²)
                 # bytes; tell the caller to switch to one stream instead.
                 raise RangeIgnoredError(f"{url}: the registry ignored the Range header (answered 200)")
+            if r.status_code == 206:
+                # A shorter answer than asked is read, then reported short:
+                # the caller resumes after it (or learns the blob is short).
+                offered = _check_content_range(r.headers.get("Content-Range", ""), start, end, url)
+            else:
+                offered = want
             fp = _raw_reader(r)
             next_buf = buf if callable(buf) else lambda: buf
-            while got < want:
+            while got < offered:
                 if stream is not None:
                     stream.pause()
                 piece = next_buf()  # may wait for the pool: not the network's fault
                 if stream is not None:
                     stream.resume()
-                    stream.window = min(want - got, len(piece))
-                try:
-                    n = fp.readinto(piece[: min(want - got, len(piece))])
-                except (socket.timeout, TimeoutError) as err:
-                    raise ShortReadError(f"{url}: no bytes for {self.timeout_s[1]:g} s after {got} of {want}", got) from err
-                except OSError as err:
-                    raise ShortReadError(f"{url}: connection lost after {got} of {want} bytes: {err}", got) from err
-                if not n:
-                    raise ShortReadError(f"{url}: body ended after {got} of {want} bytes", got)
-                sink(start + got, piece[:n])
-                got += n
-                if stream is not None:
-                    stream.advance(n)
+                room = min(offered - got, len(piece))
+                filled, short = self._fill(fp, piece, room, stream, url, got, want)
+                if filled:
+                    sink(start + got, piece[:filled])  # what arrived is kept, even before a fault
+                    got += filled
+                if short is not None:
+                    raise short
+            if got < want:
+                raise ShortReadError(f"{url}: the registry sent bytes {start}-{start + got - 1} of {start}-{end}", got)
         finally:
             if stream is not None:
                 stream.detach()
-            if got == want and r.status_code == 206:
-                r.raw.release_conn()  # body fully read: keep the connection alive
+            if got == offered and r.status_code == 206 and getattr(_raw_reader(r), "length", None) == 0:
+                r.raw.release_conn()  # body read to its last byte: keep the connection alive
             else:
                 r.close()
+
+    def _fill(self, fp, piece: memoryview, room: int, stream: Stream | None, url: str, got: int, want: int) -> tuple[int, ShortReadError | None]:
+        """Read up to room bytes into piece, in slices so the monitor sees bytes move."""
+        filled = 0
+        try:
+            while filled < room:
+                if stream is not None:
+                    stream.window = min(READ_SLICE, room - filled)
+                n = fp.readinto(piece[filled : filled + min(READ_SLICE, room - filled)])
+                if not n:
+                    return filled, ShortReadError(f"{url}: body ended after {got + filled} of {want} bytes", got + filled)
+                filled += n
+                if stream is not None:
+                    stream.advance(n)
+        except (socket.timeout, TimeoutError) as err:
+            short = ShortReadError(f"{url}: no bytes for {self.timeout_s[1]:g} s after {got + filled} of {want}", got + filled)
+            short.__cause__ = err
+            return filled, short
+        except OSError as err:
+            short = ShortReadError(f"{url}: connection lost after {got + filled} of {want} bytes: {err}", got + filled)
+            short.__cause__ = err
+            return filled, short
+        return filled, None
 
 
 class Stream:
@@ -495,6 +546,19 @@ def _root_reason(err: BaseException) -> str:
         return found.strerror[0].lower() + found.strerror[1:]
     text = str(err)
     return text.rsplit(": ", 1)[-1].strip(" ')\"") or text
+
+
+def _check_content_range(value: str, start: int, end: int, url: str) -> int:
+    """Return how many bytes a 206 answer carries, checking it starts where asked.
+
+    Raises:
+        RegistryError: a missing or mismatched Content-Range (bytes at the
+            wrong offset must never be written).
+    """
+    m = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", value)
+    if m is None or int(m.group(1)) != start or not start <= int(m.group(2)) <= end:
+        raise RegistryError(206, "", f"Content-Range {value[:80]!r} does not match the requested bytes {start}-{end}", url)
+    return int(m.group(2)) - start + 1
 
 
 def join_url(base_url: str, location: str) -> str:
