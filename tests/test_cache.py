@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -182,16 +183,59 @@ def test_links(tmp_cache):
         assert path.read_bytes() == tmp_cache.blob_path(md).read_bytes()
 
 
-def test_prune_keeps_referenced(tmp_cache):
+def _manifest_naming(cache, name: str, digests) -> None:
+    """Write a manifests/ file that mentions digests (valid JSON or not)."""
+    path = cache.manifests_dir / "registry.local" / "library" / name / "latest"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(" ".join(str(d) for d in digests))
+
+
+def test_prune_keeps_what_any_manifest_mentions(tmp_cache):
     keep = [sha256_digest(b"keep1"), sha256_digest(b"keep2")]
     drop = [sha256_digest(b"drop1"), sha256_digest(b"drop2")]
     for d, data in zip(keep + drop, [b"keep1", b"keep2", b"drop1", b"drop2"]):
         tmp_cache.put(d, data)
+    # Not a manifest chunkpull would parse: its digests still protect blobs.
+    _manifest_naming(tmp_cache, "odd", keep)
     (tmp_cache.blobs_dir / "not-a-digest").write_bytes(b"")
-    removed = tmp_cache.prune(set(keep))
+    removed = tmp_cache.prune(grace_s=0)
     assert sorted(removed) == sorted(drop), f"prune() = {removed}, want {drop}"
     want = sorted([d.filename for d in keep] + ["not-a-digest"])
     assert listing(tmp_cache.blobs_dir) == want
+
+
+def test_prune_keeps_young_blobs(tmp_cache):
+    d = sha256_digest(b"just committed by another tool")
+    tmp_cache.put(d, b"just committed by another tool")
+    assert tmp_cache.prune() == [], "a blob younger than the grace period was pruned"
+    assert tmp_cache.prune(now=time.time() + 3600) == [d]
+
+
+def test_prune_skipped_when_a_manifest_cannot_be_read(tmp_cache):
+    d = sha256_digest(b"orphan")
+    tmp_cache.put(d, b"orphan")
+    _manifest_naming(tmp_cache, "unreadable", [])
+    (tmp_cache.manifests_dir / "registry.local" / "library" / "unreadable" / "latest").chmod(0)
+    if os.geteuid() == 0:
+        # root reads anything: make it unreadable another way (a directory where a file should be).
+        bad = tmp_cache.manifests_dir / "registry.local" / "library" / "unreadable" / "latest"
+        bad.unlink()
+        bad.mkdir()
+        (bad / "x").symlink_to("/nonexistent/target")
+    assert tmp_cache.prune(grace_s=0) == []
+    assert tmp_cache.get(d) is not None
+
+
+def test_prune_removes_abandoned_work_files(tmp_cache):
+    d = sha256_digest(b"abc")
+    with tmp_cache.ingest(d, 3) as ing:
+        ing.state_path.write_text("{}")
+        path, state = ing.path, ing.state_path
+    held = tmp_cache.ingest(sha256_digest(b"held"), 4)
+    tmp_cache.prune(grace_s=0, now=time.time() + 8 * 86400)
+    assert not path.exists() and not state.exists(), "an abandoned work file survived"
+    assert held.path.exists(), "a work file in use was removed"
+    held.discard()
 
 
 def test_prune_skipped_while_pull_holds_lock(tmp_cache):
@@ -200,10 +244,10 @@ def test_prune_skipped_while_pull_holds_lock(tmp_cache):
     other = DiskCache(tmp_cache.root)  # another process's view of the same directory
     with tmp_cache.prune_lock(exclusive=False) as held:
         assert held
-        assert other.prune(set()) == [], "prune ran while a pull held the shared lock"
-        assert tmp_cache.prune(set()) == []
+        assert other.prune(grace_s=0) == [], "prune ran while a pull held the shared lock"
+        assert tmp_cache.prune(grace_s=0) == []
         assert tmp_cache.get(d) is not None
-    assert other.prune(set()) == [d], "prune did not run once the lock was released"
+    assert other.prune(grace_s=0) == [d], "prune did not run once the lock was released"
 
 
 def test_shared_locks_do_not_exclude_each_other(tmp_cache):

@@ -31,6 +31,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import time
 import shutil
 import tempfile
@@ -46,6 +47,10 @@ from .names import Name
 __all__ = ["DiskCache", "BlobInfo", "Ingest"]
 
 _COPY_PIECE = 4 << 20
+_DIGEST_TEXT = re.compile(rb"sha256[:-]([0-9a-f]{64})")
+# prune keeps blobs this young: another tool may not have written their manifest yet.
+PRUNE_GRACE_S = 600.0
+INGEST_MAX_AGE_S = 7 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,27 +229,79 @@ class DiskCache:
                 if name.is_fully_qualified():
                     yield name, Path(dirpath) / tag
 
-    def prune(self, referenced: set[Digest]) -> list[Digest]:
-        """Remove blobs not in referenced; return what was removed.
+    def referenced(self) -> set[Digest] | None:
+        """Return every digest any file under ``manifests/`` mentions, or None if one cannot be read.
 
-        Skipped (returns []) while any pull holds the shared prune lock, so a
-        pull's freshly committed blobs are never removed before its manifest
-        is written.
+        Deliberately lenient: a manifest chunkpull would refuse (another
+        tool's, a newer schema) still protects the blobs it names, and the
+        manifest blobs themselves count too.
+        """
+        found: set[Digest] = set()
+        for dirpath, _dirs, files in os.walk(self.manifests_dir):
+            for f in files:
+                try:
+                    data = (Path(dirpath) / f).read_bytes()
+                except OSError:
+                    return None
+                found.update(mentioned_digests(data))
+        return found
+
+    def prune(self, *, only: set[Digest] | None = None, grace_s: float = PRUNE_GRACE_S, now: float | None = None) -> list[Digest]:
+        """Remove blobs no manifest mentions, and stale work files; return the blobs removed.
+
+        Skipped (returns []) while any pull holds the shared prune lock (its
+        fresh blobs have no manifest yet) and when a manifest cannot be read.
+        A sweep of all blobs keeps those younger than ``grace_s``: another
+        tool (Ollama) may be between committing a blob and writing its
+        manifest.  With ``only`` (the blobs of a model just removed), only
+        those are candidates, and the grace does not apply.
         """
         removed: list[Digest] = []
+        now = time.time() if now is None else now
         with self.prune_lock(exclusive=True, blocking=False) as held:
             if not held:
+                return removed
+            keep = self.referenced()
+            if keep is None:
                 return removed
             for entry in os.scandir(self.blobs_dir):
                 try:
                     d = Digest.parse(entry.name)
-                except ValueError:
+                    if only is not None and d not in only:
+                        continue
+                    young = only is None and now - entry.stat().st_mtime < grace_s
+                except (ValueError, OSError):
                     continue
-                if d not in referenced:
+                if d not in keep and not young:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)
                         removed.append(d)
+            self._prune_ingest(now)
         return removed
+
+    def _prune_ingest(self, now: float) -> None:
+        # Work files nobody holds, untouched for a week (abandoned pulls),
+        # and temporary files older than a day (left by a crash).
+        for entry in os.scandir(self.ingest_dir):
+            try:
+                age = now - entry.stat().st_mtime
+            except OSError:
+                continue
+            if entry.name.endswith(".partial") and age > INGEST_MAX_AGE_S:
+                fd = os.open(entry.path, os.O_RDWR)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a pull is using it
+                finally:
+                    os.close(fd)
+                for p in (entry.path, entry.path[: -len(".partial")] + ".state"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(p)
+            elif entry.name.startswith(("tmp-", "import-")) or entry.name.endswith(".tmp"):
+                if age > 86400:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
 
     @contextlib.contextmanager
     def prune_lock(self, *, exclusive: bool, blocking: bool = True) -> Iterator[bool]:
@@ -298,6 +355,13 @@ class DiskCache:
         os.replace(src, dst)
         if self.fsync:
             _fsync_dir(dst.parent)
+
+
+def mentioned_digests(manifest: bytes) -> set[Digest]:
+    """Return the manifest's own digest and every sha256 digest its text mentions."""
+    found = {Digest("sha256", hashlib.sha256(manifest).hexdigest())}
+    found.update(Digest("sha256", h.decode()) for h in _DIGEST_TEXT.findall(manifest))
+    return found
 
 
 def _mkstemp(directory: Path, prefix: str) -> tuple[int, str]:

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 
 from . import _env
-from .cache import DiskCache
+from .cache import DiskCache, mentioned_digests
 from .digest import Digest
 from .errors import IntegrityError, InvalidManifestError, ModelNotFoundError, RegistryError
 from .manifest import MEDIA_TYPE_MANIFEST, Layer, Manifest
@@ -238,20 +238,18 @@ class Registry:
         """
         try:
             local = self.local_name(name)
+            data = self.cache.manifest_bytes(local)
         except ModelNotFoundError:
             return False
         removed = self.cache.unlink(local)
         if removed:
-            self.prune()
+            # Its blobs go, unless another manifest still mentions them.
+            self.cache.prune(only=mentioned_digests(data))
         return removed
 
     def prune(self) -> list[Digest]:
-        """Remove blobs that no local manifest references (skipped while a pull runs)."""
-        keep: set[Digest] = set()
-        for _name, m in self.list_local():
-            keep.add(m.digest)
-            keep.update(b.digest for b in m.blobs())
-        return self.cache.prune(keep)
+        """Remove blobs that no local manifest mentions (see ``DiskCache.prune``)."""
+        return self.cache.prune()
 
     # -- pull ----------------------------------------------------------------
 
@@ -277,7 +275,10 @@ class Registry:
         with self.cache.prune_lock(exclusive=False):
             todo = []
             for b in m.blobs():
-                if self.cache.get(b.digest) is not None:
+                info = self.cache.get(b.digest)
+                # A blob of the wrong size (truncated by some other tool) is
+                # fetched again; the commit then replaces it.
+                if info is not None and info.size == b.size:
                     report(Progress(str(b.digest), b.size, CACHED, b.size))
                 else:
                     report(Progress(str(b.digest), b.size, START))
