@@ -25,6 +25,7 @@ Imports digest, errors, buffers and _hashio (and the blake3 package).
 from __future__ import annotations
 
 import contextlib
+import errno
 import re
 import threading
 from collections import deque
@@ -223,7 +224,15 @@ class BlobAssembler:
         n = len(data)
         if self.direct_fd >= 0 and aligned and offset % ALIGN == 0 and n >= ALIGN:
             head = n - n % ALIGN
-            _hashio.pwrite_all(self.direct_fd, data[:head] if head != n else data, offset)
+            try:
+                _hashio.pwrite_all(self.direct_fd, data[:head] if head != n else data, offset)
+            except OSError as err:
+                if err.errno != errno.EINVAL:
+                    raise
+                # Some file systems (FUSE, ecryptfs) open with O_DIRECT but
+                # refuse the write: use the page cache from now on.
+                self.direct_fd = -1
+                head = 0
             if head != n:
                 _hashio.pwrite_all(self.fd, data[head:], offset + head)
         else:
