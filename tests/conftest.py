@@ -1,4 +1,4 @@
-"""Shared fixtures: hashing backends, a temporary cache, upstream registries, clients.
+"""Shared fixtures: hashing backends, a temporary cache, upstream registries, clients, the local API's world.
 
 Every server started here is stopped in a finalizer and every client is
 closed, so a failing test never leaves a thread or a socket behind.  Clients
@@ -9,15 +9,19 @@ and no test depends on wall-clock time.
 from __future__ import annotations
 
 import importlib
+import shutil
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+import requests.adapters
 
 from chunkpull.cache import DiskCache
 from chunkpull.registry import Registry
 from chunkpull.testregistry import TestRegistry, build_model
-from chunkpull.transport import Backoff
+from chunkpull.transport import Backoff, new_session
 
 # Small on purpose: a 1-3 MiB layer in 256 KiB chunks exercises every code
 # path of a 10 GiB one in milliseconds.
@@ -71,7 +75,6 @@ def hashio_backend(backend, monkeypatch) -> str:
     for kernel in dir(backend):
         if not kernel.startswith("_") and callable(getattr(backend, kernel)) and hasattr(_hashio, kernel):
             monkeypatch.setattr(_hashio, kernel, getattr(backend, kernel))
-    monkeypatch.setattr(_hashio, "DIGESTERS", {"sha256": backend.sha256, "blake3": backend.blake3})
     return name
 
 
@@ -173,3 +176,105 @@ def make_registry(tmp_path: Path):
     yield make
     for reg in made:
         reg.close()
+
+
+# --- the local API's world (tests/test_api.py, tests/integration/test_api_server.py) ---
+#
+# As in Ollama's server tests: the registry mask is example.com/library/_:latest
+# and every request for https://example.com/... is routed to a TestRegistry on
+# 127.0.0.1:0 (the seed's DialContext), so upstream errors name
+# https://example.com/... exactly as the seed expects.  Pulls that must stay
+# in flight are held by ``gate`` on blob requests, never by sleeps.
+
+API_MASK = "example.com/library/_:latest"
+API_CHUNK = 64 * 1024
+TESTDATA = Path(__file__).resolve().parent.parent / "testdata"
+GATE_WAIT_S = 60  # generous upper bound: a test that forgets its gate fails instead of hanging
+
+
+class ExampleComAdapter(requests.adapters.HTTPAdapter):
+    """Route ``https://example.com/...`` to target; hold blob GETs while ``gate`` is clear."""
+
+    def __init__(self, target: str, gate: threading.Event | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.target = target
+        self.gate = gate
+
+    def send(self, request, **kwargs):
+        if urlsplit(request.url).hostname == "example.com":
+            request.url = self.target + request.path_url
+        if self.gate is not None and "/blobs/" in request.url:
+            assert self.gate.wait(GATE_WAIT_S), "gate never opened"
+        return super().send(request, **kwargs)
+
+
+def example_com_sessions(target: str, gate: threading.Event | None = None):
+    """Return a Registry session_factory whose sessions send example.com to target."""
+
+    def factory(max_streams: int, *, verify_tls: bool = True):
+        s = new_session(max_streams, verify_tls=verify_tls)
+        adapter = ExampleComAdapter(target, gate, pool_maxsize=max_streams + 2, max_retries=0)
+        s.mount("https://example.com/", adapter)
+        s.mount(target + "/", adapter)
+        return s
+
+    return factory
+
+
+def copy_testdata(name: str, dest: Path, models: list[tuple[str, list[int], int]]) -> Path:
+    """Copy testdata/<name> to dest, or build the same models there if it is missing."""
+    src = TESTDATA / name
+    if (src / "manifests").is_dir():
+        shutil.copytree(src, dest)
+    else:
+        for model, sizes, seed in models:
+            build_model(dest, model, sizes, seed=seed)
+    return dest
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path) -> Path:
+    """A copy of testdata/models: the local models directory, holding example.com/library/smol."""
+    return copy_testdata("models", tmp_path / "models", [("example.com/library/smol:latest", [1024, 512], 0)])
+
+
+@pytest.fixture
+def api_upstream(tmp_path: Path):
+    """A TestRegistry serving a copy of testdata/registry plus a 4 MiB ``big`` model.
+
+    Models smol, chunked and big (in API_CHUNK chunks); ``BOOM``'s manifest
+    answers status 999 with ``{"error": "boom"}``.
+    """
+    root = copy_testdata(
+        "registry",
+        tmp_path / "registry",
+        [("example.com/library/smol:latest", [2048, 1024], 1), ("example.com/library/chunked:latest", [200 * 1024], 2)],
+    )
+    build_model(root, "example.com/library/big:latest", [4 << 20], seed=3)
+    with TestRegistry(root, chunk_size=API_CHUNK) as reg:
+        reg.faults.routes["/v2/library/BOOM/manifests/latest"] = (999, b'{"error": "boom"}')
+        yield reg
+
+
+@pytest.fixture
+def gate() -> threading.Event:
+    """Blob requests of api_registry wait while this is clear; open unless a test closes it."""
+    g = threading.Event()
+    g.set()
+    yield g
+    g.set()  # never leave a worker waiting
+
+
+@pytest.fixture
+def api_registry(models_dir: Path, api_upstream: TestRegistry, gate: threading.Event) -> Registry:
+    """A Registry on models_dir with mask API_MASK, whose example.com requests reach api_upstream."""
+    reg = Registry(
+        DiskCache(models_dir, fsync=False),
+        session_factory=example_com_sessions(api_upstream.url, gate),
+        mask=API_MASK,
+        max_streams=2,
+        chunking_threshold=API_CHUNK,
+        backoff=Backoff(attempts=2, base_s=0.001),
+    )
+    yield reg
+    reg.close()

@@ -18,8 +18,6 @@ from pathlib import Path
 DEFAULT_MAX_STREAMS = 8
 MAX_MAX_STREAMS = 256
 
-TRUTHY = frozenset({"1", "true", "yes", "on"})
-FALSY = frozenset({"0", "false", "no", "off", ""})
 
 
 def models_dir() -> Path:
@@ -31,7 +29,7 @@ def models_dir() -> Path:
 
 
 def max_streams() -> int:
-    """Return ``$OLLAMA_REGISTRY_MAXSTREAMS`` (or ``$CHUNKPULL_MAX_STREAMS``), else the default."""
+    """Return ``$CHUNKPULL_MAX_STREAMS``, else ``$OLLAMA_REGISTRY_MAXSTREAMS``, else the default (8)."""
     for var in ("CHUNKPULL_MAX_STREAMS", "OLLAMA_REGISTRY_MAXSTREAMS"):
         value = os.environ.get(var, "").strip()
         if not value:
@@ -52,19 +50,6 @@ def backend() -> str:
     if value not in ("auto", "native", "python"):
         raise ImportError(f"CHUNKPULL_BACKEND={value!r}: want one of auto, native, python")
     return value
-
-
-def flag(var: str, default: bool = False) -> bool:
-    """Return a boolean variable; truthy values are 1, true, yes, on (any case)."""
-    value = os.environ.get(var)
-    if value is None:
-        return default
-    v = value.strip().lower()
-    if v in TRUTHY:
-        return True
-    if v in FALSY:
-        return False
-    raise ValueError(f"{var}={value!r}: want one of 1/true/yes/on or 0/false/no/off")
 
 
 def io_mode() -> str:

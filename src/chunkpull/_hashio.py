@@ -68,7 +68,6 @@ pwrite_all = _impl.pwrite_all
 sha256_pwrite = _impl.sha256_pwrite
 start_writeback = _impl.start_writeback
 
-DIGESTERS = {"sha256": sha256, "blake3": blake3}
 
 
 def feed_from_file(update, fd: int, offset: int, n: int, buf: memoryview) -> None:

@@ -442,9 +442,7 @@ class Ingest:
                 return None
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                if not _lock_or_wait(fd, cancel, poll_s):
-                    os.close(fd)
-                    continue
+                _lock_or_wait(fd, cancel, poll_s)
                 # The holder we waited for may have renamed this very inode
                 # into blobs/: never write through a stale descriptor.
                 try:
@@ -612,12 +610,12 @@ class Ingest:
         self.close()
 
 
-def _lock_or_wait(fd: int, cancel, poll_s: float) -> bool:
+def _lock_or_wait(fd: int, cancel, poll_s: float) -> None:
     """Take an exclusive flock on fd, polling so that cancel is honoured."""
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
+            return
         except BlockingIOError:
             pass
         if cancel is not None and cancel.wait(poll_s):

@@ -41,7 +41,7 @@ from .errors import IntegrityError, InvalidManifestError, ModelNotFoundError, Re
 from .manifest import MEDIA_TYPE_MANIFEST, Layer, Manifest
 from .names import DEFAULT_MASK, Name, Ref, parse_ref
 from .progress import CACHED, START, Progress, ProgressCallback
-from .pull import DEFAULT_CHUNK_SIZE, MAX_INTEGRITY_ATTEMPTS, Puller
+from .pull import Puller
 from .transport import Backoff, Transport, join_url, parse_error
 
 __all__ = [
@@ -49,8 +49,6 @@ __all__ = [
     "Manifest",
     "Layer",
     "DEFAULT_CHUNKING_THRESHOLD",
-    "DEFAULT_CHUNK_SIZE",
-    "MAX_INTEGRITY_ATTEMPTS",
     "VERIFY_MODES",
     "IO_MODES",
 ]
@@ -87,6 +85,20 @@ class Registry:
         completes short names (``registry.ollama.ai/library/_:latest``).
     verify
         ``"blob"`` (default) or ``"chunks"``; see the module docstring.
+    buffer_size
+        bytes per piece: the unit of socket reads and O_DIRECT writes (4 MiB).
+    memory_budget
+        bytes of pieces a pull may hold, parked ahead of the in-order hash
+        (32 MiB; never fewer than ``max_streams + 2`` pieces).
+    io
+        ``"auto"`` (default, ``$CHUNKPULL_IO``): O_DIRECT where the file
+        system allows it; ``"direct"`` insists; ``"buffered"`` never uses it.
+    backoff, timeout_s, stall_timeout_s
+        retry policy (6 attempts, n² × 10 ms, capped at 2 s, jittered),
+        (connect, read) timeouts in seconds (10, 30), and how long a stream
+        may send nothing before it is cut and retried elsewhere (5 s).
+    sleep
+        the backoff's sleep, injectable so tests never wait.
 
     One Registry may serve many pulls at once from different threads; each
     pull has its own pool of workers.
@@ -134,7 +146,11 @@ class Registry:
 
     @classmethod
     def from_env(cls, **overrides) -> Registry:
-        """Return a Registry configured from the environment (``OLLAMA_MODELS``, ``OLLAMA_REGISTRY_MAXSTREAMS``)."""
+        """Return a Registry configured from the environment (``OLLAMA_MODELS``,
+        ``OLLAMA_REGISTRY_MAXSTREAMS``, ``CHUNKPULL_IO``), as Ollama's DefaultRegistry.
+
+        The same as ``Registry()``: every None default reads its variable.
+        """
         return cls(**overrides)
 
     def close(self) -> None:
