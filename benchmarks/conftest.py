@@ -14,15 +14,11 @@ cached between sessions like ``chunkpull bench``'s.
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
 from chunkpull._hashio import BACKEND
 from chunkpull.bench import RegistryProcess, embedded_target, ensure_model, warm
-
-sys.path.insert(0, str(Path(__file__).parent))  # baseline_threads, for the suites
 
 
 def pytest_collect_file(parent, file_path):

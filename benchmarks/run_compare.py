@@ -18,7 +18,14 @@ down as not met.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import re
 import shlex
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -38,6 +45,54 @@ RATIO_TARGETS = [
 ]
 RSS_TARGET_MIB = 100
 GBPS_TARGET = 1.2
+
+
+def _tool_version(cmd: list[str]) -> str | None:
+    if shutil.which(cmd[0]) is None:
+        return None
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    # "curl 7.88.1 (x86_64-pc-linux-gnu) libcurl/..." -> "7.88.1"; "aria2 version 1.36.0" -> "1.36.0"
+    m = re.search(r"\d+\.\d+(?:\.\d+)?", out.splitlines()[0]) if out.strip() else None
+    return m.group(0) if m else None
+
+
+def machine_info(report: bench.Report) -> dict:
+    """Return the report's machine record plus what only this page shows: tool versions, SHA-NI, usable cores."""
+    try:
+        hf_version = importlib.metadata.version("hf_transfer") if importlib.util.find_spec("hf_transfer") else None
+    except importlib.metadata.PackageNotFoundError:
+        hf_version = "installed"
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        affinity = None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return {
+        **report.machine,
+        "cpu_affinity": affinity,
+        "sha_ni": "sha_ni" in flags.split(),
+        "os": platform.platform(),
+        "curl": _tool_version(["curl", "--version"]),
+        "aria2c": _tool_version(["aria2c", "--version"]),
+        "hf_transfer": hf_version,
+    }
+
+
+def markdown_table(report: bench.Report) -> str:
+    """Return ``chunkpull bench``'s table as a Markdown table, then its footnotes."""
+    head, *body = bench.table_cells(report)
+    esc = lambda cell: cell.replace("|", "\\|")
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    out += ["| " + " | ".join(esc(c) for c in line) + " |" for line in body]
+    notes = bench.footnotes(report)
+    return "\n".join(out + ([""] + notes if notes else [])) + "\n"
 
 
 def _targets(report: bench.Report) -> list[str]:
@@ -61,7 +116,7 @@ def _targets(report: bench.Report) -> list[str]:
 
 def render(report: bench.Report, command: str) -> str:
     """Return RESULTS.md's text for a finished report."""
-    m = report.machine
+    m = machine_info(report)
     machine = [
         "| | |", "|---|---|",
         f"| CPU | {m['cpu_model']} ({'SHA-NI' if m['sha_ni'] else 'no SHA-NI'}) |",
@@ -92,7 +147,7 @@ def render(report: bench.Report, command: str) -> str:
         "",
         "## Results",
         "",
-        bench.format_table(report, markdown=True).rstrip(),
+        markdown_table(report).rstrip(),
         "",
         "## Targets (issue 5) that this run shows",
         "",

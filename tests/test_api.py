@@ -1,14 +1,12 @@
 """Tests for chunkpull.api.Local, called in-process as a WSGI application.
 
 The seed's matrix (TestServerDelete, TestServerPull, TestServerUnknownPath,
-checkErrorResponse) runs against a copy of testdata/models, with the
-upstream registry served by a real TestRegistry on 127.0.0.1:0.  As in the
-seed, the registry mask is ``example.com/library/_:latest`` and every request
-for ``https://example.com/...`` is routed to the local test server by a
-requests adapter (the seed's DialContext), so upstream errors name
-``https://example.com/...`` exactly as the seed expects.  Pulls that must be
-held in place use a gate on blob requests instead of sleeps, so no test
-depends on timings.
+checkErrorResponse) runs against conftest's local API world: a copy of
+testdata/models (``models_dir``), with ``https://example.com/...`` routed to
+a real TestRegistry on 127.0.0.1:0 (``api_upstream``, ``api_registry``), so
+upstream errors name ``https://example.com/...`` exactly as the seed
+expects.  Pulls that must be held in place use ``gate`` on blob requests
+instead of sleeps, so no test depends on timings.
 """
 
 from __future__ import annotations
@@ -17,116 +15,27 @@ import io
 import json
 import logging
 import re
-import shutil
 import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
-import requests.adapters
 
 from chunkpull.api import Local
-from chunkpull.cache import DiskCache
 from chunkpull.errors import PullCancelledError, TransportError
 from chunkpull.registry import Registry
 from chunkpull.testregistry import TestRegistry, build_model
-from chunkpull.transport import Backoff, new_session
 
-TESTDATA = Path(__file__).resolve().parent.parent / "testdata"
-MASK = "example.com/library/_:latest"
-CHUNK = 64 * 1024
 WAIT_S = 60  # generous upper bound for waits that normally end at once
 
 
 # --- fixtures ---------------------------------------------------------------------
 
 
-class Upstream(requests.adapters.HTTPAdapter):
-    """Route ``https://example.com/...`` to the test registry; optionally hold blob GETs.
-
-    ``gate``: when given, every blob request waits for it to be set, which
-    keeps a pull in flight for as long as a test needs, without sleeping.
-    """
-
-    def __init__(self, target: str, gate: threading.Event | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.target = target
-        self.gate = gate
-
-    def send(self, request, **kwargs):
-        if urlsplit(request.url).hostname == "example.com":
-            request.url = self.target + request.path_url
-        if self.gate is not None and "/blobs/" in request.url:
-            assert self.gate.wait(WAIT_S), "gate never opened"
-        return super().send(request, **kwargs)
-
-
-def session_factory(target: str, gate: threading.Event | None = None):
-    def factory(max_streams: int, *, verify_tls: bool = True):
-        s = new_session(max_streams, verify_tls=verify_tls)
-        adapter = Upstream(target, gate, pool_maxsize=max_streams + 2, max_retries=0)
-        s.mount("https://example.com/", adapter)
-        s.mount(target + "/", adapter)
-        return s
-
-    return factory
-
-
-def copy_tree(name: str, dest: Path, models: list[tuple[str, list[int], int]]) -> Path:
-    """Copy testdata/<name> to dest, or build the same models there if it is missing."""
-    src = TESTDATA / name
-    if (src / "manifests").is_dir():
-        shutil.copytree(src, dest)
-    else:
-        for model, sizes, seed in models:
-            build_model(dest, model, sizes, seed=seed)
-    return dest
-
-
 @pytest.fixture
-def models_dir(tmp_path: Path) -> Path:
-    return copy_tree("models", tmp_path / "models", [("example.com/library/smol:latest", [1024, 512], 0)])
-
-
-@pytest.fixture
-def upstream(tmp_path: Path):
-    root = copy_tree(
-        "registry",
-        tmp_path / "registry",
-        [("example.com/library/smol:latest", [2048, 1024], 1), ("example.com/library/chunked:latest", [200 * 1024], 2)],
-    )
-    with TestRegistry(root, chunk_size=CHUNK) as reg:
-        reg.faults.routes["/v2/library/BOOM/manifests/latest"] = (999, b'{"error": "boom"}')
-        yield reg
-
-
-@pytest.fixture
-def gate() -> threading.Event:
-    g = threading.Event()
-    g.set()  # open unless a test closes it
-    yield g
-    g.set()  # never leave a worker waiting
-
-
-@pytest.fixture
-def registry(models_dir: Path, upstream: TestRegistry, gate: threading.Event) -> Registry:
-    reg = Registry(
-        DiskCache(models_dir, fsync=False),
-        session_factory=session_factory(upstream.url, gate),
-        mask=MASK,
-        max_streams=2,
-        chunking_threshold=CHUNK,
-        backoff=Backoff(attempts=2, base_s=0.001),
-    )
-    yield reg
-    reg.close()
-
-
-@pytest.fixture
-def app(registry: Registry) -> Local:
-    local = Local(registry, logger=logging.getLogger("test.chunkpull.api"))
+def app(api_registry: Registry) -> Local:
+    local = Local(api_registry, logger=logging.getLogger("test.chunkpull.api"))
     yield local
     local.close()
 
@@ -281,13 +190,13 @@ class InvalidReader(io.RawIOBase):
 # --- the seed's matrix ----------------------------------------------------------------
 
 
-def test_server_delete(app: Local, registry: Registry, caplog) -> None:
-    registry.resolve_local("smol")
+def test_server_delete(app: Local, api_registry: Registry, caplog) -> None:
+    api_registry.resolve_local("smol")
 
     got = send(app, "DELETE", "/api/delete", '{"model": "smol"}')
     assert got.status == 200, got
     with pytest.raises(LookupError):
-        registry.resolve_local("smol")
+        api_registry.resolve_local("smol")
 
     got = send(app, "DELETE", "/api/delete", "!")
     check_error_response(got, 400, "bad_request", json_error("!"))
@@ -314,7 +223,7 @@ def test_server_delete(app: Local, registry: Registry, caplog) -> None:
     assert re.search(r'ERROR.*error="invalid argument"', logs), f"expected log to contain ERROR with invalid argument:\n{logs}"
 
 
-def test_server_pull(app: Local, upstream: TestRegistry, registry: Registry) -> None:
+def test_server_pull(app: Local, api_upstream: TestRegistry, api_registry: Registry) -> None:
     got = send(app, "POST", "/api/pull", '{"model": "BOOM"}')
     check_response(got, r"""
         {"status":"error: request error https://example.com/v2/library/BOOM/manifests/latest: registry responded with status 999: boom"}
@@ -324,13 +233,13 @@ def test_server_pull(app: Local, upstream: TestRegistry, registry: Registry) -> 
 
     got = send(app, "POST", "/api/pull", '{"model": "smol"}')
     want = "\n".join(
-        [f'{{"digest":"{d}","total":{n}}}' for d, n in upstream_blobs(upstream, "smol")]
-        + [f'{{"digest":"{d}","total":{n},"completed":{n}}}' for d, n in upstream_blobs(upstream, "smol")]
+        [f'{{"digest":"{d}","total":{n}}}' for d, n in upstream_blobs(api_upstream, "smol")]
+        + [f'{{"digest":"{d}","total":{n},"completed":{n}}}' for d, n in upstream_blobs(api_upstream, "smol")]
         + ['{"status":"success"}', '! "error"']
     )
     check_response(got, want)
     check_stream_contract(got.lines())
-    assert registry.resolve_local("smol").digest.hex == json.loads(send(app, "GET", "/api/tags").body)["models"][0]["digest"]
+    assert api_registry.resolve_local("smol").digest.hex == json.loads(send(app, "GET", "/api/tags").body)["models"][0]["digest"]
 
     got = send(app, "POST", "/api/pull", '{"model": "unknown"}')
     check_response(got, r"""
@@ -416,17 +325,17 @@ def test_body_too_large(app: Local) -> None:
     check_error_response(got, 413, "request_too_large", "too large")
 
 
-def test_name_is_accepted_for_model(app: Local, registry: Registry) -> None:
+def test_name_is_accepted_for_model(app: Local, api_registry: Registry) -> None:
     assert send(app, "DELETE", "/api/delete", '{"name": "smol"}').status == 200
     with pytest.raises(LookupError):
-        registry.resolve_local("smol")
+        api_registry.resolve_local("smol")
 
 
-def test_internal_error_never_leaks(app: Local, registry: Registry, monkeypatch, caplog) -> None:
+def test_internal_error_never_leaks(app: Local, api_registry: Registry, monkeypatch, caplog) -> None:
     def broken_pull(name, **kw):
         raise RuntimeError("secret detail")
 
-    monkeypatch.setattr(registry, "pull", broken_pull)
+    monkeypatch.setattr(api_registry, "pull", broken_pull)
     with caplog.at_level(logging.DEBUG, logger="test.chunkpull.api"):
         streamed = send(app, "POST", "/api/pull", '{"model": "smol"}')
         single = send(app, "POST", "/api/pull", '{"model": "smol", "stream": false}')
@@ -464,7 +373,7 @@ def test_tags(app: Local, models_dir: Path) -> None:
     assert set(m["details"]) == {"parent_model", "format", "family", "families", "parameter_size", "quantization_level"}
 
 
-def test_tags_names_outside_the_mask(app: Local, registry: Registry, models_dir: Path) -> None:
+def test_tags_names_outside_the_mask(app: Local, api_registry: Registry, models_dir: Path) -> None:
     build_model(models_dir, "example.com/someone/other:q4", [10], seed=9)
     build_model(models_dir, "elsewhere.org/library/far:latest", [10], seed=8)
     names = sorted(m["name"] for m in json.loads(send(app, "GET", "/api/tags").body)["models"])
@@ -485,12 +394,12 @@ def test_root_version_and_head(app: Local) -> None:
 # --- the progress stream ------------------------------------------------------------------
 
 
-def test_stream_contract_chunked(app: Local, upstream: TestRegistry) -> None:
+def test_stream_contract_chunked(app: Local, api_upstream: TestRegistry) -> None:
     got = send(app, "POST", "/api/pull", '{"model": "chunked"}')
     lines = got.lines()
     check_stream_contract(lines)
     assert got.headers["Content-Type"] == "application/x-ndjson"
-    digests = {d for d, _ in upstream_blobs(upstream, "chunked")}
+    digests = {d for d, _ in upstream_blobs(api_upstream, "chunked")}
     assert {x["digest"] for x in lines if "digest" in x} == digests
 
 
@@ -523,9 +432,9 @@ def test_invalid_name_stream_starts_first(app: Local) -> None:
 # --- sharing and cancelling pulls ------------------------------------------------------------
 
 
-def test_two_clients_share_one_download(app: Local, upstream: TestRegistry, gate: threading.Event) -> None:
+def test_two_clients_share_one_download(app: Local, api_upstream: TestRegistry, gate: threading.Event) -> None:
     gate.clear()  # hold the pull after its manifest, before any blob
-    upstream.stats.reset()
+    api_upstream.stats.reset()
     a = open_stream(app, '{"model": "chunked"}')
     b = open_stream(app, '{"model": "example.com/library/CHUNKED:latest"}')  # same model, other spelling
     try:
@@ -542,8 +451,8 @@ def test_two_clients_share_one_download(app: Local, upstream: TestRegistry, gate
     for lines in (la, lb):
         check_stream_contract([{"status": "pulling manifest"}, *lines])
         assert lines[-1] == {"status": "success"}
-    assert upstream.stats.requests["manifest"] == 1, upstream.stats.requests
-    assert len(upstream.stats.ranges) == len(set(upstream.stats.ranges)), f"a range was served twice: {upstream.stats.ranges}"
+    assert api_upstream.stats.requests["manifest"] == 1, api_upstream.stats.requests
+    assert len(api_upstream.stats.ranges) == len(set(api_upstream.stats.ranges)), f"a range was served twice: {api_upstream.stats.ranges}"
     assert app.in_flight() == []
 
 
@@ -563,12 +472,11 @@ def test_pull_continues_while_one_listener_remains(app: Local, gate: threading.E
     assert flight.error is None
 
 
-def test_last_listener_leaving_cancels(app: Local, registry: Registry, upstream: TestRegistry, models_dir: Path, caplog) -> None:
+def test_last_listener_leaving_cancels(app: Local, api_registry: Registry, api_upstream: TestRegistry, models_dir: Path, caplog) -> None:
     # A 4 MiB chunked layer at 128 KiB/s per connection takes 16 s or more; the
     # client leaves as soon as its first bytes are reported.
-    build_model(upstream.root, "example.com/library/big:latest", [4 << 20], seed=3)
-    (big, size), _config = upstream_blobs(upstream, "big")
-    upstream.faults.throttle_bps = 128 * 1024
+    (big, size), _config = upstream_blobs(api_upstream, "big")
+    api_upstream.faults.throttle_bps = 128 * 1024
     stream = open_stream(app, '{"model": "big"}')
     with caplog.at_level(logging.DEBUG, logger="test.chunkpull.api"):
         for raw in stream:
@@ -589,9 +497,9 @@ def test_last_listener_leaving_cancels(app: Local, registry: Registry, upstream:
     assert rec.getMessage().startswith('error="client disconnected" status=200 method=POST path=/api/pull')
 
 
-def test_non_streaming_pull_joins_a_streaming_one(app: Local, gate: threading.Event, upstream: TestRegistry) -> None:
+def test_non_streaming_pull_joins_a_streaming_one(app: Local, gate: threading.Event, api_upstream: TestRegistry) -> None:
     gate.clear()
-    upstream.stats.reset()
+    api_upstream.stats.reset()
     stream = open_stream(app, '{"model": "chunked"}')
     next(stream)
     result: list[Resp] = []
@@ -613,7 +521,7 @@ def test_non_streaming_pull_joins_a_streaming_one(app: Local, gate: threading.Ev
         t.join(WAIT_S)
     assert lines[-1] == {"status": "success"}
     assert json.loads(result[0].body) == {"status": "success"}
-    assert upstream.stats.requests["manifest"] == 1
+    assert api_upstream.stats.requests["manifest"] == 1
 
 
 def test_close_cancels_pulls(app: Local, gate: threading.Event) -> None:

@@ -7,6 +7,7 @@ real.  No figure is compared with a number; only its presence and type are.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -14,18 +15,10 @@ from pathlib import Path
 import pytest
 
 from chunkpull import bench
+from chunkpull._baseline_threads import pull_threads
+from chunkpull._benchchild import read_child_result, run_child
 from chunkpull._hashio import BACKEND
-from chunkpull.bench import (
-    Blob,
-    Report,
-    Target,
-    aggregate,
-    bench_main,
-    format_table,
-    parse_size,
-    read_child_result,
-    run_child,
-)
+from chunkpull.bench import Blob, Report, Target, aggregate, bench_main, format_table
 
 RUN_FIELDS = {"method", "backend", "cpu_count", "streams", "chunk_size", "verify", "ok", "verified", "bytes",
               "wall_s", "cpu_s", "user_s", "sys_s", "peak_rss_mib", "gbps"}
@@ -143,7 +136,7 @@ def test_baseline_child_writes_the_blob(tmp_path, upstream, method):
     (tmp_path / "out").mkdir()
     spec = {"method": method, "name": target.name, "blobs": target.blob_specs(), "out_dir": str(tmp_path / "out"),
             "models_dir": str(tmp_path / "models"), "streams": 3, "chunk_size": 256 << 10, "verify": "chunks",
-            "verify_tls": True, "benchmarks_dir": str(bench.find_benchmarks_dir())}
+            "verify_tls": True}
     result = run_child(spec, tmp_path)
     assert result["ok"], result
     assert result["bytes"] == m.size
@@ -153,11 +146,6 @@ def test_baseline_child_writes_the_blob(tmp_path, upstream, method):
 
 @pytest.mark.integration
 def test_threads_baseline_rejects_a_corrupt_chunk(tmp_path, upstream):
-    sys.path.insert(0, str(bench.find_benchmarks_dir()))
-    try:
-        from baseline_threads import pull_threads
-    finally:
-        sys.path.pop(0)
     up = upstream(sizes=[1 << 20])
     layer = json.loads(up.manifest())["layers"][0]
     up.faults.corrupt_chunk = {2: 1}
@@ -264,7 +252,16 @@ def test_failed_and_skipped_runs_are_noted_in_the_table():
     lines = {line.split()[0]: line for line in table.splitlines() if line and line.split()[0] in ("python-threads", "aria2c")}
     assert "1 of 1 failed: killed after 5 s" in lines["python-threads"]
     assert "skipped: aria2c not installed" in lines["aria2c"]
-    md = format_table(_fake_report(runs), markdown=True)
+
+
+def test_run_compare_writes_markdown():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "run_compare.py"
+    if not path.is_file():
+        pytest.skip("benchmarks/ is not here (an installed package)")
+    spec = importlib.util.spec_from_file_location("run_compare", path)
+    run_compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_compare)
+    md = run_compare.markdown_table(_fake_report(_fake_runs()[:2]))
     assert md.splitlines()[0].startswith("| method | GB/s |") and md.splitlines()[1].startswith("|---|")
 
 
@@ -274,18 +271,13 @@ def test_missing_tools_are_skipped_not_failed(monkeypatch):
     assert bench._missing("aria2c") == "aria2c not installed"
     assert bench._missing("curl+sha256sum") == "curl and sha256sum not installed"
     assert "not installed" in bench._missing("hf_transfer")
+    # Part of the package: always there.
     assert bench._missing("single+sha256") is None
+    assert bench._missing("python-threads") is None
 
 
-@pytest.mark.parametrize(
-    ("text", "want"),
-    [("1G", 1 << 30), ("512M", 512 << 20), ("256K", 256 << 10), ("256KiB", 256 << 10), ("4096", 4096), (" 2 g ", 2 << 30)],
-)
-def test_parse_size(text, want):
-    assert parse_size(text) == want, f"parse_size({text!r})"
-
-
-@pytest.mark.parametrize("text", ["", "1.5G", "-1M", "12X", "G"])
-def test_parse_size_rejects(text):
-    with pytest.raises(ValueError, match="invalid size"):
-        parse_size(text)
+def test_sizes_are_binary_units():
+    # testregistry.parse_size, as in "chunkpull registry make --size" (its tests are in test_testregistry.py).
+    assert bench.parse_options(["--size", "1G"]).size == 1 << 30
+    assert bench.parse_options(["--chunk-size", "256KiB,1M"]).chunk_sizes == [256 << 10, 1 << 20]
+    assert "GiB = 2^30" in " ".join(bench._parser().format_help().split())

@@ -6,7 +6,6 @@
 """
 
 from ._hashio import BACKEND
-from .api import Local
 from .cache import DiskCache
 from .digest import Digest
 from .errors import (
@@ -27,6 +26,18 @@ from .progress import Aggregator, Progress
 from .registry import DEFAULT_CHUNKING_THRESHOLD, Layer, Manifest, Registry
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Local lives in api, which loads the HTTP server stack (http.server,
+    # socketserver, signal): only a caller that asks for it pays for that.
+    if name == "Local":
+        from .api import Local
+
+        globals()["Local"] = Local
+        return Local
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BACKEND",

@@ -4,11 +4,12 @@
 that the figures belong to that pull alone: the peak RSS is this process's
 own (or, for the external tools, the largest of the tools' processes), and
 the CPU time is what this process and the tools it waited for spent inside
-the timed region.  The parent writes a JSON *spec* file,
-starts ``python <this file> SPEC`` (``python -m chunkpull._benchchild SPEC``
-for chunkpull itself), and reads the JSON *result* file this process writes
-before exiting.  A result file rather than stdout, because nothing a tool or
-library prints can then corrupt it.
+the timed region.  Both halves of the protocol live here: the parent's
+``run_child`` writes a JSON *spec* file, starts ``python <this file> SPEC``
+(``python -m chunkpull._benchchild SPEC`` for chunkpull itself), and reads
+with ``read_child_result`` the JSON *result* file the child's ``main``
+writes before exiting.  A result file rather than stdout, because nothing a
+tool or library prints can then corrupt it.
 
 Peak RSS is read from ``VmHWM`` in ``/proc/<pid>/status``, not from
 ``ru_maxrss``: Linux carries ``ru_maxrss`` across fork and exec, so every
@@ -20,18 +21,19 @@ sample before exit is within one interval of the true peak).
 Methods (``spec["method"]``):
 
 ``chunkpull``
-    ``Registry.pull`` into ``spec["models_dir"]``, with a progress bar on a
-    terminal; with ``spec["instrument"]`` it also records every request's
-    start, first byte and end through a ``session_factory`` (for time to
-    first byte and per-chunk latency).
+    ``Registry.pull`` into ``spec["models_dir"]``; with ``spec["progress"]``
+    through ``cli.pull_with_progress``, the pull and progress display of
+    ``chunkpull pull``; with ``spec["instrument"]`` it also records every
+    request's start, first byte and end through a ``session_factory`` (for
+    time to first byte and per-chunk latency).
 ``single+sha256``
     one requests stream into a reused buffer, written to a file, then a
     separate hashlib SHA-256 pass over the file.
 ``curl+sha256sum``
     ``curl -o FILE URL`` then ``sha256sum FILE``.
 ``python-threads``
-    ``benchmarks/baseline_threads.py``: requests + ThreadPoolExecutor +
-    hashlib + os.pwrite over the registry's chunks.
+    ``_baseline_threads.py`` beside this file: requests + ThreadPoolExecutor
+    + hashlib + os.pwrite over the registry's chunks.
 ``aria2c``
     ``aria2c -x16 -s16 -k8M --checksum=sha-256=<hex>``.
 ``hf_transfer``
@@ -39,18 +41,21 @@ Methods (``spec["method"]``):
 
 This module imports only the standard library at module level, and nothing
 from chunkpull unless the method is ``chunkpull``: a baseline's process must
-not carry chunkpull's imports (numpy among them) in its peak RSS.  The
-baselines' own checks (a digest mismatch fails the run) are part of what
-they cost; the parent checks every output file again, outside the timed
-region.
+not carry chunkpull's imports (the registry client, the native extension
+and what they import) in its peak RSS.  The baselines' own checks (a digest
+mismatch fails the run) are part of what they cost; the parent checks every
+output file again with ``blob_problem``, outside the timed region.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import math
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -58,7 +63,7 @@ import threading
 import time
 import traceback
 
-__all__ = ["EXTERNAL_METHODS", "METHODS", "main"]
+__all__ = ["EXTERNAL_METHODS", "METHODS", "blob_problem", "child_env", "main", "read_child_result", "run_child"]
 
 METHODS = ("chunkpull", "single+sha256", "curl+sha256sum", "python-threads", "aria2c", "hf_transfer")
 # Methods whose work happens in other programs: their peak RSS is the
@@ -68,9 +73,6 @@ EXTERNAL_METHODS = frozenset({"curl+sha256sum", "aria2c"})
 # The single-stream baseline's read buffer: large enough that the Python
 # loop costs nothing next to the copy, like a careful plain-Python program.
 SINGLE_STREAM_BUFFER = 1 << 20
-# chunkpull's bar is redrawn by the bar itself at most ten times a second;
-# this is only how often the waiting thread wakes to let it.
-_TICK_S = 0.05
 # An external tool's VmHWM is sampled every millisecond at first (a short
 # run must not end between two samples), backing off to this interval so
 # the sampling itself costs next to no CPU on long runs.
@@ -119,15 +121,27 @@ def _out_path(spec: dict, blob: dict) -> str:
     return os.path.join(spec["out_dir"], blob["digest"].replace(":", "-", 1))
 
 
-def _check_hex(blob: dict, got_hex: str, who: str) -> None:
-    want = blob["digest"].partition(":")[2]
-    if got_hex != want:
-        raise MethodError(f"{who}: blob {blob['digest']} hashed to sha256:{got_hex}")
+def blob_problem(path: str | os.PathLike[str], digest: str, size: int | None = None, *, got_hex: str | None = None) -> str | None:
+    """Return why the file at path is not the blob ``sha256:<hex>`` (of size bytes, if given), or None when it is.
+
+    ``got_hex`` is the file's SHA-256 as another tool (sha256sum) computed
+    it; without it the file is hashed here, with hashlib.
+    """
+    try:
+        if size is not None and (have := os.path.getsize(path)) != size:
+            return f"blob {digest} has {have} bytes, want {size}"
+        if got_hex is None:
+            with open(path, "rb") as f:
+                got_hex = hashlib.file_digest(f, "sha256").hexdigest()
+    except FileNotFoundError:
+        return f"no file for blob {digest}"
+    return None if got_hex == digest.partition(":")[2] else f"blob {digest} hashed to sha256:{got_hex}"
 
 
-def _file_sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+def _check(blob: dict, path: str, who: str, got_hex: str | None = None) -> None:
+    problem = blob_problem(path, blob["digest"], got_hex=got_hex)
+    if problem:
+        raise MethodError(f"{who}: {problem}")
 
 
 # --------------------------------------------------------------------------
@@ -153,7 +167,7 @@ def _run_single(spec: dict) -> dict:
                             break
                         f.write(view[:n])
             # The second pass the chunksums design exists to avoid.
-            _check_hex(blob, _file_sha256(path), "single+sha256")
+            _check(blob, path, "single+sha256")
     return {}
 
 
@@ -170,15 +184,18 @@ def _run_curl(spec: dict) -> dict:
         code, text = _run_tool(["sha256sum", path])
         if code:
             raise MethodError(f"sha256sum exited {code}: {text[:300]}")
-        _check_hex(blob, text.split()[0], "curl+sha256sum")
+        _check(blob, path, "curl+sha256sum", got_hex=text.split()[0])
     return {}
 
 
 def _run_threads(spec: dict) -> dict:
-    bdir = spec.get("benchmarks_dir")
-    if bdir and bdir not in sys.path:
-        sys.path.insert(0, bdir)
-    from baseline_threads import pull_threads
+    # By path, not "import chunkpull._baseline_threads": that would import
+    # the package, and its imports would count in this baseline's RSS.
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_baseline_threads.py")
+    module_spec = importlib.util.spec_from_file_location("_baseline_threads", path)
+    baseline = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(baseline)
+    pull_threads = baseline.pull_threads
 
     for blob in spec["blobs"]:
         pull_threads(
@@ -224,7 +241,7 @@ def _run_hf_transfer(spec: dict) -> dict:
         else:
             hf_transfer.download(blob["url"], path, max_files=spec["streams"], chunk_size=spec["chunk_size"])
         # hf_transfer verifies nothing; this pass is what makes it comparable.
-        _check_hex(blob, _file_sha256(path), "hf_transfer")
+        _check(blob, path, "hf_transfer")
     return {}
 
 
@@ -311,26 +328,14 @@ def percentile(sorted_values: list[float], p: float) -> float | None:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
 
 
-def _chunkpull_progress(spec: dict):
-    """Return (aggregator, bar) for the progress mode, or (None, None)."""
-    mode = spec.get("progress", "none")
-    if mode == "none":
-        return None, None
-    from chunkpull.progress import Aggregator
-
-    aggregator = Aggregator()
-    try:
-        from chunkpull.cli import ProgressBar
-    except ImportError:  # the CLI is optional to the harness: pull without a bar
-        return aggregator, None
-    bar = ProgressBar(aggregator, sys.stderr, is_tty=mode == "tty", label=spec.get("label", "chunkpull"))
-    return aggregator, bar
-
-
 def _prepare_chunkpull(spec: dict):
     """Import and build everything before the timed region; return the pull to time."""
     from chunkpull.cache import DiskCache
     from chunkpull.registry import Registry
+
+    if spec.get("progress"):
+        # Only then: the CLI's imports would count in a quiet run's RSS.
+        from chunkpull.cli import pull_with_progress
 
     log = _RequestLog() if spec.get("instrument") else None
     registry = Registry(
@@ -340,32 +345,16 @@ def _prepare_chunkpull(spec: dict):
         chunking_threshold=spec.get("threshold"),
         session_factory=log.factory if log else None,
     )
-    aggregator, bar = _chunkpull_progress(spec)
 
     def run(t0: float) -> dict:
-        outcome: dict[str, BaseException] = {}
-
-        def work() -> None:
-            try:
-                registry.pull(spec["name"], progress=aggregator)
-            except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
-                outcome["error"] = err
-
         try:
-            if bar is None:
-                work()
+            if spec.get("progress"):
+                # chunkpull pull's display, on the stderr the harness handed down.
+                pull_with_progress(registry, spec["name"], spec.get("label", "chunkpull"), quiet=False, stream=sys.stderr)
             else:
-                # As in the CLI: the pull in a thread, the bar drawn from here.
-                worker = threading.Thread(target=work, name="bench-pull", daemon=True)
-                worker.start()
-                while worker.is_alive():
-                    worker.join(_TICK_S)
-                    bar.tick()
-                bar.finish()
+                registry.pull(spec["name"])
         finally:
             registry.close()
-        if "error" in outcome:
-            raise outcome["error"]
         return {"latency": log.summary(t0)} if log else {}
 
     return run
@@ -443,6 +432,93 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(result, f)
     os.replace(tmp, spec["result"])  # the parent never reads half a result
     return 0 if result["ok"] else 1
+
+
+# --------------------------------------------------------------------------
+# The parent's half
+# --------------------------------------------------------------------------
+
+# A baseline runs this file as a plain script, outside the chunkpull package,
+# so that its process never imports chunkpull and its peak RSS is its own.
+# (-c keeps the script's directory off sys.path.)
+_RUN_FILE = "import runpy, sys; path = sys.argv[1]; sys.argv = sys.argv[1:]; runpy.run_path(path, run_name='__main__')"
+_RESULT_FIELDS = ("wall_s", "user_s", "sys_s", "peak_rss_kib", "bytes")
+
+
+def child_env() -> dict[str, str]:
+    """Return the environment for child processes: ours, with chunkpull's package importable."""
+    env = dict(os.environ)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def run_child(spec: dict, workdir: str | os.PathLike[str], *, timeout_s: float | None = None) -> dict:
+    """Run one measurement in a fresh child process and return its result record.
+
+    The child inherits stderr (for the progress display); it has no stdin
+    and its stdout is discarded, so nothing it prints reaches a ``--json``
+    document.  A run that outlives ``timeout_s`` is killed and reported as
+    failed.
+    """
+    spec = dict(spec, result=os.path.join(workdir, "result.json"))
+    spec_path = os.path.join(workdir, "spec.json")
+    with open(spec_path, "w", encoding="utf-8") as f:
+        json.dump(spec, f)
+    if spec["method"] == "chunkpull":
+        cmd = [sys.executable, "-m", "chunkpull._benchchild", spec_path]
+    else:
+        cmd = [sys.executable, "-c", _RUN_FILE, os.path.abspath(__file__), spec_path]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=child_env(), start_new_session=True)
+    try:
+        returncode = proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        _kill(proc)
+        return {"ok": False, "error": f"killed after {timeout_s:g} s"}
+    except BaseException:
+        _kill(proc)
+        raise
+    return read_child_result(spec["result"], returncode)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    # The child leads its own session: this also stops curl or aria2c under it.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def read_child_result(path: str | os.PathLike[str], returncode: int | None = None) -> dict:
+    """Return a child's result record, or a failed one saying what went wrong.
+
+    A successful record carries ``wall_s``, ``user_s``, ``sys_s``,
+    ``peak_rss_kib`` and ``bytes`` as non-negative numbers; a record that
+    lacks any of them, a file that is not JSON, or no file at all (the child
+    crashed) becomes ``{"ok": False, "error": ...}``.  Never raises.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return {"ok": False, "error": f"the run exited with status {returncode} and wrote no result"}
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return {"ok": False, "error": f"unreadable result from the run: {text[:200]!r}"}
+    if not isinstance(record, dict) or not isinstance(record.get("ok"), bool):
+        return {"ok": False, "error": f"malformed result from the run: {text[:200]!r}"}
+    if not record["ok"]:
+        record.setdefault("error", "failed")
+        return record
+    for key in _RESULT_FIELDS:
+        value = record.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value):
+            return {"ok": False, "error": f"result from the run lacks a valid {key!r}"}
+    if record["wall_s"] <= 0:
+        return {"ok": False, "error": "result from the run has no elapsed time"}
+    return record
 
 
 if __name__ == "__main__":

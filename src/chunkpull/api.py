@@ -5,26 +5,25 @@ This module owns ``Local``, the WSGI application behind ``chunkpull serve``
 ``GET /api/version`` and ``GET|HEAD /``); the one table that maps exceptions
 to HTTP statuses and error codes; the table of pulls in flight, so that
 clients asking for the same model at once share one download; the NDJSON
-progress stream; and ``Server`` / ``serve``, an embedded multi-threaded
-HTTP/1.1 server built on the standard library that flushes every progress
-line as it is produced.  It is a thin handler: every byte is moved, checked
-and committed by ``Registry.pull``; this module only starts pulls, shares
-them and reports on them.  It imports ``registry``, ``progress``, ``names``
-and ``errors``; it must not import ``cache``, ``chunks``, ``transport``,
-``testregistry`` or ``cli``, and nothing in chunkpull imports it except
-``cli``.
+progress stream; and ``Server`` / ``serve``, which run a WSGI application on
+``_httpd``'s threaded server, sending every progress line as it is made.
+It is a thin handler: every byte is moved, checked and committed by
+``Registry.pull``; this module only starts pulls, shares them and reports
+on them.  It imports ``registry``, ``progress``, ``names``, ``errors`` and
+``_httpd``; it must not import ``cache``, ``chunks``, ``transport``,
+``testregistry`` or ``cli``.  Within chunkpull only ``cli`` (for ``serve``)
+and the package's lazy ``chunkpull.Local`` import it, so ``import chunkpull``
+does not load the HTTP server.
 """
 
 from __future__ import annotations
 
-import http.server
+import http
 import io
 import json
 import logging
 import select
-import signal
 import socket
-import socketserver
 import sys
 import threading
 import time
@@ -32,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from urllib.parse import unquote_to_bytes
 
+from . import _httpd
 from .errors import (
     ChunkpullError,
     IncompletePullError,
@@ -72,51 +72,27 @@ RUNNING_TEXT = b"chunkpull is running"
 
 
 class _HTTPError(Exception):
-    """An error of the request itself (not of a pull); the table gives its status."""
+    """An error of the request itself (not of a pull), with its status, code and extra headers."""
+
+    def __init__(self, status: int, code: str, message: str, headers: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.headers = list(headers)
 
 
-class _BadRequestError(_HTTPError):
-    pass
-
-
-class _UnknownPathError(_HTTPError):
-    pass
-
-
-class _MethodNotAllowedError(_HTTPError):
-    def __init__(self, allow: Iterable[str]) -> None:
-        super().__init__("method not allowed")
-        self.allow = sorted(allow)
-
-
-class _BodyTooLargeError(_HTTPError):
-    pass
-
-
-class _ClientGoneError(_HTTPError):
-    pass
-
-
-class _ShuttingDownError(_HTTPError):
-    pass
-
-
-# (exception class, HTTP status, error code, message).  The first row whose
-# class matches wins, so subclasses come before their bases.  A message of
-# None means the exception's own text is meant for users and is sent as is;
-# anything not in the table is a 500 whose text goes to the log only.
+# (exception class, HTTP status, error code, fixed message).  The first row
+# whose class matches wins, so subclasses come before their bases.  A fixed
+# message of None sends the error's own text when it is written for users
+# (see _is_public); anything not in the table is a 500.
 _ERROR_TABLE: tuple[tuple[type[BaseException], int, str, str | None], ...] = (
-    (_BadRequestError, 400, "bad_request", None),
     (InvalidNameError, 400, "bad_request", None),
     (InvalidDigestError, 400, "bad_request", None),
-    (_UnknownPathError, 404, "not_found", "not found"),
+    # SPEC section 5: the answer says "model not found"; a stream's error
+    # line keeps the name (model "x" not found).
     (ModelNotFoundError, 404, "not_found", "model not found"),
-    (_MethodNotAllowedError, 405, "method_not_allowed", "method not allowed"),
-    (_BodyTooLargeError, 413, "request_too_large", None),
-    (_ClientGoneError, 499, "client_closed_request", "client closed request"),
     (InsufficientSpaceError, 507, "insufficient_storage", None),
     (PullCancelledError, 503, "unavailable", None),
-    (_ShuttingDownError, 503, "unavailable", "server is shutting down"),
     # The upstream registry failed or sent bad data: not our fault, and the
     # message (URL, upstream status and text) is what the user needs.
     (RegistryError, 502, "bad_gateway", None),
@@ -125,27 +101,30 @@ _ERROR_TABLE: tuple[tuple[type[BaseException], int, str, str | None], ...] = (
     (IntegrityError, 502, "bad_gateway", None),
     (IncompletePullError, 502, "bad_gateway", None),
 )
-_INTERNAL = (500, "internal_error", "internal server error")
+_INTERNAL_MESSAGE = "internal server error"
+
+
+def _is_public(err: BaseException) -> bool:
+    """Return whether err's text is written for users and may be sent to clients.
+
+    chunkpull's own errors are (``model "x" not found``, the upstream URL and
+    status); anything else is internal: it goes to the log, never to a client.
+    """
+    return isinstance(err, (ChunkpullError, _HTTPError))
+
+
+def _public_message(err: BaseException) -> str:
+    return str(err) if _is_public(err) else _INTERNAL_MESSAGE
 
 
 def _describe(err: BaseException) -> tuple[int, str, str]:
     """Return (status, code, client-safe message) for err, from the one table."""
+    if isinstance(err, _HTTPError):
+        return err.status, err.code, str(err)
     for cls, status, code, message in _ERROR_TABLE:
         if isinstance(err, cls):
-            return status, code, str(err) if message is None else message
-    return _INTERNAL
-
-
-def _stream_message(err: BaseException) -> str:
-    """Return the text of a stream's error line for err.
-
-    chunkpull's own errors are written for users (``model "x" not found``,
-    the upstream URL and status); anything else is internal and must not
-    leak, exactly as for a 500 answer.
-    """
-    if isinstance(err, (ChunkpullError, _HTTPError)):
-        return str(err)
-    return _INTERNAL[2]
+            return status, code, message or _public_message(err)
+    return 500, "internal_error", _INTERNAL_MESSAGE
 
 
 def _json_bytes(obj: object) -> bytes:
@@ -153,10 +132,6 @@ def _json_bytes(obj: object) -> bytes:
     # writes, so that clients (and the seed's substring checks) see Ollama's
     # exact lines.
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
-
-
-def _log_quote(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
 
 
 # --------------------------------------------------------------------------
@@ -168,11 +143,12 @@ class PullInFlight:
     """One running pull, shared by every request that asked for its model.
 
     ``name`` is the text of the first request, ``progress`` the Aggregator
-    that every listening stream reads, ``cancel`` is set when the last
-    listener leaves (or the server shuts down), ``done`` when
-    ``Registry.pull`` has returned, with ``error`` set if it raised.
-    ``listeners`` counts the requests still waiting on it.  Attributes are
-    for reading; only ``Local`` changes them.
+    that every listening stream reads and waits on (``progress.wait``; it is
+    also woken when the pull ends), ``cancel`` is set when the last listener
+    leaves (or the server shuts down), ``done`` when ``Registry.pull`` has
+    returned, with ``error`` set if it raised.  ``listeners`` counts the
+    requests still waiting on it.  Attributes are for reading; only
+    ``Local`` changes them.
     """
 
     def __init__(self, ref: Ref, name: str) -> None:
@@ -188,31 +164,19 @@ class PullInFlight:
         # start/cached event for every blob before any other event, so the
         # first other event (or the end of the pull) proves the list is whole.
         self.announced = False
-        self._cond = threading.Condition()
-        self._version = 0
 
     def report(self, event: Progress) -> None:
         """The progress callback handed to Registry.pull (worker threads; never blocks long)."""
+        # Before the event is folded in: a stream woken by it must see the flag.
+        if event.state not in (START, CACHED):
+            self.announced = True
         self.progress(event)
-        with self._cond:
-            if event.state not in (START, CACHED):
-                self.announced = True
-            self._version += 1
-            self._cond.notify_all()
 
     def finish(self, error: BaseException | None) -> None:
-        with self._cond:
-            self.error = error
-            self.announced = True
-            self.done.set()
-            self._version += 1
-            self._cond.notify_all()
-
-    def wait(self, version: int, timeout_s: float) -> int:
-        """Block until something changed after ``version`` (or timeout); return the new version."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._version != version, timeout_s)
-            return self._version
+        self.error = error
+        self.announced = True
+        self.done.set()
+        self.progress.touch()
 
 
 # --------------------------------------------------------------------------
@@ -248,57 +212,27 @@ class Local:
     changed later, as an attribute); otherwise such requests get a 404.
     ``logger`` (default ``logging.getLogger("chunkpull.api")``) gets one
     record per request this app answers, none for those passed to the
-    fallback: level ERROR for 5xx, WARNING for 4xx, INFO otherwise; the
-    message reads ``error="…" status=N method=M path=P content_length=L
-    remote=ADDR`` (``error=""`` when there was none; for a 500 it holds the
-    internal error the client never sees, with the traceback attached).  A
-    streamed pull is logged when its stream ends, with status 200 and the
-    error, if any, that ended it (``client disconnected`` when the client
+    fallback: ERROR for 5xx, WARNING for 4xx, INFO otherwise, reading
+    ``error="…" status=N method=M path=P content_length=L remote=ADDR``.
+    For a 500 the error is the internal one the client never sees, with
+    the traceback attached; a streamed pull is logged when its stream ends,
+    with the error that ended it (``client disconnected`` when the client
     left first).
 
-    Endpoints:
-
-    ``POST /api/pull`` ``{"model": name, "stream": true}`` (``name`` is
-    accepted for ``model``; ``insecure`` is accepted and ignored)
-        streaming (default): 200 and NDJSON, ``{"status":"pulling
-        manifest"}``, then, once every layer is known, one
-        ``{"digest","total"}`` line per layer, then
-        ``{"digest","total","completed"}`` lines at most every
-        ``progress_interval_s`` that never go backwards, then
-        ``verifying sha256 digest``, ``writing manifest``, ``success``.  A
-        failure after the stream started ends it with
-        ``{"status":"error: <message>"}`` (the older form Ollama's seed test
-        expects) followed by the final line ``{"error":"<message>"}`` (the
-        key Ollama's clients stop on).  ``"stream": false``: one answer,
-        ``{"status":"success"}`` or an error response.
-    ``DELETE /api/delete`` ``{"model": name}``
-        200 with an empty body when removed; 404 when there was no such model.
-    ``GET /api/tags``
-        ``{"models":[{"name","model","size","digest","modified_at","details"}]}``,
-        newest first; names are shortened against the mask as Ollama shows
-        them (``smol:latest``), ``digest`` is the manifest's sha256 hex.
-    ``GET /api/version``
-        ``{"version": chunkpull.__version__}``.
-    ``GET /``, ``HEAD /``
-        200 ``chunkpull is running`` (Ollama's clients probe it).
-
-    Errors are ``{"code": …, "error": …}`` with ``Content-Type:
-    application/json``: 400 ``bad_request`` (body not JSON: the parser's
-    message; empty body; invalid or missing name), 404 ``not_found`` (unknown
-    path; ``model not found``), 405 ``method_not_allowed``, 413
-    ``request_too_large``, 502 ``bad_gateway`` (the registry failed; its
-    message), 503 ``unavailable`` (shutting down), 507
-    ``insufficient_storage``, 500 ``internal_error`` ("internal server
-    error", never the internal text).
+    The endpoints, the NDJSON progress stream and the error answers
+    (``{"code": …, "error": …}``, statuses from ``_ERROR_TABLE``) are those
+    of SPEC section 5.  Two choices the SPEC leaves open: a failed stream
+    ends with ``{"status":"error: <message>"}`` (the older form Ollama's seed
+    test expects) and then ``{"error":"<message>"}``; and ``/api/tags``
+    shortens names against the mask as Ollama shows them (``smol:latest``).
 
     Pulls run on their own threads, one per model in flight, keyed by the
-    canonical name (scheme, name compared ignoring case, digest): a second
-    request for a model being pulled listens to the same pull instead of
-    starting another.  When the last listener leaves (its client
-    disconnected: the WSGI server raised on a write or saw the socket close,
-    and called ``close()`` on the response) the pull is cancelled; work
-    files are kept for the next pull to resume.  Thread-safe: one ``Local``
-    serves any number of concurrent requests.
+    canonical name: a second request for a model being pulled listens to
+    the same pull instead of starting another.  When the last listener
+    leaves (its client disconnected, and the WSGI server called ``close()``
+    on the response) the pull is cancelled; work files are kept for the
+    next pull to resume.  Thread-safe: one ``Local`` serves any number of
+    concurrent requests.
     """
 
     progress_interval_s = PROGRESS_INTERVAL_S
@@ -332,9 +266,9 @@ class Local:
             return self.fallback(environ, start_response)
         try:
             if methods is None:
-                raise _UnknownPathError("not found")
+                raise _HTTPError(404, "not_found", "not found")
             if method not in methods:
-                raise _MethodNotAllowedError(methods)
+                raise _HTTPError(405, "method_not_allowed", "method not allowed", [("Allow", ", ".join(sorted(methods)))])
             if path == "/api/pull":
                 result = self._pull(environ)
             elif path == "/api/delete":
@@ -346,32 +280,24 @@ class Local:
             else:
                 result = _Reply(200, RUNNING_TEXT, "text/plain; charset=utf-8")
         except Exception as err:  # noqa: BLE001 - every failure becomes an answer via the table
-            result = self._error_reply(environ, err)
+            status, code, message = _describe(err)
+            self._log(environ, status, err)
+            headers = err.headers if isinstance(err, _HTTPError) else ()
+            result = _Reply(status, _json_bytes({"code": code, "error": message}), JSON, headers)
         else:
             if isinstance(result, _Reply):
                 self._log(environ, result.status, None)
         if isinstance(result, _PullStream):
             start_response("200 OK", [("Content-Type", NDJSON), ("Cache-Control", "no-store")])
             return result
-        return self._send(environ, start_response, result)
-
-    def _send(self, environ: dict, start_response: Callable, reply: _Reply) -> list[bytes]:
-        headers = [("Content-Type", reply.content_type), ("Content-Length", str(len(reply.body))), *reply.headers]
-        start_response(f"{reply.status} {_reason(reply.status)}", headers)
-        return [b""] if environ.get("REQUEST_METHOD", "").upper() == "HEAD" else [reply.body]
-
-    def _error_reply(self, environ: dict, err: BaseException) -> _Reply:
-        status, code, message = _describe(err)
-        self._log(environ, status, err)
-        headers = []
-        if isinstance(err, _MethodNotAllowedError):
-            headers.append(("Allow", ", ".join(err.allow)))
-        return _Reply(status, _json_bytes({"code": code, "error": message}), JSON, headers)
+        headers = [("Content-Type", result.content_type), ("Content-Length", str(len(result.body))), *result.headers]
+        start_response(f"{result.status} {_reason(result.status)}", headers)
+        return [b""] if method == "HEAD" else [result.body]
 
     def _log(self, environ: dict, status: int, error: BaseException | str | None) -> None:
         level = logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else logging.INFO
         exc_info = None
-        if isinstance(error, BaseException) and not isinstance(error, (ChunkpullError, _HTTPError)):
+        if isinstance(error, BaseException) and not _is_public(error):
             # Unexpected: the client saw a generic message, so the log must
             # carry everything, traceback included.
             exc_info = (type(error), error, error.__traceback__)
@@ -381,7 +307,7 @@ class Local:
         self.logger.log(
             level,
             "error=%s status=%d method=%s path=%s content_length=%s remote=%s",
-            _log_quote("" if error is None else str(error)),
+            json.dumps("" if error is None else str(error), ensure_ascii=False),
             status,
             environ.get("REQUEST_METHOD") or "-",
             environ.get("PATH_INFO") or "/",
@@ -398,7 +324,7 @@ class Local:
         if stream is None:
             stream = True
         if not isinstance(stream, bool):
-            raise _BadRequestError(f'invalid request: "stream" must be true or false, not {json.dumps(stream)}')
+            raise _HTTPError(400, "bad_request", f'invalid request: "stream" must be true or false, not {json.dumps(stream)}')
         model = _model_param(params)
         if stream:
             # Even an invalid name is reported inside the stream (status 200),
@@ -409,7 +335,7 @@ class Local:
         try:
             while not flight.done.wait(self.poll_s):
                 if _peer_closed(environ):
-                    raise _ClientGoneError("client disconnected")
+                    raise _HTTPError(499, "client_closed_request", "client disconnected")
         finally:
             self._leave(flight)
         if flight.error is not None:
@@ -424,8 +350,7 @@ class Local:
 
     def _tags(self) -> _Reply:
         mask = Name.parse(self.registry.mask)
-        cache = self.registry.cache
-        paths = dict(cache.links())
+        paths = dict(self.registry.cache.links())
         rows = []
         for name, m in self.registry.list_local():
             try:
@@ -470,7 +395,7 @@ class Local:
         return details
 
     def _version(self) -> _Reply:
-        from . import __version__  # at call time: the package imports this module's users first
+        from . import __version__  # at call time: the package may be importing this module
 
         return _Reply(200, _json_bytes({"version": __version__}))
 
@@ -485,11 +410,11 @@ class Local:
         """Listen to the pull of ref, starting it if none is running.
 
         Raises:
-            _ShuttingDownError: close() was called.
+            _HTTPError: 503, close() was called.
         """
         with self._lock:
             if self._closed:
-                raise _ShuttingDownError("server is shutting down")
+                raise _HTTPError(503, "unavailable", "server is shutting down")
             flight = self._flights.get(ref)
             if flight is None:
                 flight = self._flights[ref] = PullInFlight(ref, model)
@@ -589,7 +514,7 @@ class _PullStream:
         try:
             ref = local.registry.parse(self._model)
             self._flight = flight = local._join(ref, self._model)
-        except (InvalidNameError, _ShuttingDownError) as err:
+        except (InvalidNameError, _HTTPError) as err:
             yield _json_bytes({"status": "pulling manifest"})
             yield from self._fail(err)
             return
@@ -598,7 +523,7 @@ class _PullStream:
         sent: dict[str, int] = {}
         seen = -1
         while True:
-            version = flight.wait(seen, local.poll_s)
+            version = flight.progress.wait(seen, local.poll_s)
             if version == seen:
                 # Nothing happened for poll_s (a stall, or a slow chunksums
                 # answer): no write would tell us the client left, so ask.
@@ -623,7 +548,7 @@ class _PullStream:
 
     def _fail(self, err: BaseException) -> Iterator[bytes]:
         self._error = err
-        message = _stream_message(err)
+        message = _public_message(err)
         yield _json_bytes({"status": f"error: {message}"})
         yield _json_bytes({"error": message})
 
@@ -650,19 +575,16 @@ def _read_params(environ: dict) -> dict:
     """Read and decode the request's JSON object body.
 
     Raises:
-        _BadRequestError: empty, not JSON, or not an object; bad Content-Length.
-        _BodyTooLargeError: more than MAX_BODY_BYTES.
+        _HTTPError: 400 for an empty body, not JSON, not an object or a bad
+            Content-Length; 413 for more than MAX_BODY_BYTES.
         OSError and anything else the input stream raises (a 500).
     """
     text = (environ.get("CONTENT_LENGTH") or "").strip()
-    try:
-        length = int(text) if text else 0
-    except ValueError:
-        raise _BadRequestError(f"invalid Content-Length {text!r}") from None
-    if length < 0:
-        raise _BadRequestError(f"invalid Content-Length {text!r}")
+    if text and not text.isdigit():
+        raise _HTTPError(400, "bad_request", f"invalid Content-Length {text!r}")
+    length = int(text or 0)
     if length > MAX_BODY_BYTES:
-        raise _BodyTooLargeError(f"request body too large: {length} bytes, at most {MAX_BODY_BYTES}")
+        raise _HTTPError(413, "request_too_large", f"request body too large: {length} bytes, at most {MAX_BODY_BYTES}")
     stream = environ.get("wsgi.input")
     chunks = []
     left = length
@@ -674,13 +596,13 @@ def _read_params(environ: dict) -> dict:
         left -= len(piece)
     data = b"".join(chunks)
     if not data.strip():
-        raise _BadRequestError("empty request body")
+        raise _HTTPError(400, "bad_request", "empty request body")
     try:
         params = json.loads(data)
     except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8/16/32
-        raise _BadRequestError(str(err)) from None
+        raise _HTTPError(400, "bad_request", str(err)) from None
     if not isinstance(params, dict):
-        raise _BadRequestError(f"invalid request: want a JSON object, not {type(params).__name__}")
+        raise _HTTPError(400, "bad_request", f"invalid request: want a JSON object, not {type(params).__name__}")
     return params
 
 
@@ -706,12 +628,10 @@ def _reason(status: int) -> str:
 # --------------------------------------------------------------------------
 
 _PEER_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
-# Chunked request bodies are read whole before the app runs; cap them.
-MAX_CHUNKED_BODY_BYTES = 16 << 20
 
 
 class _Input(io.RawIOBase):
-    """wsgi.input: the request body, never more than Content-Length bytes of the connection."""
+    """The request body: never more than Content-Length bytes of the connection."""
 
     def __init__(self, rfile, length: int) -> None:
         self._rfile = rfile
@@ -721,164 +641,50 @@ class _Input(io.RawIOBase):
         return True
 
     def readinto(self, b) -> int:
-        if self.left <= 0:
-            return 0
-        n = self._rfile.readinto(memoryview(b)[: min(len(b), self.left)])
+        n = self._rfile.readinto(memoryview(b)[: min(len(b), self.left)]) if self.left > 0 else 0
         self.left -= n or 0
         return n or 0
 
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            size = self.left
-        data = self._rfile.read(min(size, self.left)) if self.left > 0 else b""
-        self.left -= len(data)
-        return data
 
-    def readline(self, size: int = -1) -> bytes:
-        limit = self.left if size is None or size < 0 else min(size, self.left)
-        data = self._rfile.readline(limit) if limit > 0 else b""
-        self.left -= len(data)
-        return data
-
-
-class _HTTPServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 64
-
+class _WSGIServer(_httpd.ThreadedServer):
     def __init__(self, address: tuple[str, int], app: Callable) -> None:
         self.app = app
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        self._conns: dict[_Handler, bool] = {}  # handler -> busy with a request
-        self._conns_changed = threading.Condition()
-        self.stopping = False
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves our own name (socket.getfqdn): a
-        # reverse DNS lookup that can take seconds and is never needed here.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = port
-
-    def handle_error(self, request, client_address) -> None:
-        exc = sys.exc_info()[1]
-        if isinstance(exc, OSError):
-            _wire_log.debug("connection from %s ended: %r", client_address, exc)
-        else:
-            _wire_log.exception("chunkpull serve: error on the connection from %s", client_address)
-
-    def track(self, handler: _Handler) -> bool:
-        with self._conns_changed:
-            if self.stopping:
-                return False
-            self._conns[handler] = False
-            return True
-
-    def untrack(self, handler: _Handler) -> None:
-        with self._conns_changed:
-            self._conns.pop(handler, None)
-            self._conns_changed.notify_all()
-
-    def set_busy(self, handler: _Handler, busy: bool) -> bool:
-        """Mark a connection busy (in a request) or idle; False when the server is stopping."""
-        with self._conns_changed:
-            if handler in self._conns:
-                self._conns[handler] = busy
-            self._conns_changed.notify_all()
-            return not self.stopping
-
-    def close_connections(self, grace_s: float) -> None:
-        """Close idle connections now, busy ones once they finish or grace_s has passed."""
-        with self._conns_changed:
-            self.stopping = True
-            for handler, busy in self._conns.items():
-                if not busy:
-                    handler.hang_up()
-            self._conns_changed.wait_for(lambda: not any(self._conns.values()), grace_s)
-            left = list(self._conns)
-        for handler in left:
-            handler.hang_up()
+        super().__init__(address, _WSGIHandler, log=_wire_log)
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    """Run the WSGI app for each request of a keep-alive HTTP/1.1 connection."""
+class _WSGIHandler(_httpd.Handler):
+    """Run the WSGI app for each request of a connection.
 
-    server: _HTTPServer
-    protocol_version = "HTTP/1.1"
-    server_version = "chunkpull"
-    sys_version = ""
+    A response without a Content-Length (a progress stream) is sent chunked,
+    one chunk per item the app yields, each written to the socket at once.
+    """
+
+    server: _WSGIServer
     # An idle keep-alive connection, or a client that stops reading a
     # stream, is dropped after this long.
     timeout = 120
-    # Each progress line must leave at once, not wait for the previous
-    # segment's ACK (Nagle).
-    disable_nagle_algorithm = True
-
-    def setup(self) -> None:
-        super().setup()
-        if not self.server.track(self):
-            raise ConnectionAbortedError("server is stopping")
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.untrack(self)
-
-    def hang_up(self) -> None:
-        try:
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def log_message(self, format: str, *args) -> None:
-        # The app logs every request it answers; this is only the wire view.
-        _wire_log.debug("%s - %s", self.address_string(), format % args)
 
     def version_string(self) -> str:
         from . import __version__
 
         return f"chunkpull/{__version__}"
 
-    def handle_one_request(self) -> None:
-        try:
-            line = self.rfile.readline(65537)
-        except (OSError, ValueError):
-            self.close_connection = True
-            return
-        if not line or not self.server.set_busy(self, True):
-            self.close_connection = True
-            return
-        try:
-            if len(line) > 65536:
-                self.requestline = self.request_version = self.command = ""
-                self.send_error(414)
-                return
-            self.raw_requestline = line
-            if not self.parse_request():
-                return
-            self._run_app()
-        finally:
-            self.server.set_busy(self, False)
-
-    # -- one request -------------------------------------------------------------
-
     def _run_app(self) -> None:
-        try:
-            environ = self._environ()
-        except ValueError as err:
-            self.close_connection = True
-            self.send_error(400, str(err))
+        length = (self.headers.get("Content-Length") or "0").strip()
+        if "Transfer-Encoding" in self.headers:
+            # Ollama's clients send a Content-Length; no need to parse chunks.
+            self._refuse(411, "length_required", "send the request body with a Content-Length")
             return
+        if not length.isdigit():
+            self._refuse(400, "bad_request", f"invalid Content-Length {length!r}")
+            return
+        body = _Input(self.rfile, int(length))
         self._status: str | None = None
         self._headers: list[tuple[str, str]] = []
-        self._headers_sent = False
-        self._chunked = False
+        self._headers_sent = self._chunked = False
         result = None
         try:
-            result = self.server.app(environ, self._start_response)
+            result = self.server.app(self._environ(io.BufferedReader(body)), self._start_response)
             for data in result:
                 if data:
                     self._write(data)
@@ -892,10 +698,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             _wire_log.exception("chunkpull serve: %s %s failed", self.command, self.path)
             self.close_connection = True
             if not self._headers_sent:
-                try:
-                    self.send_error(500)
-                except OSError:
-                    pass
+                self._refuse(500, "internal_error", _INTERNAL_MESSAGE)
         finally:
             close = getattr(result, "close", None)
             if close is not None:
@@ -903,7 +706,31 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     close()
                 except Exception:
                     _wire_log.exception("chunkpull serve: closing the response to %s %s failed", self.command, self.path)
-        self._drain(environ["wsgi.input"])
+        # Body bytes the app did not read would be parsed as the next
+        # request on this keep-alive connection.
+        try:
+            while 0 < body.left <= MAX_BODY_BYTES and body.read(65536):
+                pass
+        except OSError:
+            pass
+        if body.left:
+            self.close_connection = True
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _run_app
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        """Answer in the app's error format and close the connection (the server's own errors)."""
+        body = _json_bytes({"code": code, "error": message})
+        self.close_connection = True
+        try:
+            self.send_response(status, _reason(status))
+            self.send_header("Content-Type", JSON)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            pass
 
     def _start_response(self, status: str, headers: list[tuple[str, str]], exc_info=None) -> Callable[[bytes], None]:
         if exc_info is not None:
@@ -928,8 +755,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         for name, value in self._headers:
             names.add(name.lower())
             self.send_header(name, value)
-        head = self.command == "HEAD"
-        if "content-length" not in names and not head and status not in (204, 304):
+        if "content-length" not in names and self.command != "HEAD" and status not in (204, 304):
             if empty:
                 self.send_header("Content-Length", "0")
             elif self.request_version == "HTTP/1.1":
@@ -949,23 +775,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send_headers()
         if self.command == "HEAD" or not data:
             return
-        if self._chunked:
-            # One send per line: the client sees each line as it is made.
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-        else:
-            self.wfile.write(data)
+        # One send per item (wfile is unbuffered): the client sees each line as it is made.
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
 
-    def _environ(self) -> dict:
-        """Build the PEP 3333 environ of the current request.
-
-        Raises:
-            ValueError: a malformed Content-Length or chunked body.
-        """
-        target = self.path
-        if "://" in target.split("?", 1)[0]:
-            # absolute-form request target (sent to proxies): keep the path
-            target = "/" + target.split("://", 1)[1].partition("/")[2]
-        path, _, query = target.partition("?")
+    def _environ(self, body: io.BufferedReader) -> dict:
+        """Return the PEP 3333 environ of the current request."""
+        path, _, query = self.path.partition("?")
+        if "://" in path:
+            path = "/" + path.split("://", 1)[1].partition("/")[2]  # absolute-form target: keep the path
         environ = {
             "REQUEST_METHOD": self.command,
             "SCRIPT_NAME": "",
@@ -978,6 +795,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             "REMOTE_PORT": str(self.client_address[1]),
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": "http",
+            "wsgi.input": body,
             "wsgi.errors": sys.stderr,
             "wsgi.multithread": True,
             "wsgi.multiprocess": False,
@@ -985,68 +803,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             "chunkpull.peer_closed": self._peer_closed,
         }
         for name, value in self.headers.items():
-            key = name.upper().replace("-", "_")
             if "_" in name:
                 continue  # "X_Foo" would read like "X-Foo": drop it, as common servers do
-            if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                environ[key] = value
-                continue
-            key = "HTTP_" + key
+            key = name.upper().replace("-", "_")
+            if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                key = "HTTP_" + key
             environ[key] = f"{environ[key]},{value}" if key in environ else value
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            body = self._read_chunked()
-            environ["CONTENT_LENGTH"] = str(len(body))
-            environ["wsgi.input"] = _Input(io.BytesIO(body), len(body))
-        else:
-            text = (self.headers.get("Content-Length") or "0").strip()
-            if not text.isdigit():
-                raise ValueError(f"invalid Content-Length {text!r}")
-            environ["wsgi.input"] = _Input(self.rfile, int(text))
         return environ
-
-    def _read_chunked(self) -> bytes:
-        out = bytearray()
-        while True:
-            size_line = self.rfile.readline(1024).split(b";", 1)[0].strip()
-            try:
-                size = int(size_line, 16)
-            except ValueError:
-                raise ValueError("malformed chunked request body") from None
-            if size == 0:
-                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
-                return bytes(out)
-            if len(out) + size > MAX_CHUNKED_BODY_BYTES:
-                raise ValueError("request body too large")
-            piece = self.rfile.read(size)
-            if len(piece) != size:
-                raise ValueError("chunked request body ended early")
-            out += piece
-            self.rfile.readline(1024)
-
-    def _drain(self, body: _Input) -> None:
-        # Body bytes the app did not read would be parsed as the next
-        # request on this keep-alive connection.
-        if body.left > MAX_BODY_BYTES:
-            self.close_connection = True
-            return
-        try:
-            while body.left > 0 and body.read(min(body.left, 65536)):
-                pass
-        except OSError:
-            self.close_connection = True
 
     def _peer_closed(self) -> bool:
         """Return whether the client has closed its end (EOF waiting on the socket)."""
-        sock = self.connection
+        # poll, not select: select fails for descriptors >= FD_SETSIZE (1024),
+        # which a busy long-running server reaches.
+        poller = select.poll()
+        poller.register(self.connection, select.POLLIN)
         try:
-            readable, _, _ = select.select([sock], [], [], 0)
-            if not readable:
+            if not poller.poll(0):
                 return False
-            return sock.recv(1, socket.MSG_PEEK) == b""
+            return self.connection.recv(1, socket.MSG_PEEK) == b""
         except BlockingIOError:
             return False
-        except (OSError, ValueError):
+        except OSError:
             return True
 
 
@@ -1057,11 +834,12 @@ class Server:
     then serves from a daemon thread after ``start()`` (or in the calling
     thread with ``serve_forever()``).  Each connection gets its own thread
     and keeps alive between requests; a response without a Content-Length
-    (a progress stream) is sent chunked, one chunk per item the application
-    yields, each written to the socket at once.  The environ carries
-    ``chunkpull.peer_closed``, a callable that tells whether the client has
-    closed the connection.  Use it as a context manager, or call
-    ``shutdown()``; ``stopped`` (an Event) is set once shutdown has begun.
+    (a progress stream) is sent chunked, each item the application yields
+    written to the socket at once.  A request with a chunked body gets 411.
+    The environ carries ``chunkpull.peer_closed``, a callable that tells
+    whether the client has closed the connection.  Use it as a context
+    manager, or call ``shutdown()``; ``stopped`` (an Event) is set once
+    shutdown has begun.
 
     Raises:
         OSError: the address cannot be bound (e.g. the port is in use).
@@ -1070,9 +848,8 @@ class Server:
     def __init__(self, app: Callable, host: str = "127.0.0.1", port: int = 0, *, grace_s: float = 5.0) -> None:
         self.app = app
         self.grace_s = grace_s
-        self._httpd = _HTTPServer((host, port), app)
-        self._thread: threading.Thread | None = None
-        self._serving = False
+        self._httpd = _WSGIServer((host, port), app)
+        self._started = False
         self.stopped = threading.Event()
 
     @property
@@ -1086,25 +863,22 @@ class Server:
     @property
     def url(self) -> str:
         """The base URL, ``http://HOST:PORT``."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return _httpd.base_url("http", self.host, self.port)
 
     def start(self) -> Server:
         """Serve from a daemon thread; return self."""
-        if self._thread is not None:
+        if self._started:
             raise RuntimeError("server already started")
-        self._serving = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1}, name=f"chunkpull-serve:{self.port}", daemon=True)
-        self._thread.start()
+        self._started = True
+        self._httpd.start(f"chunkpull-serve:{self.port}")
         return self
 
     def serve_forever(self) -> None:
         """Serve in the calling thread until another thread calls shutdown()."""
-        self._serving = True
-        self._httpd.serve_forever(poll_interval=0.1)
+        self._httpd.serve_forever()
 
     def shutdown(self) -> None:
-        """Stop accepting, cancel the app's pulls, close every connection; idempotent.
+        """Cancel the app's pulls, stop accepting and close every connection; idempotent.
 
         Pulls in flight are cancelled through the app's ``close()`` (when it
         has one, as ``Local`` does): their streams end with an error line and
@@ -1114,18 +888,13 @@ class Server:
         if self.stopped.is_set():
             return
         self.stopped.set()
-        if self._serving:
-            self._httpd.shutdown()  # waits for the accept loop to exit
-        self._httpd.server_close()
         close = getattr(self.app, "close", None)
         if callable(close):
             close()
-        self._httpd.close_connections(self.grace_s)
-        if self._thread is not None:
-            self._thread.join(self.grace_s)
+        self._httpd.stop(self.grace_s, timeout_s=self.grace_s)
 
     def __enter__(self) -> Server:
-        if self._thread is None:
+        if not self._started:
             self.start()
         return self
 
@@ -1136,38 +905,28 @@ class Server:
 def serve(registry: Registry, host: str = "127.0.0.1", port: int = 11434, *, ready: Callable[[Server], None] | None = None) -> None:
     """Serve the local API for registry on host:port until SIGINT or SIGTERM.
 
-    Runs ``Local(registry)`` on an embedded ``Server`` (one thread per
-    connection; progress streamed line by line; other requests answered
-    while pulls run).  Once the socket listens, ``ready(server)`` is called,
-    if given, from the calling thread: the CLI prints ``server.url`` there,
-    and a caller can keep ``server`` to stop it with ``server.shutdown()``.
-    Returns after a clean stop: SIGINT or SIGTERM (handlers are installed
-    only when called from the main thread, and restored on return),
-    ``KeyboardInterrupt``, or ``server.shutdown()`` from another thread.
-    Stopping cancels pulls in flight (their work files are kept for the
-    next pull to resume) and closes every connection.  Logging goes to the
-    ``chunkpull.api`` logger; configuring handlers is the caller's job.
-    The registry is not closed.
+    Runs ``Local(registry)`` on an embedded ``Server``.  Once the socket
+    listens, ``ready(server)`` is called, if given, from the calling thread:
+    the CLI prints ``server.url`` there, and a caller can keep ``server`` to
+    stop it with ``server.shutdown()``.  Returns after a clean stop: SIGINT
+    or SIGTERM (handlers are installed only when called from the main
+    thread, and restored on return), ``KeyboardInterrupt``, or
+    ``server.shutdown()`` from another thread.  Stopping cancels pulls in
+    flight (their work files are kept for the next pull to resume) and
+    closes every connection.  Logging goes to the ``chunkpull.api`` logger;
+    configuring handlers is the caller's job.  The registry is not closed.
 
     Raises:
         OSError: the address cannot be bound (e.g. the port is in use).
     """
     server = Server(Local(registry), host, port)
-    stop = threading.Event()
-    previous: dict[int, object] = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda *_: stop.set())
-    try:
+
+    def started() -> None:
         server.start()
         if ready is not None:
             ready(server)
-        # Short waits keep the main thread responsive to signals.
-        while not stop.is_set() and not server.stopped.is_set():
-            stop.wait(0.25)
-    except KeyboardInterrupt:
-        pass
+
+    try:
+        _httpd.run_until_signalled(started, stopped=server.stopped)
     finally:
         server.shutdown()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -16,17 +16,18 @@ prints one table row per configuration (figures made up)::
     chunkpull       1.230  0.87    1.52   61            8        8M     blob    native
     python-threads  0.720  1.49    2.10   118           8        8M     blob    -        1.71x
 
-The child draws chunkpull's progress bar when stderr is a terminal and
-writes plain progress lines otherwise; the harness's own status lines go
-to stderr too, so stdout holds only the table (or the ``--json`` document).
+The chunkpull child shows ``chunkpull pull``'s progress display on the
+inherited stderr (a bar on a terminal, plain lines otherwise); the
+harness's own status lines go to stderr too, so stdout holds only the
+table (or the ``--json`` document).
 
 ``--compare`` adds the baselines a user would otherwise reach for, each in its
 own child process (see ``_benchchild``): one stream then a separate SHA-256
 pass (``single+sha256``, and ``curl+sha256sum`` when both tools exist), the
-same chunked design in plain Python threads (``python-threads``, from
-``benchmarks/baseline_threads.py`` in a source checkout), ``aria2c`` with
-``--checksum``, and ``hf_transfer`` followed by a SHA-256 pass.  A baseline
-that is not installed gets a row saying so; nothing fails because of it.
+same chunked design in plain Python threads (``python-threads``,
+``chunkpull._baseline_threads``), ``aria2c`` with ``--checksum``, and
+``hf_transfer`` followed by a SHA-256 pass.  A baseline that is not
+installed gets a row saying so; nothing fails because of it.
 
 A model name (``chunkpull bench http://host/ns/model:tag``) measures that
 registry instead, and adds time to first byte and per-chunk latency
@@ -35,23 +36,24 @@ percentiles, recorded by an instrumented ``session_factory`` in the child.
 Benchmarks never assert speed: the exit status is 1 only when a chunkpull
 pull failed or wrote wrong bytes.
 
-Imports registry, cache, names, testregistry, _hashio and _env; ``cli`` only
-inside the child (for its progress bar), so that cli may import this module.
+What only a written report needs (the Markdown page, tool versions) lives
+in ``benchmarks/run_compare.py``.  Imports registry, cache, chunks, names,
+testregistry (the model and the size syntax), _benchchild, _hashio and
+_env; ``cli`` only in the child (for its progress display), so that cli
+may import this module.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import importlib
-import importlib.metadata
 import importlib.util
 import json
-import math
 import os
 import platform
-import re
 import select
 import shutil
 import signal
@@ -66,8 +68,8 @@ from typing import Any
 from . import _benchchild, _env
 from ._hashio import BACKEND
 from .names import parse_ref
-from .registry import DEFAULT_CHUNKING_THRESHOLD
-from .testregistry import DEFAULT_CHUNK_SIZE, build_model
+from .registry import DEFAULT_CHUNKING_THRESHOLD, VERIFY_MODES
+from .testregistry import DEFAULT_CHUNK_SIZE, SIZE_HELP, build_model, parse_size
 
 __all__ = [
     "BenchError",
@@ -79,12 +81,12 @@ __all__ = [
     "bench_main",
     "embedded_target",
     "ensure_model",
+    "footnotes",
     "format_table",
     "machine_info",
     "parse_options",
-    "parse_size",
-    "read_child_result",
     "run_benchmark",
+    "table_cells",
     "warm",
 ]
 
@@ -103,12 +105,6 @@ DEFAULT_TIMEOUT_S = 1800.0
 SERVER_START_TIMEOUT_S = 60.0
 SCHEMA = "chunkpull-bench/1"
 
-_CHILD_FILE = Path(_benchchild.__file__)
-# Run _benchchild.py as a plain script, outside the chunkpull package, so a
-# baseline's process never imports chunkpull (and numpy) and its peak RSS
-# is its own.  (-c keeps the script's directory off sys.path.)
-_RUN_FILE = "import runpy, sys; path = sys.argv[1]; sys.argv = sys.argv[1:]; runpy.run_path(path, run_name='__main__')"
-
 
 class BenchError(Exception):
     """The benchmark could not run (a bad option, a registry that did not start, no such model)."""
@@ -117,20 +113,6 @@ class BenchError(Exception):
 # --------------------------------------------------------------------------
 # Options
 # --------------------------------------------------------------------------
-
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """Return a byte count from ``1G``, ``512M``, ``256KiB``, ``4096`` (binary units: 1G = 2**30).
-
-    Raises:
-        ValueError: not a whole number with an optional K/M/G/T suffix.
-    """
-    m = re.fullmatch(r"\s*(\d+)\s*([kmgtKMGT]?)(?:i?[bB])?\s*", text)
-    if m is None:
-        raise ValueError(f"invalid size {text!r} (want e.g. 1G, 512M, 256K or a byte count)")
-    return int(m.group(1)) * _UNITS[m.group(2).lower()]
 
 
 def _format_size(n: int | None) -> str:
@@ -142,43 +124,44 @@ def _format_size(n: int | None) -> str:
     return str(n)
 
 
-def _list_of(kind, what: str):
-    def parse(text: str) -> list:
+def _arg(check):
+    """Return an argparse type that runs check and reports its ValueError's message."""
+
+    def parse(text: str):
         try:
-            values = [kind(part.strip()) for part in text.split(",") if part.strip()]
+            return check(text)
         except ValueError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
-        if not values:
-            raise argparse.ArgumentTypeError(f"want at least one {what}")
-        return values
 
     return parse
 
 
-def _positive(text: str) -> int:
+def _list_of(check):
+    """Return an argparse type for a comma-separated list, each part checked, duplicates dropped."""
+
+    def parse(text: str) -> list:
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        if not parts:
+            raise ValueError(f"want a comma-separated list, not {text!r}")
+        return list(dict.fromkeys(check(part) for part in parts))
+
+    return _arg(parse)
+
+
+def _whole(text: str, most: int | None = None) -> int:
     n = int(text)
-    if n < 1:
-        raise ValueError(f"want a whole number of at least 1, not {text!r}")
+    if n < 1 or (most is not None and n > most):
+        raise ValueError(f"want a whole number from 1{f' to {most}' if most else ''}, not {text!r}")
     return n
 
 
-def _streams_value(text: str) -> int:
-    n = _positive(text)
-    if n > _env.MAX_MAX_STREAMS:
-        raise ValueError(f"at most {_env.MAX_MAX_STREAMS} streams, not {n}")
-    return n
+def _one_of(choices: tuple[str, ...], what: str):
+    def check(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"unknown {what} {text!r} (want some of {', '.join(choices)})")
+        return text
 
-
-def _verify_value(text: str) -> str:
-    if text not in ("blob", "chunks"):
-        raise ValueError(f"verify mode must be blob or chunks, not {text!r}")
-    return text
-
-
-def _baseline_value(text: str) -> str:
-    if text not in BASELINES:
-        raise ValueError(f"unknown baseline {text!r} (want some of {', '.join(BASELINES)})")
-    return text
+    return check
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -186,28 +169,29 @@ def _parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Measure pulls: the embedded synthetic model from the built-in registry (default), "
         "or a real registry's model; optionally side by side with other tools (--compare).",
+        epilog=SIZE_HELP + ".",
     )
     p.add_argument("name", nargs="?", help="a registry model to measure, e.g. http://host:5000/ns/model:tag (default: the embedded synthetic model)")
-    p.add_argument("--size", type=parse_size, help="embedded model size (1G, 512M, bytes; default 1G)")
-    p.add_argument("--layers", type=_positive, help="embedded model layer count; the size is split evenly (default 1)")
+    p.add_argument("--size", type=_arg(parse_size), help="embedded model size (e.g. 1G = 2^30 bytes, 512M; default 1G)")
+    p.add_argument("--layers", type=_arg(_whole), help="embedded model layer count; the size is split evenly (default 1)")
     p.add_argument("--seed", type=int, help="embedded model bytes seed (default 0)")
-    p.add_argument("--chunk-size", type=_list_of(parse_size, "chunk size"), metavar="SIZE[,SIZE...]",
+    p.add_argument("--chunk-size", dest="chunk_sizes", type=_list_of(parse_size), metavar="SIZE[,SIZE...]",
                    help="registry chunk size(s) to sweep (default 8M); with a model name, only the baselines' own split")
     p.add_argument("--chunk-digest", choices=("sha256", "blake3"), help="chunk digests the built-in registry serves (default sha256)")
-    p.add_argument("--streams", type=_list_of(_streams_value, "stream count"), metavar="N[,N...]",
+    p.add_argument("--streams", type=_list_of(lambda t: _whole(t, _env.MAX_MAX_STREAMS)), metavar="N[,N...]",
                    help="stream counts to sweep, e.g. 1,4,8,16 (default: chunkpull's default)")
-    p.add_argument("--verify", type=_list_of(_verify_value, "verify mode"), metavar="blob|chunks",
+    p.add_argument("--verify", type=_list_of(_one_of(VERIFY_MODES, "verify mode")), metavar="blob|chunks",
                    help="verify mode(s) to sweep (default blob)")
-    p.add_argument("--threshold", type=parse_size, help="chunking threshold passed to chunkpull (default: embedded: min(64M, chunk size); a named model: chunkpull's 64M)")
-    p.add_argument("--repeat", type=_positive, default=1, help="runs per configuration; the table shows median, min and max (default 1)")
+    p.add_argument("--threshold", type=_arg(parse_size), help="chunking threshold passed to chunkpull (default: embedded: min(64M, chunk size); a named model: chunkpull's 64M)")
+    p.add_argument("--repeat", type=_arg(_whole), default=1, help="runs per configuration; the table shows median, min and max (default 1)")
     p.add_argument("--compare", action="store_true", help="also run the baselines (those installed)")
-    p.add_argument("--baselines", type=_list_of(_baseline_value, "baseline"), metavar="NAME[,NAME...]",
+    p.add_argument("--baselines", type=_list_of(_one_of(BASELINES, "baseline")), metavar="NAME[,NAME...]",
                    help=f"run only these baselines (implies --compare): {', '.join(BASELINES)}")
     p.add_argument("--no-fsync", dest="fsync", action="store_false", help="chunkpull skips its fsync before commit (default: fsync, as a real pull does)")
     p.add_argument("--json", action="store_true", help="print a JSON document (one record per run) instead of the table")
     p.add_argument("--plot", metavar="FILE.png", help="plot throughput against streams and chunk size (needs matplotlib)")
     p.add_argument("--tmpdir", help="where runs write their temporary models directories (default: the system's)")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help=f"seconds before a run is killed (default {DEFAULT_TIMEOUT_S:g})")
+    p.add_argument("--timeout", dest="timeout_s", type=float, default=DEFAULT_TIMEOUT_S, help=f"seconds before a run is killed (default {DEFAULT_TIMEOUT_S:g})")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display or status lines")
     return p
 
@@ -248,38 +232,15 @@ def _options(args: argparse.Namespace) -> Options:
         given = [flag for flag, value in (("--size", args.size), ("--layers", args.layers), ("--seed", args.seed), ("--chunk-digest", args.chunk_digest)) if value is not None]
         if given:
             raise BenchError(f"{', '.join(given)} only apply to the embedded model, not to {args.name}")
-        if args.chunk_size and len(args.chunk_size) > 1:
+        if args.chunk_sizes and len(args.chunk_sizes) > 1:
             raise BenchError("a real registry's chunk size is its own: give one --chunk-size (for the baselines' split) or none")
     if args.size is not None and args.size < (args.layers or 1):
         raise BenchError(f"--size {args.size} is smaller than one byte per layer")
-    opts = Options(
-        name=args.name,
-        repeat=args.repeat,
-        fsync=args.fsync,
-        tmpdir=args.tmpdir,
-        timeout_s=args.timeout,
-        quiet=args.quiet,
-        threshold=args.threshold,
-    )
-    if args.size is not None:
-        opts.size = args.size
-    if args.layers is not None:
-        opts.layers = args.layers
-    if args.seed is not None:
-        opts.seed = args.seed
-    if args.chunk_size:
-        opts.chunk_sizes = args.chunk_size
-    if args.chunk_digest:
-        opts.chunk_digest = args.chunk_digest
-    if args.streams:
-        opts.streams = args.streams
-    if args.verify:
-        opts.verify = list(dict.fromkeys(args.verify))
-    if args.baselines:
-        opts.baselines = list(dict.fromkeys(args.baselines))
-    elif args.compare:
-        opts.baselines = list(BASELINES)
-    return opts
+    if args.compare and not args.baselines:
+        args.baselines = list(BASELINES)
+    # Options given on the command line; the rest keep Options' defaults.
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Options) if getattr(args, f.name) is not None}
+    return Options(**given)
 
 
 # --------------------------------------------------------------------------
@@ -371,29 +332,23 @@ class RegistryProcess:
         self._log = None
 
     def __enter__(self) -> RegistryProcess:
-        self._log = tempfile.TemporaryFile()
+        self._log = log = tempfile.TemporaryFile()
         cmd = [sys.executable, "-m", "chunkpull.testregistry", str(self.models_dir), "--host", "127.0.0.1", "--port", "0",
                "--chunk-size", str(self.chunk_size), "--chunk-digest", self.chunk_digest]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log, env=child_env(), start_new_session=True)
+        self.proc = proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=_benchchild.child_env(), start_new_session=True)
         try:
-            self.url = self._read_url()
+            ready, _, _ = select.select([proc.stdout], [], [], self.timeout_s)
+            self.url = proc.stdout.readline().decode(errors="replace").strip() if ready else ""
+            if not self.url.startswith("http"):
+                proc.kill()
+                proc.wait()
+                log.seek(0)
+                tail = log.read()[-2000:].decode(errors="replace").strip()
+                raise BenchError(f"the built-in registry did not start: {tail or 'no output'}")
         except BaseException:
             self.__exit__()
             raise
         return self
-
-    def _read_url(self) -> str:
-        assert self.proc is not None and self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout_s)
-        line = self.proc.stdout.readline().decode(errors="replace").strip() if ready else ""
-        if not line.startswith("http"):
-            self.proc.kill()
-            self.proc.wait()
-            assert self._log is not None
-            self._log.seek(0)
-            tail = self._log.read()[-2000:].decode(errors="replace").strip()
-            raise BenchError(f"the built-in registry did not start: {tail or 'no output'}")
-        return line
 
     def __exit__(self, *exc: object) -> None:
         proc, self.proc = self.proc, None
@@ -414,14 +369,6 @@ class RegistryProcess:
         """Return the pullable name of a model it serves (``http://127.0.0.1:P/ns/model:tag``)."""
         host = self.url.split("://", 1)[1]
         return f"http://{host}/{name.split('/', 1)[1]}"
-
-
-def child_env() -> dict[str, str]:
-    """Return the environment for child processes: ours, with chunkpull's package importable."""
-    env = dict(os.environ)
-    here = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
 
 
 # --------------------------------------------------------------------------
@@ -497,18 +444,18 @@ def warm(target: Target) -> None:
 
 
 def _registry_chunk_size(target: Target) -> int | None:
-    """Return the chunk size a real registry uses for its largest blob, or None without chunksums."""
+    """Return the chunk size a real registry uses for its largest blob, or None without (valid) chunksums."""
     import requests
+
+    from .chunks import parse_chunksums
+    from .errors import ChunkpullError
 
     biggest = max(target.blob_specs(), key=lambda b: b["size"])
     try:
         r = requests.get(biggest["chunksums_url"], timeout=(10, 60), verify=target.verify_tls)
-    except requests.RequestException:
+        return parse_chunksums(r.content, biggest["size"])[0].chunk.size if r.status_code == 200 else None
+    except (requests.RequestException, ChunkpullError, IndexError):  # IndexError: an empty blob has no chunks
         return None
-    if r.status_code != 200:
-        return None
-    m = re.match(r"\S+\s+(\d+)-(\d+)", r.text)
-    return int(m.group(2)) - int(m.group(1)) + 1 if m else None
 
 
 # --------------------------------------------------------------------------
@@ -526,22 +473,6 @@ class Config:
     verify: str
 
 
-def find_benchmarks_dir() -> Path | None:
-    """Return the directory holding ``baseline_threads.py`` (a source checkout's ``benchmarks/``), or None.
-
-    Looked for in ``$CHUNKPULL_BENCHMARKS_DIR``, beside ``src/`` of the
-    package's checkout, and in ``./benchmarks``.
-    """
-    candidates = []
-    if os.environ.get("CHUNKPULL_BENCHMARKS_DIR"):
-        candidates.append(Path(os.environ["CHUNKPULL_BENCHMARKS_DIR"]))
-    candidates += [Path(__file__).resolve().parents[2] / "benchmarks", Path.cwd() / "benchmarks"]
-    for c in candidates:
-        if (c / "baseline_threads.py").is_file():
-            return c.resolve()
-    return None
-
-
 def _missing(method: str) -> str | None:
     """Return why a baseline cannot run here, or None when it can."""
     if method == "curl+sha256sum":
@@ -551,94 +482,16 @@ def _missing(method: str) -> str | None:
         return None if shutil.which("aria2c") else "aria2c not installed"
     if method == "hf_transfer":
         return None if importlib.util.find_spec("hf_transfer") else "hf_transfer not installed (pip install hf_transfer)"
-    if method == "python-threads":
-        return None if find_benchmarks_dir() else "benchmarks/baseline_threads.py not found (run from a source checkout)"
-    return None
-
-
-def read_child_result(path: Path, returncode: int | None = None) -> dict:
-    """Return a child's result record, or a failed one saying what went wrong.
-
-    A successful record carries ``wall_s``, ``user_s``, ``sys_s``,
-    ``peak_rss_kib`` and ``bytes`` as non-negative numbers; a record that
-    lacks any of them, a file that is not JSON, or no file at all (the child
-    crashed) becomes ``{"ok": False, "error": ...}``.  Never raises.
-    """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError:
-        return {"ok": False, "error": f"the run exited with status {returncode} and wrote no result"}
-    try:
-        record = json.loads(text)
-    except ValueError:
-        return {"ok": False, "error": f"unreadable result from the run: {text[:200]!r}"}
-    if not isinstance(record, dict) or not isinstance(record.get("ok"), bool):
-        return {"ok": False, "error": f"malformed result from the run: {text[:200]!r}"}
-    if not record["ok"]:
-        record.setdefault("error", "failed")
-        return record
-    for key in ("wall_s", "user_s", "sys_s", "peak_rss_kib", "bytes"):
-        value = record.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value):
-            return {"ok": False, "error": f"result from the run lacks a valid {key!r}"}
-    if record["wall_s"] <= 0:
-        return {"ok": False, "error": "result from the run has no elapsed time"}
-    return record
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    # The child leads its own session: this also stops curl or aria2c under it.
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
-
-
-def run_child(spec: dict, workdir: Path, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
-    """Run one measurement in a fresh child process and return its result record.
-
-    The child inherits stderr (for the progress bar); it has no stdin and
-    its stdout is discarded, so nothing it prints reaches a ``--json``
-    document.  A run that outlives ``timeout_s`` is killed and reported as
-    failed.
-    """
-    spec = dict(spec, result=str(workdir / "result.json"))
-    spec_path = workdir / "spec.json"
-    spec_path.write_text(json.dumps(spec), encoding="utf-8")
-    if spec["method"] == "chunkpull":
-        cmd = [sys.executable, "-m", "chunkpull._benchchild", str(spec_path)]
-    else:
-        cmd = [sys.executable, "-c", _RUN_FILE, str(_CHILD_FILE), str(spec_path)]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=child_env(), start_new_session=True)
-    try:
-        returncode = proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        _kill(proc)
-        return {"ok": False, "error": f"killed after {timeout_s:g} s"}
-    except BaseException:
-        _kill(proc)
-        raise
-    return read_child_result(Path(spec["result"]), returncode)
+    return None  # single+sha256 and python-threads need only Python and requests
 
 
 def _check_outputs(method: str, workdir: Path, target: Target) -> str | None:
     """Return why the run's files are wrong, or None when every blob hashes to its digest."""
-    import hashlib
-
+    where = workdir / ("models/blobs" if method == "chunkpull" else "out")
     for blob in target.blobs:
-        name = blob.digest.replace(":", "-", 1)
-        path = workdir / ("models/blobs" if method == "chunkpull" else "out") / name
-        try:
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size != blob.size:
-                    return f"{name} has {size} bytes, want {blob.size}"
-                got = hashlib.file_digest(f, "sha256").hexdigest()
-        except FileNotFoundError:
-            return f"no file for blob {blob.digest}"
-        if got != blob.digest.partition(":")[2]:
-            return f"{name} hashes to sha256:{got}"
+        problem = _benchchild.blob_problem(where / blob.digest.replace(":", "-", 1), blob.digest, blob.size)
+        if problem:
+            return problem
     return None
 
 
@@ -725,27 +578,28 @@ def run_benchmark(opts: Options) -> Report:
         "baselines": opts.baselines,
         "default_streams": _env.max_streams(),
     }
-    runs: list[dict] = []
     if opts.name:
         target = _remote_target(opts.name)
-        chunk = _registry_chunk_size(target)
-        settings.update(chunk_sizes=[chunk], chunk_digest=None, bytes=target.size,
+        chunks = [_registry_chunk_size(target)]
+        settings.update(chunk_sizes=chunks, chunk_digest=None, bytes=target.size,
                         threshold=opts.threshold or f"chunkpull's default ({_format_size(DEFAULT_CHUNKING_THRESHOLD)})")
-        counter = [0, len(_plan(opts, chunk, True, available)) * opts.repeat]
-        _measure_all(opts, target, chunk, True, available, runs, machine, counter)
     else:
         _status(opts, f"bench: preparing the {_format_size(opts.size)} model ({opts.layers} layer(s)) in {bench_cache_dir()}")
         model = ensure_model(opts.size, opts.layers, opts.seed)
-        settings.update(chunk_sizes=opts.chunk_sizes, chunk_digest=opts.chunk_digest, bytes=sum(b.size for b in model.blobs))
-        counter = [0, sum(len(_plan(opts, c, i == 0, available)) for i, c in enumerate(opts.chunk_sizes)) * opts.repeat]
-        for i, chunk in enumerate(opts.chunk_sizes):
-            with RegistryProcess(model.root, chunk_size=chunk, chunk_digest=opts.chunk_digest) as server:
+        chunks = opts.chunk_sizes
+        settings.update(chunk_sizes=chunks, chunk_digest=opts.chunk_digest, bytes=sum(b.size for b in model.blobs),
+                        threshold=opts.threshold or f"min({_format_size(DEFAULT_CHUNKING_THRESHOLD)}, chunk size)")
+    plans = [(chunk, _plan(opts, chunk, i == 0, available)) for i, chunk in enumerate(chunks)]
+    counter = [0, sum(len(plan) for _, plan in plans) * opts.repeat]
+    runs: list[dict] = []
+    for chunk, plan in plans:
+        # One registry process per chunk size for the embedded model; a named registry is already there.
+        with contextlib.nullcontext() if opts.name else RegistryProcess(model.root, chunk_size=chunk, chunk_digest=opts.chunk_digest) as server:
+            if server is not None:
                 target = embedded_target(server, model)
                 warm(target)
-                _measure_all(opts, target, chunk, i == 0, available, runs, machine, counter)
-        settings["threshold"] = opts.threshold or f"min({_format_size(DEFAULT_CHUNKING_THRESHOLD)}, chunk size)"
-    rows = aggregate(runs, default_streams=_env.max_streams())
-    return Report(machine, settings, runs, rows, skipped)
+            _measure_all(opts, target, chunk, plan, runs, machine, counter)
+    return Report(machine, settings, runs, aggregate(runs, default_streams=_env.max_streams()), skipped)
 
 
 def _threshold(opts: Options, target: Target, chunk: int | None) -> int | None:
@@ -758,16 +612,11 @@ def _threshold(opts: Options, target: Target, chunk: int | None) -> int | None:
     return min(DEFAULT_CHUNKING_THRESHOLD, chunk)
 
 
-def _measure_all(
-    opts: Options, target: Target, chunk: int | None, first: bool, available: list[str], runs: list[dict], machine: dict, counter: list[int]
-) -> None:
+def _measure_all(opts: Options, target: Target, chunk: int | None, plan: list[Config], runs: list[dict], machine: dict, counter: list[int]) -> None:
     """Run the plan for one registry (one chunk size) ``opts.repeat`` times; append records to runs.
 
     ``counter`` is [runs done, runs in all], shared across registries for the status lines.
     """
-    plan = _plan(opts, chunk, first, available)
-    bench_dir = find_benchmarks_dir()
-    progress = "none" if opts.quiet else ("tty" if _isatty(sys.stderr) else "plain")
     # Repeats go round the whole plan, so slow drift on a shared machine
     # touches every method alike instead of one method's repeats.
     for rep in range(opts.repeat):
@@ -789,13 +638,13 @@ def _measure_all(
                     "verify": cfg.verify,
                     "threshold": _threshold(opts, target, chunk),
                     "fsync": opts.fsync,
-                    "progress": progress if cfg.method == "chunkpull" else "none",
+                    # The child draws chunkpull pull's display on the stderr it inherits.
+                    "progress": cfg.method == "chunkpull" and not opts.quiet,
                     "label": cfg.method,  # the status line above has the settings
                     "instrument": target.remote and cfg.method == "chunkpull",
                     "verify_tls": target.verify_tls,
-                    "benchmarks_dir": str(bench_dir) if bench_dir else None,
                 }
-                result = run_child(spec, workdir, timeout_s=opts.timeout_s)
+                result = _benchchild.run_child(spec, workdir, timeout_s=opts.timeout_s)
                 problem = _check_outputs(cfg.method, workdir, target) if result["ok"] else None
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
@@ -809,23 +658,13 @@ def _measure_all(
                 _status(opts, f"bench:   FAILED: {record['error']}")
 
 
-def _isatty(stream) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
 def _record(cfg: Config, result: dict, problem: str | None, rep: int, machine: dict, opts: Options, target: Target) -> dict:
     ok = bool(result.get("ok"))
     record: dict[str, Any] = {
-        "method": cfg.method,
+        **dataclasses.asdict(cfg),  # method, streams, chunk_size, verify
         "backend": BACKEND,
         "cpu_count": machine["cpu_count"],
-        "streams": cfg.streams,
-        "chunk_size": cfg.chunk_size,
         "chunk_digest": None if target.remote else opts.chunk_digest,
-        "verify": cfg.verify,
         "repeat": rep,
         "ok": ok,
         "verified": ok and problem is None,
@@ -946,8 +785,8 @@ def _num(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def format_table(report: Report, *, markdown: bool = False) -> str:
-    """Return the result table as aligned text, or as a Markdown table."""
+def table_cells(report: Report) -> list[list[str]]:
+    """Return the result table as rows of cells, the header first (for other renderings, e.g. Markdown)."""
     rows = report.rows
     remote = any(r.ttfb_ms is not None for r in rows)
     repeat = any(r.ok_runs > 1 for r in rows)
@@ -970,20 +809,21 @@ def format_table(report: Report, *, markdown: bool = False) -> str:
         line.append(r.note)
         body.append(line)
     for s in report.skipped:
-        blank = ["-"] * (len(head) - 2)
-        body.append([s["method"], *blank, f"skipped: {s['reason']}"])
-    if markdown:
-        esc = lambda cell: cell.replace("|", "\\|")
-        out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-        out += ["| " + " | ".join(esc(c) for c in line) + " |" for line in body]
-    else:
-        widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
-        out = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [head, *body]]
-    notes = _footnotes(report)
+        body.append([s["method"], *["-"] * (len(head) - 2), f"skipped: {s['reason']}"])
+    return [head, *body]
+
+
+def format_table(report: Report) -> str:
+    """Return the result table as aligned text, then its footnotes."""
+    cells = table_cells(report)
+    widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells]
+    notes = footnotes(report)
     return "\n".join(out + ([""] + notes if notes else [])) + "\n"
 
 
-def _footnotes(report: Report) -> list[str]:
+def footnotes(report: Report) -> list[str]:
+    """Return the lines that say how to read the table (units, reference rows)."""
     s = report.settings
     notes = [
         (
@@ -1022,38 +862,36 @@ def write_plot(report: Report, path: str, plt=None) -> None:
     plt = plt or _import_pyplot()
     rows = [r for r in report.rows if r.gbps]
     chunks = sorted({r.chunk_size for r in rows if r.method == "chunkpull" and r.chunk_size})
-    panels = 2 if len(chunks) > 1 else 1
-    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, 2 if len(chunks) > 1 else 1, figsize=(14 if len(chunks) > 1 else 7, 4.5), squeeze=False)
+
+    def curve(ax, method, style, x, label, **match):
+        pts = sorted((x(r), r.gbps) for r in rows if r.method == method and all(getattr(r, k) == v for k, v in match.items()))
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
+
     ax = axes[0][0]
     for method, style in (("chunkpull", "-o"), ("python-threads", "--s")):
         for chunk in chunks or [None]:
             for verify in report.settings["verify"]:
-                pts = sorted((r.streams, r.gbps) for r in rows if r.method == method and r.chunk_size == chunk and r.verify == verify)
-                if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=f"{method} {_format_size(chunk)} {verify}")
+                curve(ax, method, style, lambda r: r.streams, f"{method} {_format_size(chunk)} {verify}", chunk_size=chunk, verify=verify)
     for r in rows:
         if r.method not in ("chunkpull", "python-threads"):
             ax.axhline(r.gbps, linestyle=":", color="grey")
             ax.annotate(r.method, (ax.get_xlim()[0], r.gbps), fontsize=8, va="bottom")
-    ax.set_xlabel("streams")
-    ax.set_ylim(bottom=0)
-    ax.set_ylabel("GB/s")
-    ax.set_title("throughput against streams")
-    ax.legend(fontsize=8)
-    ax.grid(True, alpha=0.3)
-    if panels == 2:
+    panels = [(ax, "streams")]
+    if len(chunks) > 1:
         ax = axes[0][1]
         for streams in sorted({r.streams for r in rows if r.method == "chunkpull"}):
             for verify in report.settings["verify"]:
-                pts = sorted((r.chunk_size, r.gbps) for r in rows if r.method == "chunkpull" and r.streams == streams and r.verify == verify)
-                if pts:
-                    ax.plot([p[0] / (1 << 20) for p in pts], [p[1] for p in pts], "-o", label=f"chunkpull {streams} streams {verify}")
+                curve(ax, "chunkpull", "-o", lambda r: r.chunk_size / (1 << 20), f"chunkpull {streams} streams {verify}", streams=streams, verify=verify)
         ax.set_xscale("log", base=2)
         ax.set_xticks([c / (1 << 20) for c in chunks], [_format_size(c) for c in chunks])
+        panels.append((ax, "chunk size"))
+    for ax, against in panels:
         ax.set_ylim(bottom=0)
-        ax.set_xlabel("chunk size")
+        ax.set_xlabel(against)
         ax.set_ylabel("GB/s")
-        ax.set_title("throughput against chunk size")
+        ax.set_title(f"throughput against {against}")
         ax.legend(fontsize=8)
         ax.grid(True, alpha=0.3)
     fig.suptitle(f"chunkpull bench: {report.settings['model']} ({report.machine['cpu_model']})", fontsize=9)
@@ -1073,47 +911,23 @@ def _read_first(path: str, key: str) -> str | None:
     return None
 
 
-def _tool_version(cmd: list[str]) -> str | None:
-    if shutil.which(cmd[0]) is None:
-        return None
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    # "curl 7.88.1 (x86_64-pc-linux-gnu) libcurl/..." -> "7.88.1"; "aria2 version 1.36.0" -> "1.36.0"
-    m = re.search(r"\d+\.\d+(?:\.\d+)?", out.splitlines()[0]) if out.strip() else None
-    return m.group(0) if m else None
-
-
 def machine_info() -> dict:
-    """Return what the figures depend on: CPU, cores, RAM, kernel, Python, backend, tool versions, date."""
+    """Return what the figures depend on: CPU, cores, RAM, kernel, Python, backend, settings, date.
+
+    ``benchmarks/run_compare.py`` adds what only its report shows (tool
+    versions, SHA-NI, CPU affinity).
+    """
     from . import __version__
 
     mem_kib = _read_first("/proc/meminfo", "MemTotal")
-    flags = _read_first("/proc/cpuinfo", "flags") or ""
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        affinity = None
-    hf = importlib.util.find_spec("hf_transfer")
-    try:
-        hf_version = importlib.metadata.version("hf_transfer") if hf else None
-    except Exception:  # noqa: BLE001 - a version string is a nicety
-        hf_version = "installed"
     return {
         "cpu_model": _read_first("/proc/cpuinfo", "model name") or platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
-        "cpu_affinity": affinity,
-        "sha_ni": "sha_ni" in flags.split(),
         "ram_gib": round(int(mem_kib.split()[0]) / (1 << 20), 1) if mem_kib else None,
         "kernel": platform.release(),
-        "os": platform.platform(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "chunkpull": __version__,
         "backend": BACKEND,
-        "curl": _tool_version(["curl", "--version"]),
-        "aria2c": _tool_version(["aria2c", "--version"]),
-        "hf_transfer": hf_version,
         # Settings the children inherit and that change what is measured.
         "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("CHUNKPULL_", "OLLAMA_REGISTRY_"))},
         "date": datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat(),

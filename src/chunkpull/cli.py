@@ -19,8 +19,9 @@ Exit status: 0 on success, 1 on an error (one line on stderr,
 ``chunkpull: error: <message>``, no traceback), 2 on a usage error, 130 when
 interrupted with Ctrl-C.
 
-Imports registry, cache, progress, names, errors and testregistry; ``api``
-only inside ``serve``.
+Imports the package (for ``__version__``), registry, cache, progress,
+errors, _env, _hashio and testregistry; ``api`` only inside ``serve`` and
+``bench`` only inside ``bench`` (the package itself loads neither).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ __all__ = [
     "format_duration",
     "format_rate",
     "main",
+    "pull_with_progress",
 ]
 
 EXIT_OK = 0
@@ -413,11 +415,21 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         registry.close()
 
 
-def _pull_one(registry: Registry, name: str, label: str, *, quiet: bool) -> int:
-    """Pull one model with a progress display; print its summary line."""
-    err = sys.stderr
+def pull_with_progress(registry: Registry, name: str, label: str, *, quiet: bool, stream: TextIO) -> Aggregator:
+    """Pull one model while this thread draws its progress bar on stream; return the pull's Aggregator.
+
+    The bar is a terminal line when stream is a terminal, plain lines
+    otherwise, and nothing with ``quiet`` (the Aggregator still counts, for
+    a summary).  Also the ``chunkpull bench`` child's pull, so that what is
+    measured is what ``chunkpull pull`` does.
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C; the pull was cancelled and has stopped
+            (a second Ctrl-C stops waiting for it), so the next pull resumes.
+        ChunkpullError: whatever ``registry.pull`` raised.
+    """
     aggregator = Aggregator()
-    bar = ProgressBar(aggregator, err, is_tty=_is_tty(err), label=label)
+    bar = ProgressBar(aggregator, stream, is_tty=_is_tty(stream), label=label)
     cancel = threading.Event()
     outcome: dict[str, BaseException] = {}
 
@@ -446,8 +458,7 @@ def _pull_one(registry: Registry, name: str, label: str, *, quiet: bool) -> int:
             pass  # a second Ctrl-C: stop waiting
         if not quiet:
             bar.finish()
-        print("chunkpull: interrupted; the next pull resumes", file=err, flush=True)
-        return EXIT_INTERRUPTED
+        raise
     except BaseException:
         cancel.set()  # e.g. stderr closed under us: do not leave the pull running
         raise
@@ -455,6 +466,16 @@ def _pull_one(registry: Registry, name: str, label: str, *, quiet: bool) -> int:
         bar.finish()
     if "error" in outcome:
         raise outcome["error"]
+    return aggregator
+
+
+def _pull_one(registry: Registry, name: str, label: str, *, quiet: bool) -> int:
+    """Pull one model with a progress display; print its summary line."""
+    try:
+        aggregator = pull_with_progress(registry, name, label, quiet=quiet, stream=sys.stderr)
+    except KeyboardInterrupt:
+        print("chunkpull: interrupted; the next pull resumes", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     # Bytes and rate count what this pull brought in, not cached blobs, so
     # the rate is a real transfer rate (a fully cached pull shows 0 B);
     # the model's size is what ``ls`` shows.

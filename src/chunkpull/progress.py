@@ -101,6 +101,12 @@ class Aggregator:
             self._changed.wait_for(lambda: self._version != version, timeout_s)
             return self._version
 
+    def touch(self) -> None:
+        """Count a change without an event, waking every ``wait()`` (e.g. the pull has ended)."""
+        with self._changed:
+            self._version += 1
+            self._changed.notify_all()
+
     def layers(self) -> list[LayerProgress]:
         """Return a consistent copy of every layer's progress, in announcement order."""
         with self._lock:

@@ -5,13 +5,15 @@ Ollama-layout models directory (``blobs/sha256-<hex>``,
 ``manifests/<host>/<namespace>/<model>/<tag>``) as a registry speaking SPEC
 section 3 (manifests, blobs with ``Range``, chunksums and the push flow), with
 switchable faults (``.faults``) and counters (``.stats``); ``build_model``,
-which writes deterministic models into such a directory; and ``serve_main`` /
-``make_main``, the entries behind ``chunkpull registry serve|make``.  It is the
-double the client is tested against, so it must never import
+which writes deterministic models into such a directory; ``serve_main`` /
+``make_main``, the entries behind ``chunkpull registry serve|make``; and
+``parse_size``, the size syntax (binary units) ``chunkpull bench`` shares.
+It is the double the client is tested against, so it must never import
 ``chunkpull.registry``, ``chunkpull.api`` or ``chunkpull.cache`` (the tests
-would then check the client against itself); it imports nothing from chunkpull
-at all, only the standard library plus ``numpy`` and ``blake3`` when a caller
-needs them.
+would then check the client against itself); from chunkpull it imports only
+``_httpd`` (the threaded server plumbing it shares with ``api``, itself
+standard library only), otherwise the standard library plus ``numpy`` and
+``blake3`` when a caller needs them.
 """
 
 from __future__ import annotations
@@ -20,15 +22,12 @@ import argparse
 import collections
 import dataclasses
 import hashlib
-import http.server
 import json
 import logging
 import os
 import re
 import select
-import signal
 import socket
-import socketserver
 import ssl
 import sys
 import threading
@@ -38,18 +37,25 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from . import _httpd
+
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "SIZE_HELP",
     "Faults",
     "Stats",
     "TestRegistry",
     "build_model",
     "make_main",
+    "parse_size",
     "serve_main",
 ]
 
 log = logging.getLogger("chunkpull.testregistry")
 
+# The chunk size of the chunksums this server serves (``--chunk-size``).  It
+# is the registry's choice, not the client's: chunkpull follows whatever
+# chunks a registry lists, and has no chunk size constant of its own.
 DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
 MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 CONFIG_MEDIA_TYPE = "application/vnd.docker.container.image.v1+json"
@@ -309,23 +315,10 @@ def _error_body(code: str, message: str) -> bytes:
     ).encode()
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128
-
+class _Server(_httpd.ThreadedServer):
     def __init__(self, registry: TestRegistry, address: tuple[str, int]) -> None:
         self.registry = registry
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup
-        # that can take seconds in a sandbox; the name is never used here.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = port
+        super().__init__(address, _Handler, log=log)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, addr = super().get_request()
@@ -336,46 +329,20 @@ class _Server(http.server.ThreadingHTTPServer):
             sock = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         return sock, addr
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        exc = sys.exc_info()[1]
-        if isinstance(exc, OSError):
-            # Clients hanging up mid-body (cut faults, timeouts, stop()) are
-            # routine here; tracebacks would only drown the test output.
-            log.debug("connection from %s ended: %r", client_address, exc)
-        else:
-            log.exception("testregistry: error serving %s", client_address)
 
-
-class _Handler(http.server.BaseHTTPRequestHandler):
+class _Handler(_httpd.Handler):
     server: _Server
-    protocol_version = "HTTP/1.1"
     server_version = "chunkpull-testregistry/1"
-    sys_version = ""
     # Idle keep-alive connections and unread sends give up after this long;
     # stop() does not wait for it, it shuts the sockets down.
     timeout = 60
-    disable_nagle_algorithm = True
     _responded = False
     _body_sent = 0
-
-    # -- connection life cycle ------------------------------------------
-
-    def setup(self) -> None:
-        super().setup()
-        if not self.server.registry._register(self):
-            raise ConnectionAbortedError("registry is stopping")
 
     def handle(self) -> None:
         if isinstance(self.connection, ssl.SSLSocket):
             self.connection.do_handshake()
         super().handle()
-
-    def finish(self) -> None:
-        self.server.registry._unregister(self)
-        super().finish()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s - %s", self.address_string(), format % args)
 
     def send_response(self, code: int, message: str | None = None) -> None:
         self._responded = True
@@ -681,7 +648,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._drain_body()
             self._send(400, _error_body("DIGEST_INVALID", f"digest {digest!r} does not match the upload"))
             return
-        got = reg._store_stream(digest, self._body_pieces())
+        got = _write_blob(reg.root / "blobs", self._body_pieces(), want=digest)
         if got != digest:
             message = f"provided digest did not match uploaded content: got {got}"
             self._send(400, _error_body("DIGEST_INVALID", message))
@@ -711,7 +678,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if not _DIGEST_RE.fullmatch(str(d)) or not reg.blob_path(d).exists():
                 self._send(400, _error_body("MANIFEST_BLOB_UNKNOWN", f"blob unknown to registry: {d}"))
                 return
-        digest = reg._store_bytes(data)
+        digest = _write_blob(reg.root / "blobs", [data])
         if not _DIGEST_RE.fullmatch(ref):
             path = reg.find_manifest(ns, model, ref)
             if path is None:
@@ -775,9 +742,7 @@ class TestRegistry:
     Blobs are served with ``os.sendfile`` (a buffered copy under TLS or while a
     fault is active); chunksums are computed on first request, ``chunk_size``
     bytes per chunk, digested with ``chunk_digest`` (``"sha256"`` or
-    ``"blake3"``) and memoized.  ``threshold`` is not used by the server (it
-    answers chunksums for blobs of any size); it is kept as ``.threshold`` so
-    demos and tests can configure a client to match.
+    ``"blake3"``) and memoized, for blobs of any size.
 
     Binds ``host:port`` (port 0 picks a free one) when started; with
     ``certfile`` (and ``keyfile`` unless the cert file holds the key) it speaks
@@ -802,7 +767,6 @@ class TestRegistry:
         chunk_digest: str = "sha256",
         certfile: str | os.PathLike[str] | None = None,
         keyfile: str | os.PathLike[str] | None = None,
-        threshold: int = 0,
     ) -> None:
         if int(chunk_size) <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
@@ -814,7 +778,6 @@ class TestRegistry:
         self.host = host
         self.chunk_size = int(chunk_size)
         self.chunk_digest = chunk_digest
-        self.threshold = threshold
         self.faults = Faults()
         self.stats = Stats()
         self._port = port
@@ -827,7 +790,8 @@ class TestRegistry:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._conns: dict[_Handler, threading.Thread] = {}
+        # The running server's open connections (handler -> [thread, busy]).
+        self._conns: dict[_Handler, list] = {}
         self._uploads: dict[str, str] = {}
         self._chunksums: dict[str, bytes] = {}
         self._chunksums_locks: dict[str, threading.Lock] = {}
@@ -847,14 +811,8 @@ class TestRegistry:
         (self.root / "manifests").mkdir(parents=True, exist_ok=True)
         self._stop.clear()
         server = _Server(self, (self.host, self._port))
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"testregistry:{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
+        self._server, self._conns = server, server.connections
+        self._thread = server.start(f"testregistry:{self.port}", poll_s=0.05)
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -863,28 +821,10 @@ class TestRegistry:
         Waits at most ``timeout`` seconds for the threads to finish; stalls
         and throttled sends abort at once.
         """
-        server, thread = self._server, self._thread
-        if server is None:
+        if self._server is None:
             return
-        self._stop.set()
-        if thread is not None and thread.is_alive():
-            server.shutdown()
-        server.server_close()
-        with self._lock:
-            conns = list(self._conns.items())
-        for handler, _ in conns:
-            try:
-                # socket.socket.shutdown, not SSLSocket.shutdown: the latter
-                # drops the TLS state under the feet of the handler thread.
-                socket.socket.shutdown(handler.connection, socket.SHUT_RDWR)
-            except OSError:
-                pass
-        deadline = time.monotonic() + timeout
-        if thread is not None:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        for _, worker in conns:
-            if worker is not threading.current_thread():
-                worker.join(max(0.0, deadline - time.monotonic()))
+        self._stop.set()  # stalls and throttled sends see it at once
+        self._server.stop(timeout_s=timeout)
         self._server = None
         self._thread = None
 
@@ -918,19 +858,7 @@ class TestRegistry:
             RuntimeError: not started.
         """
         scheme = "https" if self._ssl_context is not None else "http"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{scheme}://{host}:{self.port}"
-
-    def _register(self, handler: _Handler) -> bool:
-        with self._lock:
-            if self._stop.is_set():
-                return False
-            self._conns[handler] = threading.current_thread()
-            return True
-
-    def _unregister(self, handler: _Handler) -> None:
-        with self._lock:
-            self._conns.pop(handler, None)
+        return _httpd.base_url(scheme, self.host, self.port)
 
     # -- the models directory ---------------------------------------------
 
@@ -1013,29 +941,6 @@ class TestRegistry:
                 start += n
         return "".join(lines).encode()
 
-    def _store_stream(self, digest: str, pieces: Iterable[bytes]) -> str:
-        """Write pieces to blobs/ and return their digest; keep them only if it is ``digest``."""
-        blobs = self.root / "blobs"
-        blobs.mkdir(parents=True, exist_ok=True)
-        tmp = blobs / f".upload-{uuid.uuid4().hex}.tmp"
-        h = hashlib.sha256()
-        try:
-            with open(tmp, "wb") as f:
-                for piece in pieces:
-                    h.update(piece)
-                    f.write(piece)
-            got = "sha256:" + h.hexdigest()
-            if got == digest:
-                os.replace(tmp, self.blob_path(digest))
-            return got
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    def _store_bytes(self, data: bytes) -> str:
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        self._store_stream(digest, [data])
-        return digest
-
 
 # --------------------------------------------------------------------------
 # Building models
@@ -1075,9 +980,15 @@ def _random_pieces(size: int, seed: int, index: int) -> Iterator[bytes]:
         left -= n
 
 
-def _write_blob(blobs: Path, pieces: Iterable[bytes]) -> str:
+def _write_blob(blobs: Path, pieces: Iterable[bytes], *, want: str | None = None) -> str:
+    """Write pieces as a blob in the directory blobs; return their digest, ``sha256:<hex>``.
+
+    The bytes go to a temporary file that is renamed into place only when
+    complete, so a reader never sees half a blob; with ``want`` they are
+    kept only if they hash to it (a pushed blob's digest check).
+    """
     blobs.mkdir(parents=True, exist_ok=True)
-    tmp = blobs / f".build-{uuid.uuid4().hex}.tmp"
+    tmp = blobs / f".write-{uuid.uuid4().hex}.tmp"
     h = hashlib.sha256()
     try:
         with open(tmp, "wb") as f:
@@ -1085,7 +996,8 @@ def _write_blob(blobs: Path, pieces: Iterable[bytes]) -> str:
                 h.update(piece)
                 f.write(piece)
         digest = "sha256:" + h.hexdigest()
-        os.replace(tmp, blobs / digest.replace(":", "-", 1))
+        if want is None or digest == want:
+            os.replace(tmp, blobs / digest.replace(":", "-", 1))
         return digest
     finally:
         tmp.unlink(missing_ok=True)
@@ -1154,19 +1066,31 @@ def build_model(
 # Command line
 # --------------------------------------------------------------------------
 
-_SIZE_UNITS = {
-    "": 1, "b": 1,
-    "k": 1 << 10, "kib": 1 << 10, "kb": 10**3,
-    "m": 1 << 20, "mib": 1 << 20, "mb": 10**6,
-    "g": 1 << 30, "gib": 1 << 30, "gb": 10**9,
-}
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SIZE_RE = re.compile(r"\s*(\d+)\s*(?:([kmgt])(i?b)?|(b))?\s*", re.IGNORECASE)
+SIZE_HELP = "sizes are a byte count or binary units: K or KiB = 2^10, M or MiB = 2^20, G or GiB = 2^30, T or TiB = 2^40"
+
+
+def parse_size(text: str) -> int:
+    """Return the byte count of a size such as ``4096``, ``256K``, ``8MiB`` or ``1G`` (binary units: 1G = 2**30).
+
+    The one size syntax of ``chunkpull registry`` and ``chunkpull bench``.
+    ``1GB`` is refused rather than guessed at: decimal or binary.
+
+    Raises:
+        ValueError: not a whole number with an optional K/M/G/T or KiB/MiB/GiB/TiB suffix.
+    """
+    m = _SIZE_RE.fullmatch(text)
+    if m is None or (m.group(3) or "").lower() == "b":
+        raise ValueError(f"invalid size {text!r} (want a byte count or binary units, e.g. 4096, 256K, 8MiB, 1G)")
+    return int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()]
 
 
 def _size(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", text)
-    if m is None or m.group(2).lower() not in _SIZE_UNITS:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r} (e.g. 1048576, 200KiB, 8M, 1G)")
-    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    try:
+        return parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _sizes(text: str) -> list[int]:
@@ -1194,11 +1118,12 @@ def serve_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="chunkpull registry serve",
         description="Serve an Ollama-layout models directory as a registry (for tests and demos).",
+        epilog=SIZE_HELP + ".",
     )
     p.add_argument("dir", help="models directory (blobs/, manifests/)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="port to bind (default: any free one)")
-    p.add_argument("--chunk-size", type=_size, default=DEFAULT_CHUNK_SIZE, help="chunksums chunk size")
+    p.add_argument("--chunk-size", type=_size, default=DEFAULT_CHUNK_SIZE, help="chunksums chunk size (default 8M)")
     p.add_argument("--chunk-digest", choices=("sha256", "blake3"), default="sha256")
     p.add_argument("--certfile", help="serve TLS with this certificate (PEM)")
     p.add_argument("--keyfile", help="private key for --certfile (PEM)")
@@ -1238,22 +1163,10 @@ def serve_main(argv: list[str] | None = None) -> int:
     f.throttle_bps = args.throttle
     f.no_chunksums = args.no_chunksums
 
-    done = threading.Event()
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda *_: done.set())
     try:
-        with registry:
-            print(registry.url, flush=True)
-            # Short waits keep the main thread responsive to signals.
-            while not done.wait(0.5):
-                pass
-    except KeyboardInterrupt:
-        pass
+        _httpd.run_until_signalled(lambda: print(registry.start().url, flush=True))
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        registry.stop()
     return 0
 
 
@@ -1265,11 +1178,12 @@ def make_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="chunkpull registry make",
         description="Write a model of pseudo-random layers into an Ollama-layout models directory.",
+        epilog=SIZE_HELP + ".",
     )
     p.add_argument("dir", help="models directory (created if missing)")
     p.add_argument("name", help="model name, e.g. registry.local/library/smol:latest")
-    p.add_argument("--size", type=_sizes, required=True, metavar="BYTES[,BYTES...]",
-                   help="layer sizes (suffixes K, M, G, KiB, MB... allowed)")
+    p.add_argument("--size", type=_sizes, required=True, metavar="SIZE[,SIZE...]",
+                   help="layer sizes, e.g. 512M or 1K,2KiB,3 (binary units: 1G = 2^30 bytes)")
     p.add_argument("--seed", type=int, default=0, help="seed of the layer bytes (default 0)")
     p.add_argument("--no-config", action="store_true", help="write no config blob")
     args = p.parse_args(argv)

@@ -7,14 +7,14 @@ download, other requests answered during a pull, keep-alive, and ``serve()``
 stopping cleanly on SIGINT/SIGTERM in a child process.  Pulls are held in
 place by a gate on blob requests or slowed by the test registry's throttle;
 no assertion depends on timings (waits have generous upper bounds only).
+The fixtures below build on conftest's local API world (``models_dir``,
+``api_upstream``, ``gate``, ``api_registry``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,21 +27,15 @@ import ollama
 import pytest
 from conftest import child_env
 import requests
-import requests.adapters
 
 from chunkpull.api import Local, Server
 from chunkpull.cache import DiskCache
 from chunkpull.errors import PullCancelledError, TransportError
 from chunkpull.registry import Registry
-from chunkpull.testregistry import TestRegistry, build_model
-from chunkpull.transport import Backoff, new_session
+from chunkpull.testregistry import TestRegistry
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-TESTDATA = ROOT / "testdata"
-MASK = "example.com/library/_:latest"
-CHUNK = 64 * 1024
 WAIT_S = 60  # generous upper bound for waits that normally end at once
 BOOM = "request error https://example.com/v2/library/BOOM/manifests/latest: registry responded with status 999: boom"
 
@@ -49,86 +43,9 @@ BOOM = "request error https://example.com/v2/library/BOOM/manifests/latest: regi
 # --- fixtures ----------------------------------------------------------------------
 
 
-class Upstream(requests.adapters.HTTPAdapter):
-    """Route ``https://example.com/...`` to the test registry (the seed's DialContext); optionally hold blob GETs."""
-
-    def __init__(self, target: str, gate: threading.Event | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.target = target
-        self.gate = gate
-
-    def send(self, request, **kwargs):
-        if urlsplit(request.url).hostname == "example.com":
-            request.url = self.target + request.path_url
-        if self.gate is not None and "/blobs/" in request.url:
-            assert self.gate.wait(WAIT_S), "gate never opened"
-        return super().send(request, **kwargs)
-
-
-def session_factory(target: str, gate: threading.Event | None = None):
-    def factory(max_streams: int, *, verify_tls: bool = True):
-        s = new_session(max_streams, verify_tls=verify_tls)
-        adapter = Upstream(target, gate, pool_maxsize=max_streams + 2, max_retries=0)
-        s.mount("https://example.com/", adapter)
-        s.mount(target + "/", adapter)
-        return s
-
-    return factory
-
-
-def copy_tree(name: str, dest: Path, models: list[tuple[str, list[int], int]]) -> Path:
-    src = TESTDATA / name
-    if (src / "manifests").is_dir():
-        shutil.copytree(src, dest)
-    else:
-        for model, sizes, seed in models:
-            build_model(dest, model, sizes, seed=seed)
-    return dest
-
-
 @pytest.fixture
-def models_dir(tmp_path: Path) -> Path:
-    return copy_tree("models", tmp_path / "models", [("example.com/library/smol:latest", [1024, 512], 0)])
-
-
-@pytest.fixture
-def upstream(tmp_path: Path):
-    root = copy_tree(
-        "registry",
-        tmp_path / "registry",
-        [("example.com/library/smol:latest", [2048, 1024], 1), ("example.com/library/chunked:latest", [200 * 1024], 2)],
-    )
-    build_model(root, "example.com/library/big:latest", [4 << 20], seed=3)
-    with TestRegistry(root, chunk_size=CHUNK) as reg:
-        reg.faults.routes["/v2/library/BOOM/manifests/latest"] = (999, b'{"error": "boom"}')
-        yield reg
-
-
-@pytest.fixture
-def gate() -> threading.Event:
-    g = threading.Event()
-    g.set()
-    yield g
-    g.set()
-
-
-@pytest.fixture
-def registry(models_dir: Path, upstream: TestRegistry, gate: threading.Event) -> Registry:
-    reg = Registry(
-        DiskCache(models_dir, fsync=False),
-        session_factory=session_factory(upstream.url, gate),
-        mask=MASK,
-        max_streams=2,
-        chunking_threshold=CHUNK,
-        backoff=Backoff(attempts=2, base_s=0.001),
-    )
-    yield reg
-    reg.close()
-
-
-@pytest.fixture
-def local(registry: Registry) -> Local:
-    return Local(registry, logger=logging.getLogger("test.chunkpull.api.server"))
+def local(api_registry: Registry) -> Local:
+    return Local(api_registry, logger=logging.getLogger("test.chunkpull.api.server"))
 
 
 @pytest.fixture
@@ -199,7 +116,7 @@ def check_error(r: requests.Response, status: int, code: str, msg: str) -> None:
 # --- the seed's matrix over HTTP --------------------------------------------------------------
 
 
-def test_seed_matrix_over_http(server: Server, registry: Registry) -> None:
+def test_seed_matrix_over_http(server: Server, api_registry: Registry) -> None:
     url = server.url
     body = requests.post(url + "/api/pull", json={"model": "BOOM"}, timeout=WAIT_S).text
     assert '{"status":"error: ' + BOOM + '"}' in body, body
@@ -224,7 +141,7 @@ def test_seed_matrix_over_http(server: Server, registry: Registry) -> None:
 
     assert requests.delete(url + "/api/delete", json={"model": "smol"}).status_code == 200
     with pytest.raises(LookupError):
-        registry.resolve_local("smol")
+        api_registry.resolve_local("smol")
     check_error(requests.delete(url + "/api/delete", data=b"!"), 400, "bad_request", "Expecting value")
     check_error(requests.get(url + "/api/delete", json={"model": "smol"}), 405, "method_not_allowed", "method not allowed")
     check_error(requests.delete(url + "/api/delete", data=b""), 400, "bad_request", "empty request body")
@@ -248,11 +165,11 @@ def test_root_head_and_version(server: Server) -> None:
     assert "version" in requests.get(server.url + "/api/version").json()
 
 
-def test_full_names_without_a_mask_route(tmp_path: Path, upstream: TestRegistry) -> None:
+def test_full_names_without_a_mask_route(tmp_path: Path, api_upstream: TestRegistry) -> None:
     # The natural configuration: the mask cannot carry a scheme, so an
     # http:// registry is named in full.
     reg = Registry(DiskCache(tmp_path / "plain", fsync=False), max_streams=2)
-    host = urlsplit(upstream.url).netloc
+    host = urlsplit(api_upstream.url).netloc
     with Server(Local(reg)) as srv:
         lines = pull_lines(srv.url, {"model": f"http://{host}/library/smol:latest"})
         assert lines[-1] == {"status": "success"}
@@ -322,9 +239,9 @@ def test_lines_arrive_while_the_pull_runs(server: Server, local: Local, gate: th
         client.close()
 
 
-def test_two_clients_share_one_download(server: Server, local: Local, upstream: TestRegistry, gate: threading.Event) -> None:
+def test_two_clients_share_one_download(server: Server, local: Local, api_upstream: TestRegistry, gate: threading.Event) -> None:
     gate.clear()
-    upstream.stats.reset()
+    api_upstream.stats.reset()
     a, b = RawClient(server.url), RawClient(server.url)
     try:
         a.request("POST", "/api/pull", b'{"model": "chunked"}')
@@ -341,18 +258,18 @@ def test_two_clients_share_one_download(server: Server, local: Local, upstream: 
     finally:
         a.close()
         b.close()
-    assert upstream.stats.requests["manifest"] == 1, upstream.stats.requests
-    ranges = upstream.stats.ranges
+    assert api_upstream.stats.requests["manifest"] == 1, api_upstream.stats.requests
+    ranges = api_upstream.stats.ranges
     assert len(ranges) == len(set(ranges)), f"a chunk was served twice: {ranges}"
-    digest, size = blob_of(upstream, "chunked")
+    digest, size = blob_of(api_upstream, "chunked")
     assert sum(e - s + 1 for d, s, e in ranges if d == digest) == size
 
 
-def test_disconnect_mid_pull_cancels(server: Server, local: Local, upstream: TestRegistry, models_dir: Path) -> None:
+def test_disconnect_mid_pull_cancels(server: Server, local: Local, api_upstream: TestRegistry, models_dir: Path) -> None:
     # 4 MiB in 64 KiB chunks at 128 KiB/s per connection: 16 s or more of work,
     # and the client hangs up at its first reported bytes.
-    big, _ = blob_of(upstream, "big")
-    upstream.faults.throttle_bps = 128 * 1024
+    big, _ = blob_of(api_upstream, "big")
+    api_upstream.faults.throttle_bps = 128 * 1024
     client = RawClient(server.url)
     try:
         client.request("POST", "/api/pull", b'{"model": "big"}')
@@ -372,7 +289,7 @@ def test_disconnect_mid_pull_cancels(server: Server, local: Local, upstream: Tes
     assert not (models_dir / "manifests" / "example.com" / "library" / "big").exists()
 
     # The next pull resumes and completes.
-    upstream.faults.throttle_bps = None
+    api_upstream.faults.throttle_bps = None
     assert pull_lines(server.url, {"model": "big"})[-1] == {"status": "success"}
     assert (models_dir / "blobs" / f"sha256-{hexd}").exists()
 
@@ -433,7 +350,7 @@ print("stopped", flush=True)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_serve_stops_on_signal(tmp_path: Path, upstream: TestRegistry, sig: int) -> None:
+def test_serve_stops_on_signal(tmp_path: Path, api_upstream: TestRegistry, sig: int) -> None:
     env = child_env()
     proc = subprocess.Popen([sys.executable, "-c", SERVE, str(tmp_path / "models")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     try:
@@ -443,8 +360,8 @@ def test_serve_stops_on_signal(tmp_path: Path, upstream: TestRegistry, sig: int)
 
         # A pull in flight when the signal comes: it is cancelled and its
         # stream ends with an error line, work kept.
-        upstream.faults.throttle_bps = 128 * 1024
-        host = urlsplit(upstream.url).netloc
+        api_upstream.faults.throttle_bps = 128 * 1024
+        host = urlsplit(api_upstream.url).netloc
         client = RawClient(url)
         try:
             client.request("POST", "/api/pull", json.dumps({"model": f"http://{host}/library/big"}).encode())

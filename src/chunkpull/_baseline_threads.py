@@ -12,7 +12,10 @@ parallel; it is the bar chunkpull's data path has to clear.
 Deliberately kept plain: ``r.content`` allocates each chunk's bytes, and a
 completed chunk is kept in a dict until the in-order hasher reaches it.
 What it does not do: retries, resume, progress.  It imports only the
-standard library, ``requests`` and (for ``blake3:`` chunk digests) ``blake3``.
+standard library, ``requests`` and (for ``blake3:`` chunk digests) ``blake3``,
+never chunkpull: it ships in the package so that ``--compare`` always has it,
+and the bench child loads it by path so that its process does not carry
+chunkpull's imports either.
 """
 
 from __future__ import annotations
