@@ -99,8 +99,9 @@ class ThreadedServer(http.server.ThreadingHTTPServer):
         """Stop accepting, close every connection and wait for the threads; idempotent.
 
         Idle connections are hung up at once; one busy with a request gets
-        up to ``grace_s`` seconds to finish it.  Waits at most ``timeout_s``
-        in all for the accept loop and the connection threads.
+        up to ``grace_s`` seconds to finish it.  The accept loop and the
+        connection threads are waited for until ``timeout_s`` after
+        accepting stopped.
         """
         with self._changed:
             if self.stopping:
@@ -208,11 +209,10 @@ class WSGIServer(ThreadedServer):
     ``software`` is the ``Server`` header.
     """
 
-    def __init__(self, address: tuple[str, int], app: Callable, *, log: logging.Logger, software: str, timeout_s: float = 120) -> None:
+    def __init__(self, address: tuple[str, int], app: Callable, *, log: logging.Logger, software: str) -> None:
         self.app = app
         self.software = software
-        handler = type("_BoundWSGIHandler", (_WSGIHandler,), {"timeout": timeout_s})
-        super().__init__(address, handler, log=log)
+        super().__init__(address, _WSGIHandler, log=log)
 
 
 class _Body(io.RawIOBase):
@@ -233,15 +233,21 @@ class _Body(io.RawIOBase):
 
 class _WSGIHandler(Handler):
     server: WSGIServer
+    # An idle keep-alive connection, or a client that stops reading a
+    # stream, is dropped after this long.
+    timeout = 120
 
     def version_string(self) -> str:
         return self.server.software
 
     def _run_app(self) -> None:
         length = (self.headers.get("Content-Length") or "0").strip()
-        if "Transfer-Encoding" in self.headers or not length.isdigit():
-            self.close_connection = True
-            self.send_error(411 if "Transfer-Encoding" in self.headers else 400, "send the request body with a Content-Length")
+        if "Transfer-Encoding" in self.headers:
+            # Clients of a JSON API send a Content-Length: refuse chunks rather than parse them.
+            self.send_error(411, explain="send the request body with a Content-Length")
+            return
+        if not length.isdigit():
+            self.send_error(400, explain=f"invalid Content-Length {length!r}")
             return
         body = _Body(self.rfile, int(length))
         self._status: str | None = None
@@ -362,15 +368,15 @@ class _WSGIHandler(Handler):
         """Return whether the client has closed its end (EOF waiting on the socket)."""
         # poll, not select: select fails for descriptors >= FD_SETSIZE (1024),
         # which a busy long-running server reaches.
-        poller = select.poll()
-        poller.register(self.connection, select.POLLIN)
         try:
+            poller = select.poll()
+            poller.register(self.connection, select.POLLIN)
             if not poller.poll(0):
                 return False
             return self.connection.recv(1, socket.MSG_PEEK) == b""
         except BlockingIOError:
             return False
-        except OSError:
+        except (OSError, ValueError):  # reset, or the socket is closed already
             return True
 
 

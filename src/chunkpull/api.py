@@ -19,17 +19,13 @@ does not load the HTTP server.
 from __future__ import annotations
 
 import http
-import io
 import json
 import logging
-import select
-import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
-from urllib.parse import unquote_to_bytes
 
 from . import _httpd
 from .errors import (
@@ -183,24 +179,24 @@ class PullInFlight:
 # The WSGI application
 # --------------------------------------------------------------------------
 
-# path -> methods; HEAD is answered wherever GET is.
-_ROUTES: dict[str, tuple[str, ...]] = {
-    "/": ("GET", "HEAD"),
-    "/api/version": ("GET", "HEAD"),
-    "/api/tags": ("GET", "HEAD"),
-    "/api/pull": ("POST",),
-    "/api/delete": ("DELETE",),
+# path -> (methods, the Local method that answers); HEAD is answered wherever GET is.
+_ROUTES: dict[str, tuple[tuple[str, ...], str]] = {
+    "/": (("GET", "HEAD"), "_root"),
+    "/api/version": (("GET", "HEAD"), "_version"),
+    "/api/tags": (("GET", "HEAD"), "_tags"),
+    "/api/pull": (("POST",), "_pull"),
+    "/api/delete": (("DELETE",), "_delete"),
 }
 
 
+@dataclass
 class _Reply:
-    """A complete (non-streaming) answer: status, body and content type."""
+    """A complete (non-streaming) answer."""
 
-    def __init__(self, status: int, body: bytes = b"", content_type: str = JSON, headers: Iterable[tuple[str, str]] = ()) -> None:
-        self.status = status
-        self.body = body
-        self.content_type = content_type
-        self.headers = list(headers)
+    status: int
+    body: bytes = b""
+    content_type: str = JSON
+    headers: Iterable[tuple[str, str]] = ()
 
 
 class Local:
@@ -261,24 +257,16 @@ class Local:
         """
         path = environ.get("PATH_INFO") or "/"
         method = (environ.get("REQUEST_METHOD") or "GET").upper()
-        methods = _ROUTES.get(path)
-        if methods is None and self.fallback is not None:
+        route = _ROUTES.get(path)
+        if route is None and self.fallback is not None:
             return self.fallback(environ, start_response)
         try:
-            if methods is None:
+            if route is None:
                 raise _HTTPError(404, "not_found", "not found")
+            methods, endpoint = route
             if method not in methods:
                 raise _HTTPError(405, "method_not_allowed", "method not allowed", [("Allow", ", ".join(sorted(methods)))])
-            if path == "/api/pull":
-                result = self._pull(environ)
-            elif path == "/api/delete":
-                result = self._delete(environ)
-            elif path == "/api/tags":
-                result = self._tags()
-            elif path == "/api/version":
-                result = self._version()
-            else:
-                result = _Reply(200, RUNNING_TEXT, "text/plain; charset=utf-8")
+            result = getattr(self, endpoint)(environ)
         except Exception as err:  # noqa: BLE001 - every failure becomes an answer via the table
             status, code, message = _describe(err)
             self._log(environ, status, err)
@@ -320,9 +308,7 @@ class Local:
 
     def _pull(self, environ: dict) -> _Reply | _PullStream:
         params = _read_params(environ)
-        stream = params.get("stream", True)
-        if stream is None:
-            stream = True
+        stream = True if params.get("stream") is None else params["stream"]
         if not isinstance(stream, bool):
             raise _HTTPError(400, "bad_request", f'invalid request: "stream" must be true or false, not {json.dumps(stream)}')
         model = _model_param(params)
@@ -348,7 +334,10 @@ class Local:
             raise ModelNotFoundError(model)
         return _Reply(200)
 
-    def _tags(self) -> _Reply:
+    def _root(self, environ: dict) -> _Reply:
+        return _Reply(200, RUNNING_TEXT, "text/plain; charset=utf-8")
+
+    def _tags(self, environ: dict) -> _Reply:
         mask = Name.parse(self.registry.mask)
         paths = dict(self.registry.cache.links())
         rows = []
@@ -394,7 +383,7 @@ class Local:
             details["families"] = families
         return details
 
-    def _version(self) -> _Reply:
+    def _version(self, environ: dict) -> _Reply:
         from . import __version__  # at call time: the package may be importing this module
 
         return _Reply(200, _json_bytes({"version": __version__}))
@@ -586,15 +575,7 @@ def _read_params(environ: dict) -> dict:
     if length > MAX_BODY_BYTES:
         raise _HTTPError(413, "request_too_large", f"request body too large: {length} bytes, at most {MAX_BODY_BYTES}")
     stream = environ.get("wsgi.input")
-    chunks = []
-    left = length
-    while left > 0 and stream is not None:
-        piece = stream.read(left)
-        if not piece:
-            break
-        chunks.append(piece)
-        left -= len(piece)
-    data = b"".join(chunks)
+    data = stream.read(length) if length and stream is not None else b""
     if not data.strip():
         raise _HTTPError(400, "bad_request", "empty request body")
     try:
@@ -615,240 +596,34 @@ def _model_param(params: dict) -> object:
 
 
 def _reason(status: int) -> str:
-    if status == 499:
-        return "Client Closed Request"
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
+    # 499 is nginx's, not IANA's: http.HTTPStatus does not know it.
+    return "Client Closed Request" if status == 499 else http.HTTPStatus(status).phrase
 
 
 # --------------------------------------------------------------------------
 # The embedded server
 # --------------------------------------------------------------------------
 
-_PEER_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
-
-
-class _Input(io.RawIOBase):
-    """The request body: never more than Content-Length bytes of the connection."""
-
-    def __init__(self, rfile, length: int) -> None:
-        self._rfile = rfile
-        self.left = length
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        n = self._rfile.readinto(memoryview(b)[: min(len(b), self.left)]) if self.left > 0 else 0
-        self.left -= n or 0
-        return n or 0
-
-
-class _WSGIServer(_httpd.ThreadedServer):
-    def __init__(self, address: tuple[str, int], app: Callable) -> None:
-        self.app = app
-        super().__init__(address, _WSGIHandler, log=_wire_log)
-
-
-class _WSGIHandler(_httpd.Handler):
-    """Run the WSGI app for each request of a connection.
-
-    A response without a Content-Length (a progress stream) is sent chunked,
-    one chunk per item the app yields, each written to the socket at once.
-    """
-
-    server: _WSGIServer
-    # An idle keep-alive connection, or a client that stops reading a
-    # stream, is dropped after this long.
-    timeout = 120
-
-    def version_string(self) -> str:
-        from . import __version__
-
-        return f"chunkpull/{__version__}"
-
-    def _run_app(self) -> None:
-        length = (self.headers.get("Content-Length") or "0").strip()
-        if "Transfer-Encoding" in self.headers:
-            # Ollama's clients send a Content-Length; no need to parse chunks.
-            self._refuse(411, "length_required", "send the request body with a Content-Length")
-            return
-        if not length.isdigit():
-            self._refuse(400, "bad_request", f"invalid Content-Length {length!r}")
-            return
-        body = _Input(self.rfile, int(length))
-        self._status: str | None = None
-        self._headers: list[tuple[str, str]] = []
-        self._headers_sent = self._chunked = False
-        result = None
-        try:
-            result = self.server.app(self._environ(io.BufferedReader(body)), self._start_response)
-            for data in result:
-                if data:
-                    self._write(data)
-            if not self._headers_sent:
-                self._send_headers(empty=True)
-            elif self._chunked:
-                self.wfile.write(b"0\r\n\r\n")
-        except _PEER_GONE:
-            self.close_connection = True
-        except Exception:
-            _wire_log.exception("chunkpull serve: %s %s failed", self.command, self.path)
-            self.close_connection = True
-            if not self._headers_sent:
-                self._refuse(500, "internal_error", _INTERNAL_MESSAGE)
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception:
-                    _wire_log.exception("chunkpull serve: closing the response to %s %s failed", self.command, self.path)
-        # Body bytes the app did not read would be parsed as the next
-        # request on this keep-alive connection.
-        try:
-            while 0 < body.left <= MAX_BODY_BYTES and body.read(65536):
-                pass
-        except OSError:
-            pass
-        if body.left:
-            self.close_connection = True
-
-    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _run_app
-
-    def _refuse(self, status: int, code: str, message: str) -> None:
-        """Answer in the app's error format and close the connection (the server's own errors)."""
-        body = _json_bytes({"code": code, "error": message})
-        self.close_connection = True
-        try:
-            self.send_response(status, _reason(status))
-            self.send_header("Content-Type", JSON)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(body)
-        except OSError:
-            pass
-
-    def _start_response(self, status: str, headers: list[tuple[str, str]], exc_info=None) -> Callable[[bytes], None]:
-        if exc_info is not None:
-            try:
-                if self._headers_sent:
-                    raise exc_info[1].with_traceback(exc_info[2])
-            finally:
-                exc_info = None
-        elif self._status is not None:
-            raise AssertionError("start_response called twice without exc_info")
-        self._status = status
-        self._headers = list(headers)
-        return self._write
-
-    def _send_headers(self, *, empty: bool = False) -> None:
-        if self._status is None:
-            raise AssertionError("the application returned without calling start_response")
-        code, _, reason = self._status.partition(" ")
-        status = int(code)
-        self.send_response(status, reason or None)
-        names = set()
-        for name, value in self._headers:
-            names.add(name.lower())
-            self.send_header(name, value)
-        if "content-length" not in names and self.command != "HEAD" and status not in (204, 304):
-            if empty:
-                self.send_header("Content-Length", "0")
-            elif self.request_version == "HTTP/1.1":
-                # Unknown length (a progress stream): chunked, so the
-                # connection stays open for the next request afterwards.
-                self.send_header("Transfer-Encoding", "chunked")
-                self._chunked = True
-            else:
-                self.close_connection = True
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self._headers_sent = True
-
-    def _write(self, data: bytes) -> None:
-        if not self._headers_sent:
-            self._send_headers()
-        if self.command == "HEAD" or not data:
-            return
-        # One send per item (wfile is unbuffered): the client sees each line as it is made.
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
-
-    def _environ(self, body: io.BufferedReader) -> dict:
-        """Return the PEP 3333 environ of the current request."""
-        path, _, query = self.path.partition("?")
-        if "://" in path:
-            path = "/" + path.split("://", 1)[1].partition("/")[2]  # absolute-form target: keep the path
-        environ = {
-            "REQUEST_METHOD": self.command,
-            "SCRIPT_NAME": "",
-            "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
-            "QUERY_STRING": query,
-            "SERVER_NAME": self.server.server_name,
-            "SERVER_PORT": str(self.server.server_port),
-            "SERVER_PROTOCOL": self.request_version,
-            "REMOTE_ADDR": self.client_address[0],
-            "REMOTE_PORT": str(self.client_address[1]),
-            "wsgi.version": (1, 0),
-            "wsgi.url_scheme": "http",
-            "wsgi.input": body,
-            "wsgi.errors": sys.stderr,
-            "wsgi.multithread": True,
-            "wsgi.multiprocess": False,
-            "wsgi.run_once": False,
-            "chunkpull.peer_closed": self._peer_closed,
-        }
-        for name, value in self.headers.items():
-            if "_" in name:
-                continue  # "X_Foo" would read like "X-Foo": drop it, as common servers do
-            key = name.upper().replace("-", "_")
-            if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                key = "HTTP_" + key
-            environ[key] = f"{environ[key]},{value}" if key in environ else value
-        return environ
-
-    def _peer_closed(self) -> bool:
-        """Return whether the client has closed its end (EOF waiting on the socket)."""
-        # poll, not select: select fails for descriptors >= FD_SETSIZE (1024),
-        # which a busy long-running server reaches.
-        poller = select.poll()
-        poller.register(self.connection, select.POLLIN)
-        try:
-            if not poller.poll(0):
-                return False
-            return self.connection.recv(1, socket.MSG_PEEK) == b""
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
-
-
 class Server:
-    """An embedded multi-threaded HTTP/1.1 server for a WSGI application.
+    """An embedded multi-threaded HTTP/1.1 server for a WSGI application (``_httpd.WSGIServer``).
 
     Binds ``host:port`` at once (``port=0`` picks a free port; see ``.url``),
     then serves from a daemon thread after ``start()`` (or in the calling
-    thread with ``serve_forever()``).  Each connection gets its own thread
-    and keeps alive between requests; a response without a Content-Length
-    (a progress stream) is sent chunked, each item the application yields
-    written to the socket at once.  A request with a chunked body gets 411.
-    The environ carries ``chunkpull.peer_closed``, a callable that tells
-    whether the client has closed the connection.  Use it as a context
-    manager, or call ``shutdown()``; ``stopped`` (an Event) is set once
-    shutdown has begun.
+    thread with ``serve_forever()``): one thread per keep-alive connection,
+    a progress stream sent chunked, line by line, as it is made.  Use it as
+    a context manager, or call ``shutdown()``; ``stopped`` (an Event) is set
+    once shutdown has begun.
 
     Raises:
         OSError: the address cannot be bound (e.g. the port is in use).
     """
 
     def __init__(self, app: Callable, host: str = "127.0.0.1", port: int = 0, *, grace_s: float = 5.0) -> None:
+        from . import __version__  # at call time: the package may be importing this module
+
         self.app = app
         self.grace_s = grace_s
-        self._httpd = _WSGIServer((host, port), app)
+        self._httpd = _httpd.WSGIServer((host, port), app, log=_wire_log, software=f"chunkpull/{__version__}")
         self._started = False
         self.stopped = threading.Event()
 
@@ -905,16 +680,14 @@ class Server:
 def serve(registry: Registry, host: str = "127.0.0.1", port: int = 11434, *, ready: Callable[[Server], None] | None = None) -> None:
     """Serve the local API for registry on host:port until SIGINT or SIGTERM.
 
-    Runs ``Local(registry)`` on an embedded ``Server``.  Once the socket
-    listens, ``ready(server)`` is called, if given, from the calling thread:
-    the CLI prints ``server.url`` there, and a caller can keep ``server`` to
-    stop it with ``server.shutdown()``.  Returns after a clean stop: SIGINT
-    or SIGTERM (handlers are installed only when called from the main
-    thread, and restored on return), ``KeyboardInterrupt``, or
-    ``server.shutdown()`` from another thread.  Stopping cancels pulls in
-    flight (their work files are kept for the next pull to resume) and
-    closes every connection.  Logging goes to the ``chunkpull.api`` logger;
-    configuring handlers is the caller's job.  The registry is not closed.
+    Runs ``Local(registry)`` on a ``Server``.  Once the socket listens,
+    ``ready(server)`` is called, if given, from the calling thread (the CLI
+    prints ``server.url`` there; ``server.shutdown()`` from another thread
+    stops serving too).  Signal handlers are installed only when called from
+    the main thread, and restored on return.  Stopping cancels pulls in
+    flight, keeping their work files, and closes every connection.  Logging
+    goes to the ``chunkpull.api`` logger, whose handlers are the caller's
+    business.  The registry is not closed.
 
     Raises:
         OSError: the address cannot be bound (e.g. the port is in use).

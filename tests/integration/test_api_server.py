@@ -157,6 +157,14 @@ def test_fallback_over_http(server: Server, local: Local) -> None:
     assert r.headers.get("Transfer-Encoding") == "chunked"  # no length given: chunked, connection kept
 
 
+def test_chunked_request_body_is_refused(server: Server) -> None:
+    # Ollama's clients send a Content-Length; a chunked body gets 411, unparsed.
+    r = requests.post(server.url + "/api/pull", data=iter([b'{"model": ', b'"smol"}']), timeout=WAIT_S)
+    assert r.status_code == 411, r.text
+    assert r.headers["Connection"] == "close"
+    assert requests.get(server.url + "/").status_code == 200, "the server goes on"
+
+
 def test_root_head_and_version(server: Server) -> None:
     r = requests.get(server.url + "/")
     assert (r.status_code, r.text) == (200, "chunkpull is running")
