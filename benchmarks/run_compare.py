@@ -40,7 +40,7 @@ DEFAULT_OUT = HERE / "RESULTS.md"
 RATIO_TARGETS = [
     ("curl+sha256sum", 3.0, "curl to a file, then a SHA-256 pass"),
     ("aria2c", 4.0, "aria2c -x16 -s16 with --checksum"),
-    ("hf_transfer", 1.2, "hf_transfer, 8 files, unverified (then a SHA-256 pass)"),
+    ("hf_transfer-raw", 1.2, "hf_transfer, 8 files, unverified"),
     ("python-threads", 1.5, "plain-Python threads, same verification"),
 ]
 RSS_TARGET_MIB = 100

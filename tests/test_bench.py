@@ -73,7 +73,7 @@ def test_sweep_end_to_end_json(capsys, tmp_path):
 @pytest.mark.integration
 def test_compare_runs_the_always_available_baselines(capsys, tmp_path, monkeypatch):
     # As on a machine without the optional tools (CI may lack them): they are skipped with a note.
-    optional = {"curl+sha256sum", "aria2c", "hf_transfer"}
+    optional = {"curl+sha256sum", "aria2c", "hf_transfer", "hf_transfer-raw"}
     real = bench._missing
     monkeypatch.setattr(bench, "_missing", lambda m: "not installed here" if m in optional else real(m))
     doc = _run_json(capsys, TINY + ["--compare", "--streams", "2", "--verify", "chunks", "--tmpdir", str(tmp_path)])

@@ -93,7 +93,7 @@ __all__ = [
 PROG = "chunkpull bench"
 DEFAULT_SIZE = 1 << 30
 MODEL_NAME = "registry.local/bench/model:latest"
-BASELINES = ("single+sha256", "curl+sha256sum", "python-threads", "aria2c", "hf_transfer")
+BASELINES = ("single+sha256", "curl+sha256sum", "python-threads", "aria2c", "hf_transfer", "hf_transfer-raw")
 # Fixed by the baselines' own command lines (the issue's settings), not swept.
 ARIA2C_STREAMS = 16
 ARIA2C_SPLIT = 8 << 20
@@ -480,7 +480,7 @@ def _missing(method: str) -> str | None:
         return f"{' and '.join(absent)} not installed" if absent else None
     if method == "aria2c":
         return None if shutil.which("aria2c") else "aria2c not installed"
-    if method == "hf_transfer":
+    if method.startswith("hf_transfer"):
         return None if importlib.util.find_spec("hf_transfer") else "hf_transfer not installed (pip install hf_transfer)"
     return None  # single+sha256 and python-threads need only Python and requests
 
@@ -513,8 +513,8 @@ def _plan(opts: Options, chunk_size: int | None, first: bool, available: list[st
     for method in available:
         if method == "python-threads":
             plan += [Config(method, s, chunk_size, v) for v in opts.verify for s in opts.streams]
-        elif method == "hf_transfer":
-            plan.append(Config(method, HF_TRANSFER_FILES, own_split, "after"))
+        elif method.startswith("hf_transfer"):
+            plan.append(Config(method, HF_TRANSFER_FILES, own_split, "none" if method.endswith("-raw") else "after"))
         elif first:  # independent of the registry's chunk size: once is enough
             if method == "aria2c":
                 plan.append(Config(method, ARIA2C_STREAMS, ARIA2C_SPLIT, "after"))
@@ -767,7 +767,7 @@ def _reference(rows: list[Row], baseline: Row, default_streams: int, default_chu
         same = [r for r in cps if (r.streams, r.chunk_size, r.verify) == (baseline.streams, baseline.chunk_size, baseline.verify)]
         return same[0] if same else None
     pool = [r for r in cps if r.verify == "blob"] or cps
-    if baseline.method == "hf_transfer":
+    if baseline.method.startswith("hf_transfer"):
         pool = [r for r in pool if r.chunk_size == baseline.chunk_size] or pool
     for want in ((default_streams, default_chunk), (default_streams, None)):
         for r in pool:
@@ -839,7 +839,7 @@ def footnotes(report: Report) -> list[str]:
             "streams, chunk size and verify mode" + (f"; the others with {', '.join(refs)}." if refs else ".")
         )
     if report.rows and any(r.method != "chunkpull" for r in report.rows):
-        notes.append("verify 'after' = the tool's own SHA-256 pass over the finished file (aria2c --checksum; a hashlib or sha256sum pass).")
+        notes.append("verify 'after' = the tool's own SHA-256 pass over the finished file (aria2c --checksum; a hashlib or sha256sum pass); 'none' = not verified at all.")
     return notes
 
 
