@@ -484,3 +484,21 @@ def test_network_errors_read_as_a_sentence(make_registry, tmp_path):
         reg.pull(f"http://127.0.0.1:{port}/library/smol")
     msg = str(info.value)
     assert msg == f"request error http://127.0.0.1:{port}/v2/library/smol/manifests/latest: cannot connect: connection refused (after 4 attempts)", msg
+
+
+def test_monitor_gives_a_slow_link_time_to_fill_a_slice():
+    from chunkpull.transport import StreamMonitor
+
+    clock = _Clock()
+    m = StreamMonitor(stall_s=1.0, min_age_s=0.5, clock=clock)
+    for _ in range(3):  # history: streams finish at 1 MiB/s
+        old = m.stream("old")
+        old.attach(_FakeResp())
+        clock.t += 4.0
+        old.advance(4 << 20)
+        m.done(old)
+    s, resp = _stream(m, "live", window=4 << 20)  # a 4 MiB read takes ~4 s here
+    clock.t += 2.0
+    assert m.check() == [], "cut a live stream that cannot have filled its read yet"
+    clock.t += 11.0  # now past 3x the expected time
+    assert m.check() == [s] and resp.sock.shut
