@@ -351,10 +351,15 @@ class DiskCache:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
-    def _rename_into_place(self, src: str | Path, dst: Path) -> None:
+    def _rename_into_place(self, src: str | Path, dst: Path, *, sync_dir: bool = True) -> None:
         os.replace(src, dst)
-        if self.fsync:
+        if self.fsync and sync_dir:
             _fsync_dir(dst.parent)
+
+    def sync_blobs_dir(self) -> None:
+        """Make renames into ``blobs/`` durable (after commits made with sync_dir=False)."""
+        if self.fsync:
+            _fsync_dir(self.blobs_dir)
 
 
 def mentioned_digests(manifest: bytes) -> set[Digest]:
@@ -565,8 +570,13 @@ class Ingest:
 
     # -- commit --------------------------------------------------------------
 
-    def commit(self, verified: bytes) -> None:
+    def commit(self, verified: bytes, *, sync_dir: bool = True) -> None:
         """Make the work file the final blob (fsync, rename, fsync dir).
+
+        With sync_dir=False the directory fsync is left to the caller
+        (``DiskCache.sync_blobs_dir``), so a pull of many small blobs syncs
+        the directory once: a lost rename after a crash only means a blob
+        to fetch again, since the bytes were fsynced before it.
 
         ``verified`` is the SHA-256 the caller computed over the file's bytes;
         it must be this blob's digest, and the file its size, or nothing is
@@ -584,7 +594,7 @@ class Ingest:
             )
         if self.cache.fsync:
             os.fsync(self.fd)
-        self.cache._rename_into_place(self.path, self.cache.blob_path(self.digest))
+        self.cache._rename_into_place(self.path, self.cache.blob_path(self.digest), sync_dir=sync_dir)
         self.committed = True
         with contextlib.suppress(FileNotFoundError):
             self.state_path.unlink()

@@ -182,6 +182,9 @@ class Puller:
             if self.pieces is not None:
                 self.pieces.close()  # free the pool now, not at the next gc
                 self.pieces = None
+        # One directory fsync for every blob committed, before the manifest
+        # (written by the caller) can name them.
+        self.r.cache.sync_blobs_dir()
         if self.cancel.is_set() and not self.errors:
             raise PullCancelledError(CANCELLED)
         self._raise_errors()
@@ -330,7 +333,7 @@ class Puller:
                     digest=key, expected=key, got=f"sha256:{got.hex()}",
                 )
             self.report(Progress(key, layer.size, VERIFYING))
-            ingest.commit(got)
+            ingest.commit(got, sync_dir=False)  # run() syncs blobs/ once
         except BaseException:
             ingest.discard()  # a one-request blob has nothing worth resuming
             raise
@@ -603,7 +606,7 @@ class Puller:
             return
         self._end_blob(state)
         try:
-            state.ingest.commit(state.assembler.digest_if_verified())
+            state.ingest.commit(state.assembler.digest_if_verified(), sync_dir=False)  # run() syncs blobs/ once
         except BaseException:
             state.ingest.close()
             raise
