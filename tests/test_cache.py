@@ -344,3 +344,24 @@ def test_ingest_commit_refuses_unverified_bytes(tmp_cache, case):
         ing.commit(verified)
     assert tmp_cache.get(d) is None, "an unverified blob got its final name"
     ing.discard()
+
+
+def test_lock_wait_is_bounded_by_the_holders_progress(tmp_cache):
+    from chunkpull import cache as cache_mod
+    from chunkpull.errors import ChunkpullError
+
+    d = sha256_digest(b"abc")
+    holder = tmp_cache.ingest(d, 3)  # another process's lock, never released, never written
+    fd = os.open(holder.path, os.O_RDWR)
+    t = [0.0]
+
+    def clock() -> float:
+        t[0] += 1.0  # every poll is a second later: no real waiting
+        return t[0]
+
+    try:
+        with pytest.raises(ChunkpullError, match="has written nothing for 5 s"):
+            cache_mod._lock_or_wait(fd, None, 0.0, stale_s=5.0, clock=clock)
+    finally:
+        os.close(fd)
+        holder.discard()

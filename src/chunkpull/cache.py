@@ -41,7 +41,7 @@ from pathlib import Path
 
 from . import _env
 from .digest import Digest
-from .errors import InsufficientSpaceError, IntegrityError, InvalidNameError, ModelNotFoundError, PullCancelledError
+from .errors import ChunkpullError, InsufficientSpaceError, IntegrityError, InvalidNameError, ModelNotFoundError, PullCancelledError
 from .names import Name
 
 __all__ = ["DiskCache", "BlobInfo", "Ingest"]
@@ -51,6 +51,8 @@ _DIGEST_TEXT = re.compile(rb"sha256[:-]([0-9a-f]{64})")
 # prune keeps blobs this young: another tool may not have written their manifest yet.
 PRUNE_GRACE_S = 600.0
 INGEST_MAX_AGE_S = 7 * 86400.0
+# How long to wait for another process's lock on a work file it no longer writes.
+LOCK_STALE_S = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -620,14 +622,32 @@ class Ingest:
         self.close()
 
 
-def _lock_or_wait(fd: int, cancel, poll_s: float) -> None:
-    """Take an exclusive flock on fd, polling so that cancel is honoured."""
+def _lock_or_wait(fd: int, cancel, poll_s: float, *, stale_s: float = LOCK_STALE_S, clock=time.monotonic) -> None:
+    """Take an exclusive flock on fd, polling so that cancel is honoured.
+
+    The wait is bounded by progress, not by time: while the holder keeps
+    writing (the work file's mtime moves), a long pull is waited for; once
+    nothing has changed for ``stale_s``, the holder is taken to be hung.
+
+    Raises:
+        PullCancelledError: cancel was set while waiting.
+        ChunkpullError: the holder made no progress for ``stale_s``.
+    """
+    last_change, last_mtime = clock(), None
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
         except BlockingIOError:
             pass
+        mtime = os.fstat(fd).st_mtime_ns
+        if mtime != last_mtime:
+            last_change, last_mtime = clock(), mtime
+        elif clock() - last_change > stale_s:
+            raise ChunkpullError(
+                f"another process holds this blob's work file and has written nothing for {stale_s:g} s; "
+                "stop it, or remove the work file under .chunkpull/ingest"
+            )
         if cancel is not None and cancel.wait(poll_s):
             raise PullCancelledError("pull cancelled while another process held the blob's work file")
         if cancel is None:
