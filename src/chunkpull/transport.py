@@ -52,8 +52,9 @@ def new_session(max_streams: int, *, verify_tls: bool = True) -> requests.Sessio
     """Return a Session whose connection pools hold max_streams keep-alive connections."""
     s = requests.Session()
     # requests' default pool keeps 10 connections per host; more streams than
-    # that would open and drop connections on every chunk.
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(max_streams, 4) + 2, max_retries=0)
+    # that would open and drop connections on every chunk.  Room for four
+    # pulls at once, as `chunkpull serve` may run (one Session per Registry).
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=4 * max(max_streams, 4) + 2, max_retries=0)
     s.mount("http://", adapter)
     s.mount("https://", adapter)
     s.verify = verify_tls
