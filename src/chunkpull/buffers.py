@@ -104,7 +104,7 @@ class PiecePool:
                     piece._held = True
                     return piece
                 if cancel is not None and cancel.is_set():
-                    raise PullCancelledError("pull cancelled; work in progress was kept and the next pull resumes it")
+                    raise PullCancelledError()
                 # Woken by releases; the timeout re-checks priority (the hash
                 # may have reached the caller's chunk) and cancel.
                 self._cond.wait(poll_s)

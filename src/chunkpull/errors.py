@@ -104,7 +104,10 @@ class IncompletePullError(ChunkpullError):
 
 
 class PullCancelledError(ChunkpullError):
-    """The pull was cancelled; work in progress is kept for the next pull to resume."""
+    """The pull was cancelled; chunked blobs' progress is kept for the next pull to resume."""
+
+    def __init__(self, message: str = "pull cancelled; the next pull resumes the large blobs where this one stopped") -> None:
+        super().__init__(message)
 
 
 class InsufficientSpaceError(ChunkpullError, OSError):

@@ -56,14 +56,13 @@ from .transport import RangeIgnoredError, ShortReadError, StreamMonitor, join_ur
 if TYPE_CHECKING:
     from .registry import Registry
 
-__all__ = ["Puller", "DEFAULT_CHUNK_SIZE", "MAX_INTEGRITY_ATTEMPTS", "CANCELLED"]
+__all__ = ["Puller", "DEFAULT_CHUNK_SIZE", "MAX_INTEGRITY_ATTEMPTS"]
 
 DEFAULT_CHUNK_SIZE = 8 << 20  # our own split when a registry has no chunksums
 # A chunk whose bytes keep failing their digest is fetched at most this often,
 # and a blob whose chunks fail after it completed is repaired at most this often.
 MAX_INTEGRITY_ATTEMPTS = 3
 MAX_REPAIRS = 2
-CANCELLED = "pull cancelled; work in progress was kept and the next pull resumes it"
 
 
 class _BlobState:
@@ -186,7 +185,7 @@ class Puller:
         # (written by the caller) can name them.
         self.r.cache.sync_blobs_dir()
         if self.cancel.is_set() and not self.errors:
-            raise PullCancelledError(CANCELLED)
+            raise PullCancelledError()
         self._raise_errors()
 
     def _blob_ended(self, layer: Layer) -> None:
@@ -275,7 +274,7 @@ class Puller:
 
     def _check_cancel(self) -> None:
         if self.cancel.is_set():
-            raise PullCancelledError(CANCELLED)
+            raise PullCancelledError()
 
     # -- small blobs: one request ---------------------------------------------
 
@@ -459,7 +458,7 @@ class Puller:
                 piece, held = held, None
                 if self.cancel.is_set():
                     piece.release()
-                    raise PullCancelledError(CANCELLED)
+                    raise PullCancelledError()
                 if key in self.errors:
                     # The blob failed: its pieces would park for a hash that
                     # never comes and starve the pool (a deadlock).  Stop.

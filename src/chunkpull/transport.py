@@ -240,7 +240,7 @@ class Transport:
             if total:
                 self._pause(self.backoff.delay_s(n, self.rng), last, cancel)
             if cancel is not None and cancel.is_set():
-                raise PullCancelledError("pull cancelled; work in progress was kept and the next pull resumes it")
+                raise PullCancelledError()
             try:
                 return attempt()
             except RegistryError as err:
