@@ -123,7 +123,7 @@ def parse_chunksums(body: bytes, size: int) -> list[ChunkSum]:
 
 
 class ChunkHasher:
-    """Incremental digest of one chunk's bytes, fused with the write where possible."""
+    """Incremental digest of one chunk's bytes (SHA-256 or BLAKE3, as its chunk digest says)."""
 
     __slots__ = ("algorithm", "_h")
 
@@ -136,13 +136,6 @@ class ChunkHasher:
         else:
             raise ValueError(f"unsupported chunk digest algorithm {algorithm!r}")
 
-    def update_pwrite(self, fd: int, data, offset: int) -> None:
-        if self.algorithm == "sha256":
-            self._h.update_pwrite(fd, data, offset)
-        else:
-            _hashio.pwrite_all(fd, data, offset)
-            self._h.update(data)
-
     def update(self, data) -> None:
         self._h.update(data)
 
@@ -150,8 +143,9 @@ class ChunkHasher:
         return self._h.digest()
 
 
-# Pieces of the work file are read back for the in-order hash in this size;
-# the page cache still holds them, so this is a memory copy, not disk I/O.
+# Bytes are read back from the work file in pieces of this size, only where
+# they were not delivered in memory this run (chunks a resume record marks
+# done, chunks behind a repair) and to find bad chunks after a mismatch.
 _HASH_READ = 4 << 20
 
 

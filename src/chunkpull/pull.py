@@ -37,6 +37,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from ._hashio import RunningSha256
 from .buffers import ALIGN, PiecePool, aligned_buffer
 from .cache import Ingest
 from .chunks import BlobAssembler, ChunkHasher, ChunkSum, parse_chunksums, split
@@ -295,7 +296,7 @@ class Puller:
             return
         try:
             for _ in range(MAX_INTEGRITY_ATTEMPTS):
-                h = ChunkHasher("sha256")
+                h = RunningSha256()  # hashes as it writes, in one pass over the bytes
                 pos = 0
 
                 def sink(offset: int, view: memoryview) -> None:
@@ -316,7 +317,7 @@ class Puller:
                         self.r.transport.read_range(url, pos, layer.size - 1, self._buffer(), sink, verify_tls=self.verify_tls, stream=stream)
                     except RangeIgnoredError:
                         # Cannot resume from a server that ignores Range: start over.
-                        h, pos = ChunkHasher("sha256"), 0
+                        h, pos = RunningSha256(), 0
                         raise ShortReadError(f"{url}: cannot resume (Range ignored)", 0) from None
                     finally:
                         self.monitor.done(stream)
