@@ -6,10 +6,11 @@ backends run in parallel threads.  Each round hashes and writes 64 MiB,
 split evenly over 1, 2 or 4 threads, in pieces of the registry's per-worker
 buffer size, at disjoint offsets of one file:
 
-- SHA-256: ``sha256_pwrite`` (one fused pass on native; hash, then write,
-  on the fallback);
+- SHA-256: ``sha256_update_pwrite`` on a running state, the kernel a
+  one-stream blob uses (one fused pass on native; write, then hash, on the
+  fallback);
 - BLAKE3: ``pwrite_all`` then ``blake3`` (both backends hash with the
-  ``blake3`` package; only the write differs), as ``chunks.ChunkHasher`` does.
+  ``blake3`` package; only the write differs), as ``engine.assembler.ChunkHasher`` does.
 
 Two buffer sizes: ``piece`` (the registry's read unit, reused per thread,
 so it stays in the CPU cache: both backends are the same OpenSSL SHA-256
@@ -36,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from chunkpull.registry import DEFAULT_BUFFER_SIZE
+from chunkpull.engine.config import DEFAULT_BUFFER_SIZE
 
 TOTAL = 64 << 20
 PIECE = DEFAULT_BUFFER_SIZE  # what one registry worker hands the kernel per read
@@ -59,7 +60,13 @@ def _backend(name: str):
 
 def _kernel(mod, algorithm: str):
     if algorithm == "sha256":
-        return mod.sha256_pwrite
+
+        def sha256_pwrite(fd: int, view, offset: int) -> bytes:
+            state = mod.sha256_init()
+            mod.sha256_update_pwrite(state, fd, view, offset)
+            return mod.sha256_final(state)
+
+        return sha256_pwrite
 
     def blake3_pwrite(fd: int, view, offset: int) -> bytes:
         mod.pwrite_all(fd, view, offset)

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from chunkpull import _env
-from chunkpull.cache import DiskCache
+from chunkpull.store.cache import DiskCache
 from chunkpull.registry import Registry
 
 ONE_LAYER = 256 << 20

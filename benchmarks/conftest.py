@@ -6,7 +6,7 @@ in CI's test pass, and nothing here asserts a speed.  Files are named
 ``test_*.py``).  Every record carries the backend, CPU count, stream count
 and chunk size in ``extra_info``.
 
-The registry always runs in a subprocess (``chunkpull.bench.RegistryProcess``)
+The registry always runs in a subprocess (``chunkpull.bench.model.RegistryProcess``)
 so its CPU time is not in the measured process; generated models are
 cached between sessions like ``chunkpull bench``'s.
 """
@@ -18,7 +18,7 @@ import os
 import pytest
 
 from chunkpull._hashio import BACKEND
-from chunkpull.bench import RegistryProcess, embedded_target, ensure_model, warm
+from chunkpull.bench.model import RegistryProcess, embedded_target, ensure_model, warm
 
 
 def pytest_collect_file(parent, file_path):

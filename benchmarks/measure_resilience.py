@@ -29,15 +29,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from chunkpull.testregistry import TestRegistry, build_model
+from chunkpull.testing import TestRegistry, build_model
 
 CHILD = r"""
 import json, sys, time
 from chunkpull import DiskCache, Registry
-from chunkpull import pull as pull_mod
+from chunkpull.engine.blob import BlobPull
 cfg = json.loads(sys.argv[1])
 if not cfg.get("records", True):
-    pull_mod._BlobState.RECORD_EVERY_S = float("inf")  # only the final record on failure
+    BlobPull.RECORD_EVERY_S = float("inf")  # only the final record on failure
 reg = Registry(DiskCache(cfg["models"], fsync=cfg.get("fsync", True)), max_streams=cfg["streams"])
 t = time.perf_counter()
 m = reg.pull(cfg["ref"])

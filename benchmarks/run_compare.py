@@ -32,7 +32,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))  # a source checkout without pip install
 
-from chunkpull import bench
+from chunkpull.bench import harness as bench
+from chunkpull.bench import report as bench_report
 
 DEFAULT_OUT = HERE / "RESULTS.md"
 
@@ -59,7 +60,7 @@ def _tool_version(cmd: list[str]) -> str | None:
     return m.group(0) if m else None
 
 
-def machine_info(report: bench.Report) -> dict:
+def machine_info(report: bench_report.Report) -> dict:
     """Return the report's machine record plus what only this page shows: tool versions, SHA-NI, usable cores."""
     try:
         hf_version = importlib.metadata.version("hf_transfer") if importlib.util.find_spec("hf_transfer") else None
@@ -85,17 +86,17 @@ def machine_info(report: bench.Report) -> dict:
     }
 
 
-def markdown_table(report: bench.Report) -> str:
+def markdown_table(report: bench_report.Report) -> str:
     """Return ``chunkpull bench``'s table as a Markdown table, then its footnotes."""
-    head, *body = bench.table_cells(report)
+    head, *body = bench_report.table_cells(report)
     esc = lambda cell: cell.replace("|", "\\|")
     out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     out += ["| " + " | ".join(esc(c) for c in line) + " |" for line in body]
-    notes = bench.footnotes(report)
+    notes = bench_report.footnotes(report)
     return "\n".join(out + ([""] + notes if notes else [])) + "\n"
 
 
-def _targets(report: bench.Report) -> list[str]:
+def _targets(report: bench_report.Report) -> list[str]:
     rows = {r.method: r for r in report.rows if r.method != "chunkpull"}
     chunkpull = [r for r in report.rows if r.method == "chunkpull" and r.gbps]
     out = ["| target | measured | met |", "|---|---|---|"]
@@ -114,7 +115,7 @@ def _targets(report: bench.Report) -> list[str]:
     return out
 
 
-def render(report: bench.Report, command: str) -> str:
+def render(report: bench_report.Report, command: str) -> str:
     """Return RESULTS.md's text for a finished report."""
     m = machine_info(report)
     machine = [
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     except bench.BenchError as err:
         print(f"run_compare: error: {err}", file=sys.stderr)
         return 1
-    sys.stdout.write(bench.format_table(report))
+    sys.stdout.write(bench_report.format_table(report))
     command = "python benchmarks/run_compare.py " + " ".join(shlex.quote(a) for a in (["--size", args.size, *rest]))
     args.out.write_text(render(report, command), encoding="utf-8")
     print(f"run_compare: wrote {args.out}", file=sys.stderr)

@@ -143,24 +143,6 @@ def pwrite_all(int fd, const unsigned char[::1] data, long long offset):
         _raise_oserror(err)
 
 
-def sha256_pwrite(int fd, const unsigned char[::1] data, long long offset):
-    """Write data to fd at offset and return its SHA-256, in one cache-friendly pass."""
-    if offset < 0:
-        raise ValueError("offset must be >= 0")
-    cdef SHA256_CTX ctx
-    cdef unsigned char md[32]
-    cdef const unsigned char *p = _ptr(data)
-    cdef size_t n = data.shape[0]
-    cdef int err
-    with nogil:
-        SHA256_Init(&ctx)
-        err = _sha256_pwrite(&ctx, fd, p, n, <off_t>offset)
-        SHA256_Final(md, &ctx)
-    if err:
-        _raise_oserror(err)
-    return md[:32]
-
-
 def sha256_update_pwrite(unsigned char[::1] state, int fd, const unsigned char[::1] data, long long offset):
     """Write data to fd at offset and feed it into the running state, in one pass."""
     if offset < 0:

@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from chunkpull.testregistry import build_model  # noqa: E402
+from chunkpull.testing import build_model  # noqa: E402
 
 # (tree, name, layer sizes, seed)
 MODELS = [

@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 import pytest
 import requests.adapters
 
-from chunkpull.cache import DiskCache
+from chunkpull.store.cache import DiskCache
 from chunkpull.registry import Registry
-from chunkpull.testregistry import TestRegistry, build_model
-from chunkpull.transport import Backoff, new_session
+from chunkpull.testing import TestRegistry, build_model
+from chunkpull.engine.transport import Backoff, new_session
 
 # Small on purpose: a 1-3 MiB layer in 256 KiB chunks exercises every code
 # path of a 10 GiB one in milliseconds.

@@ -1,4 +1,4 @@
-"""Tests for chunkpull.api.Local, called in-process as a WSGI application.
+"""Tests for chunkpull.serve.app.Local, called in-process as a WSGI application.
 
 The seed's matrix (TestServerDelete, TestServerPull, TestServerUnknownPath,
 checkErrorResponse) runs against conftest's local API world: a copy of
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from chunkpull.api import Local
+from chunkpull.serve import Local
 from chunkpull.errors import PullCancelledError, TransportError
 from chunkpull.registry import Registry
-from chunkpull.testregistry import TestRegistry, build_model
+from chunkpull.testing import TestRegistry, build_model
 
 WAIT_S = 60  # generous upper bound for waits that normally end at once
 

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from chunkpull import bench
-from chunkpull._baseline_threads import pull_threads
-from chunkpull._benchchild import read_child_result, run_child
 from chunkpull._hashio import BACKEND
-from chunkpull.bench import Blob, Report, Target, aggregate, bench_main, format_table
+from chunkpull.bench import harness as bench
+from chunkpull.bench.baselines import pull_threads
+from chunkpull.bench.child import read_child_result, run_child
+from chunkpull.bench.harness import bench_main
+from chunkpull.bench.model import Blob, Target
+from chunkpull.bench.report import SCHEMA, Report, aggregate, format_table, write_plot
 
 RUN_FIELDS = {"method", "backend", "cpu_count", "streams", "chunk_size", "verify", "ok", "verified", "bytes",
               "wall_s", "cpu_s", "user_s", "sys_s", "peak_rss_mib", "gbps"}
@@ -52,7 +54,7 @@ def _good_run(record: dict) -> None:
 @pytest.mark.integration
 def test_sweep_end_to_end_json(capsys, tmp_path):
     doc = _run_json(capsys, TINY + ["--streams", "1,2", "--tmpdir", str(tmp_path)])
-    assert doc["schema"] == bench.SCHEMA
+    assert doc["schema"] == SCHEMA
     assert [(r["method"], r["streams"], r["chunk_size"], r["verify"]) for r in doc["runs"]] == [
         ("chunkpull", 1, 256 << 10, "blob"),
         ("chunkpull", 2, 256 << 10, "blob"),
@@ -78,13 +80,13 @@ def test_compare_runs_the_always_available_baselines(capsys, tmp_path, monkeypat
     monkeypatch.setattr(bench, "_missing", lambda m: "not installed here" if m in optional else real(m))
     doc = _run_json(capsys, TINY + ["--compare", "--streams", "2", "--verify", "chunks", "--tmpdir", str(tmp_path)])
     methods = [r["method"] for r in doc["runs"]]
-    assert methods == ["chunkpull", "single+sha256", "python-threads"]
+    assert methods == ["chunkpull", "single+sha256", "python-threads", "python-threads-direct"]
     assert {s["method"]: s["reason"] for s in doc["skipped"]} == dict.fromkeys(optional, "not installed here")
     for r in doc["runs"]:
         _good_run(r)  # verified: the parent re-hashed every file each method wrote
     rows = {r["method"]: r for r in doc["rows"]}
     assert rows["python-threads"]["verify"] == "chunks"
-    for method in ("single+sha256", "python-threads"):
+    for method in ("single+sha256", "python-threads", "python-threads-direct"):
         assert rows[method]["ratio"] > 0
         assert rows[method]["ratio_ref"] == "chunkpull streams=2 chunk=256K verify=chunks"
 
@@ -127,8 +129,8 @@ def test_embedded_only_options_are_refused_with_a_name(capsys, upstream):
 @pytest.mark.integration
 @pytest.mark.parametrize("method", ["single+sha256", "python-threads"])
 def test_baseline_child_writes_the_blob(tmp_path, upstream, method):
-    from chunkpull.manifest import Manifest
-    from chunkpull.names import parse_ref
+    from chunkpull.core.manifest import Manifest
+    from chunkpull.core.names import parse_ref
 
     up = upstream(sizes=[3 << 20])
     m = Manifest.parse(up.manifest())
@@ -221,7 +223,7 @@ def _fake_report(runs: list[dict], skipped=()) -> Report:
 def test_plot_is_written(tmp_path):
     pytest.importorskip("matplotlib")
     path = tmp_path / "p.png"
-    bench.write_plot(_fake_report(_fake_runs()), str(path))
+    write_plot(_fake_report(_fake_runs()), str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

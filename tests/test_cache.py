@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from chunkpull.cache import DiskCache
-from chunkpull.digest import Digest, sha256_digest
+from chunkpull.store.cache import DiskCache
+from chunkpull.core.digest import Digest, sha256_digest
 from chunkpull.errors import IntegrityError, InvalidNameError, ModelNotFoundError
-from chunkpull.names import Name
+from chunkpull.core.names import Name
 
 SMOL = Name("registry.local", "library", "Smol", "latest")
 
@@ -76,27 +76,6 @@ def test_put_verifies(tmp_cache):
     assert info.value.got == "sha256:" + hashlib.sha256(b"wrong").hexdigest()
     assert listing(tmp_cache.blobs_dir) == [], "a rejected put left something under blobs/"
     assert listing(tmp_cache.ingest_dir) == [], "a rejected put left a temporary file"
-
-
-def test_import_file(tmp_cache, tmp_path):
-    data = os.urandom(5 << 20)  # more than one copy piece
-    src = tmp_path / "src.bin"
-    src.write_bytes(data)
-    d = sha256_digest(data)
-    tmp_cache.import_file(d, src)
-    assert tmp_cache.blob_path(d).read_bytes() == data
-    assert src.exists(), "import_file must copy, not move"
-    assert listing(tmp_cache.ingest_dir) == []
-
-
-def test_import_file_verifies(tmp_cache, tmp_path):
-    src = tmp_path / "src.bin"
-    src.write_bytes(b"not what was promised")
-    d = sha256_digest(b"promised")
-    with pytest.raises(IntegrityError):
-        tmp_cache.import_file(d, src)
-    assert listing(tmp_cache.blobs_dir) == []
-    assert listing(tmp_cache.ingest_dir) == [], "a rejected import left a temporary file"
 
 
 # -- manifests and names --------------------------------------------------------
@@ -347,7 +326,7 @@ def test_ingest_commit_refuses_unverified_bytes(tmp_cache, case):
 
 
 def test_lock_wait_is_bounded_by_the_holders_progress(tmp_cache):
-    from chunkpull import cache as cache_mod
+    from chunkpull.store import ingest as cache_mod
     from chunkpull.errors import ChunkpullError
 
     d = sha256_digest(b"abc")

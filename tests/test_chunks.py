@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from blake3 import blake3 as ref_blake3
 
-from chunkpull.chunks import MAX_CHUNKSUMS_BYTES, BlobAssembler, Chunk, ChunkSum, parse_chunksums, split
-from chunkpull.digest import Digest
+from chunkpull.core.chunks import MAX_CHUNKSUMS_BYTES, Chunk, ChunkSum, parse_chunksums, split
+from chunkpull.engine.assembler import BlobAssembler
+from chunkpull.core.digest import Digest
 from chunkpull.errors import IntegrityError
 
 H = "sha256:" + "ab" * 32

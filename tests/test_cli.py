@@ -20,17 +20,12 @@ import pytest
 from conftest import child_env
 
 import chunkpull
-from chunkpull import cli
-from chunkpull.cli import (
-    ProgressBar,
-    format_age,
-    format_bytes,
-    format_duration,
-    format_rate,
-    main,
-)
-from chunkpull.progress import BYTES, CACHED, DONE, START, Aggregator, Progress
-from chunkpull.testregistry import TestRegistry, build_model
+from chunkpull import display
+from chunkpull.cli import main
+from chunkpull.core.units import format_age, format_bytes, format_duration, format_rate
+from chunkpull.display import ProgressBar
+from chunkpull.core.progress import BYTES, CACHED, DONE, START, Aggregator, Progress
+from chunkpull.testing import TestRegistry, build_model
 
 SIZES = [300_000, 2_000_000]  # two layers plus the config blob: 3 blobs
 
@@ -293,10 +288,9 @@ def test_serve_passes_registry_host_port_to_api(tmp_path, monkeypatch, capsys):
         calls.append((registry, host, port))
         ready(types.SimpleNamespace(url=f"http://{host}:{port}"))
 
-    fake = types.ModuleType("chunkpull.api")
-    fake.serve = fake_serve
-    monkeypatch.setitem(sys.modules, "chunkpull.api", fake)
-    monkeypatch.setattr(chunkpull, "api", fake, raising=False)
+    from chunkpull.serve import server
+
+    monkeypatch.setattr(server, "serve", fake_serve)
 
     assert main(["serve", "--models", str(tmp_path), "--streams", "3"]) == 0
     assert main(["serve", "--host", "0.0.0.0", "--port", "0", "--models", str(tmp_path)]) == 0
@@ -308,9 +302,8 @@ def test_serve_passes_registry_host_port_to_api(tmp_path, monkeypatch, capsys):
 
 
 def test_serve_real_api_answers_and_stops(tmp_path, models):
-    # The real api.serve in a subprocess: it prints its URL, answers, and
+    # The real serve in a subprocess: it prints its URL, answers, and
     # stops cleanly on SIGINT.
-    pytest.importorskip("chunkpull.api")
     import json
     import urllib.request
 
@@ -418,7 +411,7 @@ def test_tty_bar_throttles_redraws_to_the_clock():
         agg(Progress(A, 900_000_000, BYTES, 1_000_000))
         bar.tick()
     assert len(_frames(stream.getvalue())) == 1, "no redraw within REDRAW_INTERVAL_S"
-    clock.t += cli.REDRAW_INTERVAL_S
+    clock.t += display.REDRAW_INTERVAL_S
     bar.tick()
     assert len(_frames(stream.getvalue())) == 2
 
@@ -497,7 +490,7 @@ def test_plain_lines_per_layer_event_and_progress_every_few_seconds():
     agg(Progress(A, 900_000_000, BYTES, 100_000_000))
     bar.tick()
     assert len(_lines(stream.getvalue())) == 2, "no progress line before PLAIN_INTERVAL_S"
-    clock.t += cli.PLAIN_INTERVAL_S - 1.0
+    clock.t += display.PLAIN_INTERVAL_S - 1.0
     agg(Progress(A, 900_000_000, BYTES, 400_000_000))
     bar.tick()
     clock.t += 1.0

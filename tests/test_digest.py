@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from chunkpull.digest import Digest, sha256_digest
+from chunkpull.core.digest import Digest, sha256_digest
 from chunkpull.errors import InvalidDigestError
 
 HEX = "0123456789abcdef" * 4  # 64 lowercase hex digits

@@ -47,10 +47,10 @@ def test_bad_max_streams_names_the_variable(monkeypatch, value):
 def test_read_at_call_time_not_import_time(monkeypatch, tmp_path):
     monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "a"))
     monkeypatch.setenv("OLLAMA_REGISTRY_MAXSTREAMS", "2")
-    reg = Registry.from_env()
+    reg = Registry()
     assert reg.cache.root == Path(tmp_path / "a") and reg.max_streams == 2
     monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "b"))
-    assert Registry.from_env().cache.root == tmp_path / "b"
+    assert Registry().cache.root == tmp_path / "b"
 
 
 @pytest.mark.parametrize(("value", "want"), [("", "auto"), ("Direct", "direct"), ("buffered", "buffered")])

@@ -94,6 +94,13 @@ BUFFER_KINDS = [
 ]
 
 
+def hash_pwrite(backend, fd: int, data, offset: int) -> bytes:
+    """Write data at offset through sha256_update_pwrite on a fresh state; return the digest."""
+    state = backend.sha256_init()
+    backend.sha256_update_pwrite(state, fd, data, offset)
+    return backend.sha256_final(state)
+
+
 @pytest.mark.parametrize("make", BUFFER_KINDS)
 def test_buffer_kinds(backend, make, tmp_path):
     buf = make(tmp_path)
@@ -105,12 +112,12 @@ def test_buffer_kinds(backend, make, tmp_path):
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         backend.pwrite_all(fd, buf, 7)
-        got_digest = backend.sha256_pwrite(fd, buf, 7 + len(want_bytes))
+        got_digest = hash_pwrite(backend, fd, buf, 7 + len(want_bytes))
     finally:
         os.close(fd)
-    assert got_digest == hashlib.sha256(want_bytes).digest(), f"sha256_pwrite({type(buf).__name__}) returned the wrong digest"
+    assert got_digest == hashlib.sha256(want_bytes).digest(), f"sha256_update_pwrite({type(buf).__name__}) hashed the wrong bytes"
     data = path.read_bytes()
-    assert data == b"\0" * 7 + want_bytes + want_bytes, f"pwrite_all/sha256_pwrite({type(buf).__name__}) wrote the wrong bytes"
+    assert data == b"\0" * 7 + want_bytes + want_bytes, f"pwrite_all/sha256_update_pwrite({type(buf).__name__}) wrote the wrong bytes"
 
 
 NON_CONTIGUOUS = [
@@ -129,7 +136,6 @@ def test_non_contiguous_rejected(backend, make, tmp_path):
             "sha256": lambda v: backend.sha256(v),
             "blake3": lambda v: backend.blake3(v),
             "pwrite_all": lambda v: backend.pwrite_all(fd, v, 0),
-            "sha256_pwrite": lambda v: backend.sha256_pwrite(fd, v, 0),
             "sha256_update": lambda v: backend.sha256_update(backend.sha256_init(), v),
             "sha256_update_pwrite": lambda v: backend.sha256_update_pwrite(backend.sha256_init(), fd, v, 0),
         }
@@ -167,7 +173,7 @@ def test_pwrite_all_at_offsets(backend, tmp_path, writes, want):
 def test_negative_offset_rejected(backend, tmp_path):
     fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        for call in (lambda: backend.pwrite_all(fd, b"x", -1), lambda: backend.sha256_pwrite(fd, b"x", -1)):
+        for call in (lambda: backend.pwrite_all(fd, b"x", -1), lambda: backend.sha256_update_pwrite(backend.sha256_init(), fd, b"x", -1)):
             with pytest.raises((ValueError, OSError)):
                 call()
     finally:
@@ -180,7 +186,7 @@ def _closed_fd(tmp_path: Path) -> int:
     return fd
 
 
-@pytest.mark.parametrize("kernel", ["pwrite_all", "sha256_pwrite", "sha256_update_pwrite"])
+@pytest.mark.parametrize("kernel", ["pwrite_all", "sha256_update_pwrite"])
 @pytest.mark.parametrize("fd_kind", ["minus-one", "closed", "read-only"])
 def test_bad_fd_raises_oserror(backend, tmp_path, kernel, fd_kind):
     if fd_kind == "minus-one":
@@ -194,7 +200,6 @@ def test_bad_fd_raises_oserror(backend, tmp_path, kernel, fd_kind):
     backend.sha256_update(state, b"before")
     calls = {
         "pwrite_all": lambda: backend.pwrite_all(fd, b"data", 0),
-        "sha256_pwrite": lambda: backend.sha256_pwrite(fd, b"data", 0),
         "sha256_update_pwrite": lambda: backend.sha256_update_pwrite(state, fd, b"data", 0),
     }
     try:
@@ -211,17 +216,17 @@ def test_bad_fd_raises_oserror(backend, tmp_path, kernel, fd_kind):
 
 
 @pytest.mark.parametrize("data", [b"", b"abc", PATTERN], ids=["empty", "abc", "1MiB"])
-def test_sha256_pwrite_returns_digest_and_writes(backend, tmp_path, data):
+def test_sha256_update_pwrite_hashes_and_writes(backend, tmp_path, data):
     path = tmp_path / "out"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        got = backend.sha256_pwrite(fd, data, 10)
+        got = hash_pwrite(backend, fd, data, 10)
     finally:
         os.close(fd)
     want = hashlib.sha256(data).digest()
-    assert got == want, f"sha256_pwrite({len(data)} bytes) = {got.hex()}, want {want.hex()}"
+    assert got == want, f"sha256_update_pwrite({len(data)} bytes) = {got.hex()}, want {want.hex()}"
     written = path.read_bytes()
-    assert written == (b"\0" * 10 + data if data else b""), "sha256_pwrite did not write the bytes at the offset"
+    assert written == (b"\0" * 10 + data if data else b""), "sha256_update_pwrite did not write the bytes at the offset"
 
 
 @pytest.mark.parametrize(
@@ -287,7 +292,7 @@ def test_parallel_disjoint_pwrite(backend, tmp_path):
                 if k % 2:
                     backend.pwrite_all(fd, data, off)
                 else:
-                    digests[off] = backend.sha256_pwrite(fd, data, off)
+                    digests[off] = hash_pwrite(backend, fd, data, off)
         except BaseException as err:  # noqa: BLE001 - reported below
             errors.append(err)
 
@@ -302,7 +307,7 @@ def test_parallel_disjoint_pwrite(backend, tmp_path):
     assert not errors, f"workers failed: {errors!r}"
     assert path.read_bytes() == PATTERN, "parallel disjoint writes did not reassemble the data"
     for off, got in digests.items():
-        assert got == hashlib.sha256(PATTERN[off : off + piece]).digest(), f"sha256_pwrite at {off} gave a wrong digest"
+        assert got == hashlib.sha256(PATTERN[off : off + piece]).digest(), f"sha256_update_pwrite at {off} gave a wrong digest"
 
 
 # -- RunningSha256 on each backend --------------------------------------------
@@ -406,7 +411,7 @@ def test_native_module_matches_stub():
 
 def test_hashio_exports_backend_kernels():
     assert _hashio.BACKEND in ("python", "native")
-    for name in ("sha256", "blake3", "pwrite_all", "sha256_pwrite"):
+    for name in ("sha256", "blake3", "pwrite_all", "start_writeback"):
         assert getattr(_hashio, name) is getattr(_hashio._impl, name)
 
 

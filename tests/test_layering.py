@@ -1,161 +1,230 @@
 """Import edges: the one-way stack of docs/ARCHITECTURE.md, checked by parsing every module.
 
-Imports anywhere in a module count, inside functions too: a lazy import is
-still an edge.  Only imports under ``if TYPE_CHECKING:`` are left out (the
-idiom STYLE.md recommends for type hints): they never run.
+Every import counts, inside functions and under ``if TYPE_CHECKING:`` too:
+a lazy import is still an edge, and a type-only import is still a
+dependency a reader has to follow.  Three checks:
+
+- each *unit* (a subpackage such as ``engine``, or a top-level module such
+  as ``registry``) may import only the units on its allow-list;
+- no cycle among modules, nor among units;
+- the product's import path (``import chunkpull``, ``chunkpull pull --help``)
+  loads no test or bench tooling, and no numpy, matplotlib or pytest.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import child_env
 
 PKG = Path(__file__).resolve().parent.parent / "src" / "chunkpull"
 
-LEAVES = {"errors", "names", "digest", "progress", "_env"}
-
-# module -> the chunkpull modules it may import (None: anything).
-ALLOWED: dict[str, set[str] | None] = {
+# unit -> the units it may import.  A unit is a subpackage or a top-level module.
+ALLOWED: dict[str, set[str]] = {
     "errors": set(),
-    "digest": {"errors"},
-    "names": {"errors", "digest"},
-    "progress": {"errors"},
+    "_version": set(),
     "_env": {"errors"},
     "_fallback": set(),
+    "_native": set(),
     "_hashio": {"_env", "_native", "_fallback", "errors"},
-    "chunks": {"digest", "_hashio", "buffers", "errors"},
-    "buffers": {"errors"},
-    "manifest": {"digest", "errors"},
-    "transport": {"errors"},
-    # Server plumbing shared by api and testregistry: stdlib only, a leaf.
+    # Server plumbing shared by serve and testing: standard library only.
     "_httpd": set(),
-    "api": {"registry", "progress", "names", "errors", "_httpd", "__init__"},
-    "testregistry": {"digest", "_hashio", "_httpd"},
-    # Front ends at the top of the stack may import anything.
-    "__init__": None,
-    "__main__": None,
-    "cli": None,
-    "bench": None,
-    "_benchchild": None,
-    # The python-threads baseline of chunkpull bench: plain Python, never chunkpull's data path.
-    "_baseline_threads": set(),
+    "core": {"errors"},
+    "store": {"core", "errors", "_env"},
+    "engine": {"core", "store", "errors", "_hashio"},
+    "registry": {"core", "store", "engine", "errors", "_env"},
+    "display": {"registry", "core"},
+    "serve": {"registry", "core", "errors", "_httpd", "_version"},
+    "cli": {"registry", "store", "core", "errors", "_env", "_hashio", "_version", "display", "serve", "testing", "bench"},
+    # The double the client is tested against never runs the client's code.
+    "testing": {"core", "_httpd"},
+    "bench": {"registry", "store", "engine", "core", "errors", "_env", "_hashio", "_version", "testing", "display"},
+    "__init__": {"core", "store", "registry", "errors", "_hashio", "_version", "serve"},
+    "__main__": {"cli"},
 }
-
-TOOLS = {"cli", "bench", "_benchchild", "_baseline_threads"}
-
-# module -> chunkpull modules it must never import, whatever else changes.
-FORBIDDEN: dict[str, set[str]] = {
-    "cache": {"registry", "pull", "api", "transport", "chunks", "testregistry"} | TOOLS,
-    "registry": {"api", "testregistry"} | TOOLS,
-    "api": {"testregistry"} | TOOLS,
-    "testregistry": {"registry", "api", "cache"} | TOOLS,
-    "transport": {"registry", "pull", "api", "cache", "chunks"} | TOOLS,
-    "chunks": {"registry", "pull", "api", "cache", "transport"} | TOOLS,
-    "pull": {"registry", "api", "testregistry"} | TOOLS,
-    "manifest": {"registry", "pull", "cache", "transport", "api"} | TOOLS,
-}
+TOOLING = ("chunkpull.testing", "chunkpull.bench")
+THIRD_PARTY_TOOLING = ("numpy", "matplotlib", "pytest")
 
 
-def modules() -> list[str]:
-    return sorted(p.stem for p in PKG.glob("*.py"))
+def modules(root: Path = PKG) -> dict[str, Path]:
+    """Return every module of the package by dotted name relative to it ("engine.puller", "registry")."""
+    out = {}
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).with_suffix("").parts
+        out[".".join(rel[:-1]) if rel[-1] == "__init__" and len(rel) > 1 else ".".join(rel)] = path
+    return out
 
 
-def chunkpull_imports(module: str) -> set[str]:
-    """Return the chunkpull modules that module imports (by their short names)."""
-    tree = ast.parse((PKG / f"{module}.py").read_text(), filename=f"{module}.py")
-    type_only = {
-        id(n)
-        for block in ast.walk(tree)
-        if isinstance(block, ast.If) and _is_type_checking(block.test)
-        for stmt in block.body
-        for n in ast.walk(stmt)
-    }
+def unit(module: str) -> str:
+    return module.split(".", 1)[0]
+
+
+def imports(module: str, path: Path, known: set[str]) -> set[str]:
+    """Return the chunkpull modules (dotted, relative to the package) that module imports."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    is_package = path.name == "__init__.py"
+    here = module.split(".") if is_package and module != "__init__" else module.split(".")[:-1]
     found: set[str] = set()
+
+    def add(name: str) -> None:
+        # The longest known module the dotted name starts with.
+        parts = name.split(".")
+        for n in range(len(parts), 0, -1):
+            cand = ".".join(parts[:n])
+            if cand in known:
+                found.add(cand)
+                return
+        if name in ("", "chunkpull"):
+            found.add("__init__")
+
     for node in ast.walk(tree):
-        if id(node) in type_only:
-            continue
         if isinstance(node, ast.Import):
             for alias in node.names:
-                parts = alias.name.split(".")
-                if parts[0] == "chunkpull":
-                    found.add(parts[1] if len(parts) > 1 else "__init__")
+                if alias.name == "chunkpull" or alias.name.startswith("chunkpull."):
+                    add(alias.name.partition(".")[2])
         elif isinstance(node, ast.ImportFrom):
-            if node.level == 0 and node.module and node.module.split(".")[0] == "chunkpull":
-                parts = node.module.split(".")
-            elif node.level == 1:
-                parts = ["chunkpull", *(node.module.split(".") if node.module else [])]
+            if node.level == 0:
+                if not (node.module == "chunkpull" or (node.module or "").startswith("chunkpull.")):
+                    continue
+                base = (node.module or "").partition(".")[2]
             else:
-                continue
-            if len(parts) > 1:
-                found.add(parts[1])
-            else:
-                # "from . import x" / "from chunkpull import x": x is a submodule or a package name.
-                for alias in node.names:
-                    found.add(alias.name if (PKG / f"{alias.name}.py").exists() or alias.name == "_native" else "__init__")
+                up = here[: len(here) - (node.level - 1)] if node.level > 1 else here
+                base = ".".join([*up, *([node.module] if node.module else [])])
+            for alias in node.names:
+                sub = f"{base}.{alias.name}" if base else alias.name
+                if sub in known:
+                    found.add(sub)
+                else:
+                    add(base)
     found.discard(module)
     return found
 
 
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
+def graph(root: Path = PKG) -> dict[str, set[str]]:
+    mods = modules(root)
+    known = set(mods) | {"_native"}
+    return {m: imports(m, p, known) for m, p in mods.items()}
 
 
-def test_every_module_has_a_rule():
-    missing = [m for m in modules() if m not in ALLOWED and m not in FORBIDDEN]
-    assert not missing, f"modules without a layering rule: {missing}; add them to test_layering.py"
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """Return one cycle in the graph as a path (first node repeated at the end), or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(edges.get(n, ())):
+            if state.get(m) == 1:
+                return stack[stack.index(m) :] + [m]
+            if m not in state and (found := visit(m)):
+                return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(edges):
+        if n not in state and (found := visit(n)):
+            return found
+    return None
 
 
-@pytest.mark.parametrize("module", sorted(m for m, allowed in ALLOWED.items() if allowed is not None))
+def unit_graph(edges: dict[str, set[str]]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for m, targets in edges.items():
+        out.setdefault(unit(m), set()).update(unit(t) for t in targets if unit(t) != unit(m))
+    return out
+
+
+EDGES = graph()
+
+
+def test_every_unit_has_a_rule():
+    missing = sorted({unit(m) for m in EDGES} - set(ALLOWED))
+    assert not missing, f"units without a layering rule: {missing}; add them to ALLOWED in test_layering.py"
+
+
+@pytest.mark.parametrize("module", sorted(EDGES))
 def test_allowed_imports(module):
-    if not (PKG / f"{module}.py").exists():
-        pytest.skip(f"{module}.py does not exist yet")
-    got = chunkpull_imports(module)
-    extra = got - ALLOWED[module]
-    assert not extra, f"{module} imports {sorted(extra)}; it may import only {sorted(ALLOWED[module]) or 'nothing'} from chunkpull"
+    extra = sorted({t for t in EDGES[module] if unit(t) != unit(module) and unit(t) not in ALLOWED[unit(module)]})
+    assert not extra, f"{module} imports {extra}; {unit(module)} may import only {sorted(ALLOWED[unit(module)]) or 'nothing'} from chunkpull"
 
 
-@pytest.mark.parametrize("module", sorted(FORBIDDEN))
-def test_forbidden_imports(module):
-    if not (PKG / f"{module}.py").exists():
-        pytest.skip(f"{module}.py does not exist yet")
-    got = chunkpull_imports(module) & FORBIDDEN[module]
-    assert not got, f"{module} imports {sorted(got)}, which sit above it in the stack"
+def test_no_module_cycle():
+    cycle = find_cycle(EDGES)
+    assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
 
 
-@pytest.mark.parametrize("module", sorted(LEAVES))
-def test_leaves_import_only_errors(module):
-    got = chunkpull_imports(module) - {"errors"} - ({"digest"} if module == "names" else set())
-    assert not got, f"leaf {module} imports {sorted(got)} from chunkpull"
+def test_no_unit_cycle():
+    cycle = find_cycle(unit_graph(EDGES))
+    assert cycle is None, f"cycle between layers: {' -> '.join(cycle)}"
+
+
+def test_no_module_is_long():
+    long = {m: n for m, p in modules().items() if (n := len(p.read_text().splitlines())) > 600}
+    assert not long, f"modules over 600 lines: {long}"
 
 
 @pytest.mark.parametrize(
-    "source, want",
+    "code",
     [
-        ("from . import _env", {"_env"}),
-        ("from .cache import DiskCache", {"cache"}),
-        ("from chunkpull.digest import Digest", {"digest"}),
-        ("import chunkpull.registry", {"registry"}),
-        ("import chunkpull", {"__init__"}),
-        ("def f():\n    from .api import x", {"api"}),
-        ("from . import __version__", {"__init__"}),
-        ("import json\nfrom os import path", set()),
-        ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .registry import R\nfrom .cache import C", {"cache"}),
-        ("import typing\nif typing.TYPE_CHECKING:\n    from . import api\nelse:\n    from . import _env", {"_env"}),
+        "import chunkpull",
+        "import chunkpull; chunkpull.Registry; chunkpull.DiskCache",
+        "from chunkpull.cli import main\ntry:\n    main(['pull', '--help'])\nexcept SystemExit:\n    pass",
     ],
-    ids=["from-dot-import", "from-dot-module", "absolute-from", "absolute-import", "package", "lazy", "package-attr", "stdlib",
-         "type-checking-skipped", "typing-attr-else-counts"],
+    ids=["import", "public-api", "pull-help"],
 )
-def test_import_parser(tmp_path, monkeypatch, source, want):
+def test_product_import_path_loads_no_tooling(code):
+    probe = code + "\nimport sys\nprint('\\n'.join(sorted(sys.modules)))"
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=child_env(), timeout=60, check=True)
+    loaded = set(r.stdout.split())
+    bad = sorted(m for m in loaded if m.startswith(TOOLING) or m.split(".")[0] in THIRD_PARTY_TOOLING)
+    assert not bad, f"{code!r} loaded tooling: {bad}"
+    assert "chunkpull.core.names" in loaded, "the probe did not import chunkpull"
+
+
+# -- the checker itself ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path, source, want",
+    [
+        ("probe.py", "from . import _env", {"_env"}),
+        ("probe.py", "from .store.cache import DiskCache", {"store.cache"}),
+        ("probe.py", "from chunkpull.core.digest import Digest", {"core.digest"}),
+        ("probe.py", "import chunkpull.registry", {"registry"}),
+        ("probe.py", "import chunkpull", {"__init__"}),
+        ("probe.py", "def f():\n    from .serve import app", {"serve.app"}),
+        ("probe.py", "from . import __version__", {"__init__"}),
+        ("probe.py", "import json\nfrom os import path", set()),
+        ("probe.py", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .registry import R", {"registry"}),
+        ("engine/probe.py", "from ..core import digest", {"core.digest"}),
+        ("engine/probe.py", "from .. import registry", {"registry"}),
+        ("engine/probe.py", "from .config import X", {"engine.config"}),
+        ("engine/__init__.py", "from .config import X", {"engine.config"}),
+        ("engine/probe.py", "from ..store import DiskCache", {"store"}),
+    ],
+    ids=["from-dot-import", "from-dot-module", "absolute-from", "absolute-import", "package", "lazy", "package-attr",
+         "stdlib", "type-checking-counts", "parent-submodule", "parent-module", "sibling", "package-init-sibling", "package-attr-of-sub"],
+)
+def test_import_parser(tmp_path, path, source, want):
     """The edge finder itself sees every import form."""
-    fake = tmp_path / "pkg"
-    fake.mkdir()
-    for name in ("_env", "cache", "digest", "registry", "api"):
-        (fake / f"{name}.py").write_text("")
-    (fake / "probe.py").write_text(source)
-    monkeypatch.setitem(globals(), "PKG", fake)
-    got = chunkpull_imports("probe")
-    assert got == want, f"chunkpull_imports({source!r}) = {got!r}, want {want!r}"
+    for name in ("_env.py", "registry.py", "__init__.py", "core/__init__.py", "core/digest.py", "store/__init__.py",
+                 "store/cache.py", "serve/__init__.py", "serve/app.py", "engine/__init__.py", "engine/config.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / path).write_text(source)
+    mods = modules(tmp_path)
+    module = next(m for m, p in mods.items() if p == tmp_path / path)
+    got = imports(module, tmp_path / path, set(mods))
+    assert got == want, f"imports({source!r}) = {got!r}, want {want!r}"
+
+
+def test_cycle_finder():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]

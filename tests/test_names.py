@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from chunkpull.digest import Digest
+from chunkpull.core.digest import Digest
 from chunkpull.errors import InvalidNameError
-from chunkpull.names import DEFAULT_MASK, Name, Ref, parse_ref
+from chunkpull.core.names import DEFAULT_MASK, Name, Ref, parse_ref
 
 HEX = "0123456789abcdef" * 4
 FULL = Name("registry.ollama.ai", "library", "smol", "latest")

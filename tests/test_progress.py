@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from chunkpull.progress import BYTES, START, Aggregator, Progress
+from chunkpull.core.progress import BYTES, START, Aggregator, Progress
 
 
 def test_events_and_touch_move_the_version():

@@ -23,10 +23,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from chunkpull import chunks as chunks_mod
-from chunkpull import pull as pull_mod
-from chunkpull.cache import DiskCache
-from chunkpull.digest import Digest
+import dataclasses
+
+from chunkpull.engine import assembler as assembler_mod
+from chunkpull.store.cache import DiskCache
+from chunkpull.core.digest import Digest
 from chunkpull.errors import (
     IncompletePullError,
     IntegrityError,
@@ -35,11 +36,11 @@ from chunkpull.errors import (
     RegistryError,
     TransportError,
 )
-from chunkpull.names import Name
-from chunkpull.progress import BYTES, CACHED, DONE, ERROR, RESUMED, START, Progress
+from chunkpull.core.names import Name
+from chunkpull.core.progress import BYTES, CACHED, DONE, ERROR, RESUMED, START, Progress
 
-from chunkpull.testregistry import build_model
-from chunkpull.transport import Backoff
+from chunkpull.testing import build_model
+from chunkpull.engine.transport import Backoff
 from conftest import CHUNK_SIZE, CHUNKING_THRESHOLD, MODEL
 
 pytestmark = pytest.mark.integration
@@ -305,8 +306,8 @@ def test_no_chunksums_endpoint(upstream, make_registry, monkeypatch, verify):
     up.faults.no_chunksums = True
     big = layer_digests(up)[0]
     # The client splits the layer itself; a small split size makes it several ranges.
-    monkeypatch.setattr(pull_mod, "DEFAULT_CHUNK_SIZE", 1 << 20)
     reg = make_registry(verify=verify)
+    reg.config = dataclasses.replace(reg.config, split_chunk_size=1 << 20)
     reg.pull(up.ref())
     assert_pulled(reg.cache, up)
     assert range_starts(up, big) == {0: 1, 1 << 20: 1, 2 << 20: 1}
@@ -786,7 +787,7 @@ def test_pull_memory_bounded(upstream, make_registry):
         assert_pulled(reg.cache, up, f"registry.local/library/{name}:latest")
     # The piece pool (memory_budget), one small-blob buffer per worker, the
     # in-order hash's read-back buffer, and slack for sockets and bookkeeping.
-    budget = memory_budget + streams * buffer_size + getattr(chunks_mod, "_HASH_READ", 4 << 20) + (4 << 20)
+    budget = memory_budget + streams * buffer_size + getattr(assembler_mod, "_HASH_READ", 4 << 20) + (4 << 20)
     mib = {k: round(v / 2**20, 1) for k, v in peaks.items()}
     assert peaks["big"] < budget, f"peak {mib} MiB, want below {budget >> 20} MiB for any blob size"
     assert peaks["big"] < peaks["small"] + (2 << 20), f"peak grew with the blob: {mib} MiB for 16 vs 64 MiB"

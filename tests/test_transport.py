@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from chunkpull.errors import PullCancelledError, RegistryError, TransportError
-from chunkpull.transport import Backoff, RangeIgnoredError, ShortReadError, Transport, parse_error
+from chunkpull.engine.transport import Backoff, RangeIgnoredError, ShortReadError, Transport, parse_error
 
 URL = "https://example.com/v2/library/BOOM/manifests/latest"
 
@@ -399,7 +399,7 @@ class _Clock:
 
 
 def _stream(monitor, label, window=4 << 20):
-    from chunkpull.transport import Stream  # noqa: F401 - the type under test
+    from chunkpull.engine.monitor import Stream  # noqa: F401 - the type under test
 
     s = monitor.stream(label)
     resp = _FakeResp()
@@ -409,7 +409,7 @@ def _stream(monitor, label, window=4 << 20):
 
 
 def test_monitor_cuts_a_stalled_stream():
-    from chunkpull.transport import StreamMonitor
+    from chunkpull.engine.monitor import StreamMonitor
 
     clock = _Clock()
     m = StreamMonitor(stall_s=5.0, clock=clock)
@@ -421,7 +421,7 @@ def test_monitor_cuts_a_stalled_stream():
 
 
 def test_monitor_cuts_a_straggler_among_fast_peers_even_paused_ones():
-    from chunkpull.transport import StreamMonitor
+    from chunkpull.engine.monitor import StreamMonitor
 
     clock = _Clock()
     m = StreamMonitor(stall_s=60.0, min_age_s=0.5, clock=clock)
@@ -438,7 +438,7 @@ def test_monitor_cuts_a_straggler_among_fast_peers_even_paused_ones():
 
 
 def test_monitor_leaves_a_uniformly_slow_link_alone():
-    from chunkpull.transport import StreamMonitor
+    from chunkpull.engine.monitor import StreamMonitor
 
     clock = _Clock()
     m = StreamMonitor(stall_s=60.0, min_age_s=0.5, clock=clock)
@@ -457,7 +457,7 @@ def test_monitor_leaves_a_uniformly_slow_link_alone():
 
 
 def test_monitor_cuts_each_label_at_most_max_aborts_times():
-    from chunkpull.transport import StreamMonitor
+    from chunkpull.engine.monitor import StreamMonitor
 
     clock = _Clock()
     m = StreamMonitor(stall_s=1.0, max_aborts=2, clock=clock)
@@ -487,7 +487,7 @@ def test_network_errors_read_as_a_sentence(make_registry, tmp_path):
 
 
 def test_monitor_gives_a_slow_link_time_to_fill_a_slice():
-    from chunkpull.transport import StreamMonitor
+    from chunkpull.engine.monitor import StreamMonitor
 
     clock = _Clock()
     m = StreamMonitor(stall_s=1.0, min_age_s=0.5, clock=clock)

@@ -6,8 +6,10 @@
 """
 
 from ._hashio import BACKEND
-from .cache import DiskCache
-from .digest import Digest
+from ._version import __version__
+from .core.digest import Digest
+from .core.names import DEFAULT_MASK, Name, Ref, parse_ref
+from .core.progress import Aggregator, Progress
 from .errors import (
     ChunkpullError,
     IncompletePullError,
@@ -21,18 +23,15 @@ from .errors import (
     RegistryError,
     TransportError,
 )
-from .names import DEFAULT_MASK, Name, parse_ref
-from .progress import Aggregator, Progress
 from .registry import DEFAULT_CHUNKING_THRESHOLD, Layer, Manifest, Registry
-
-__version__ = "0.1.0"
+from .store.cache import DiskCache
 
 
 def __getattr__(name: str):
     # Local lives in api, which loads the HTTP server stack (http.server,
     # socketserver, signal): only a caller that asks for it pays for that.
     if name == "Local":
-        from .api import Local
+        from .serve.app import Local
 
         globals()["Local"] = Local
         return Local
@@ -59,6 +58,7 @@ __all__ = [
     "ModelNotFoundError",
     "Name",
     "Progress",
+    "Ref",
     "PullCancelledError",
     "Registry",
     "RegistryError",

@@ -49,12 +49,6 @@ def pwrite_all(fd: int, data, offset: int) -> None:
         offset += n
 
 
-def sha256_pwrite(fd: int, data, offset: int) -> bytes:
-    digest = hashlib.sha256(data).digest()
-    pwrite_all(fd, data, offset)
-    return digest
-
-
 def sha256_update_pwrite(state, fd: int, data, offset: int) -> None:
     # Write first: a failed write must not advance the hash.
     pwrite_all(fd, data, offset)

@@ -25,7 +25,6 @@ __all__ = [
     "blake3",
     "pwrite_all",
     "sha256",
-    "sha256_pwrite",
     "start_writeback",
 ]
 
@@ -65,9 +64,7 @@ else:
 sha256 = _impl.sha256
 blake3 = _impl.blake3
 pwrite_all = _impl.pwrite_all
-sha256_pwrite = _impl.sha256_pwrite
 start_writeback = _impl.start_writeback
-
 
 
 def feed_from_file(update, fd: int, offset: int, n: int, buf: memoryview) -> None:

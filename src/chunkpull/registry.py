@@ -8,8 +8,9 @@ worker threads:
   they are written;
 - larger blobs ask the registry for their chunksums and fetch the chunks
   with Range requests, each written at its final offset in the blob's work
-  file; the whole-blob SHA-256 runs in order over the written prefix while
-  later chunks still arrive (``chunks.BlobAssembler``);
+  file; the whole-blob SHA-256 runs in byte order over the pieces while
+  they are still in memory, as later chunks still arrive
+  (``engine.assembler.BlobAssembler``);
 - a blob is committed (renamed to its digest's name) only after its bytes
   hash to its digest; the manifest is written last, once every blob is in.
 
@@ -23,9 +24,10 @@ Verification modes (``verify``):
     chunk is re-fetched at once, before the blob completes), and the
     whole-blob hash still decides the commit.
 
-The engine itself (workers, pieces, commits) is ``pull.Puller``.
+The engine itself (workers, pieces, commits) is ``engine.Puller``: the
+façade hands it a ``PullConfig`` and a ``Source`` and never lends it itself.
 
-Imports manifest, pull, cache, transport, progress, names, digest, errors.
+Imports core, store and engine; never serve, cli, testing or bench.
 """
 
 from __future__ import annotations
@@ -35,37 +37,37 @@ import time
 from collections.abc import Callable
 
 from . import _env
-from .cache import DiskCache, mentioned_digests
-from .digest import Digest
+from .core.digest import Digest
+from .core.manifest import MEDIA_TYPE_MANIFEST, Layer, Manifest
+from .core.names import DEFAULT_MASK, Name, Ref, parse_ref
+from .core.progress import CACHED, START, Progress, ProgressCallback
+from .engine.config import (
+    DEFAULT_BUFFER_SIZE,
+    DEFAULT_CHUNKING_THRESHOLD,
+    DEFAULT_MEMORY_BUDGET,
+    DEFAULT_STALL_TIMEOUT_S,
+    IO_MODES,
+    VERIFY_MODES,
+    PullConfig,
+    Source,
+)
+from .engine.puller import Puller
+from .engine.transport import Backoff, Transport, join_url, parse_error
 from .errors import IntegrityError, InvalidManifestError, ModelNotFoundError, RegistryError
-from .manifest import MEDIA_TYPE_MANIFEST, Layer, Manifest
-from .names import DEFAULT_MASK, Name, Ref, parse_ref
-from .progress import CACHED, START, Progress, ProgressCallback
-from .pull import Puller
-from .transport import Backoff, Transport, join_url, parse_error
+from .store.cache import DiskCache, mentioned_digests
 
 __all__ = [
     "Registry",
     "Manifest",
     "Layer",
     "DEFAULT_CHUNKING_THRESHOLD",
+    "DEFAULT_BUFFER_SIZE",
     "VERIFY_MODES",
     "IO_MODES",
 ]
 
-DEFAULT_CHUNKING_THRESHOLD = 64 << 20  # Ollama's: smaller layers come in one request
-# One piece: the unit of socket reads and O_DIRECT writes.  Measured on the
-# reference machine (1 GiB, 4 streams): 2 MiB 1.06-1.10 GB/s, 4 MiB
-# 1.14-1.22, 8 MiB 0.93-1.10 (README "Tuning").
-DEFAULT_BUFFER_SIZE = 4 << 20
-# Pieces parked ahead of the in-order hash may use this much memory (the
-# pool never has fewer than max_streams + 2 pieces, so each stream can read).
-DEFAULT_MEMORY_BUDGET = 32 << 20
-VERIFY_MODES = ("blob", "chunks")
-DEFAULT_STALL_TIMEOUT_S = 5.0
 # Real manifests are a few kB; a larger answer is refused rather than buffered.
 MAX_MANIFEST_BYTES = 4 << 20
-IO_MODES = ("auto", "direct", "buffered")
 
 
 class Registry:
@@ -122,39 +124,34 @@ class Registry:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.cache = cache if cache is not None else DiskCache.open()
-        self.max_streams = max_streams if max_streams is not None else _env.max_streams()
-        if self.max_streams < 1:
-            raise ValueError("max_streams must be at least 1")
-        self.chunking_threshold = DEFAULT_CHUNKING_THRESHOLD if chunking_threshold is None else chunking_threshold
         self.mask = mask or DEFAULT_MASK
-        self.verify = verify or "blob"
-        if self.verify not in VERIFY_MODES:
-            raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, not {self.verify!r}")
-        self.buffer_size = buffer_size or DEFAULT_BUFFER_SIZE
-        if self.buffer_size % 4096:
-            raise ValueError("buffer_size must be a multiple of 4096 bytes")
-        self.memory_budget = memory_budget or DEFAULT_MEMORY_BUDGET
-        self.io = io or _env.io_mode()
-        if self.io not in IO_MODES:
-            raise ValueError(f"io must be one of {', '.join(IO_MODES)}, not {self.io!r}")
-        # A stream with no byte for this long is cut and its range retried
-        # elsewhere; the socket read timeout (timeout_s) is the hard bound.
-        self.stall_timeout_s = DEFAULT_STALL_TIMEOUT_S if stall_timeout_s is None else stall_timeout_s
-        self.monitor_interval_s = 0.25
+        self.config = PullConfig(
+            max_streams=max_streams if max_streams is not None else _env.max_streams(),
+            chunking_threshold=DEFAULT_CHUNKING_THRESHOLD if chunking_threshold is None else chunking_threshold,
+            verify=verify or "blob",
+            buffer_size=buffer_size or DEFAULT_BUFFER_SIZE,
+            memory_budget=memory_budget or DEFAULT_MEMORY_BUDGET,
+            io=io or _env.io_mode(),
+            # A stream with no byte for this long is cut and its range retried
+            # elsewhere; the socket read timeout (timeout_s) is the hard bound.
+            stall_timeout_s=DEFAULT_STALL_TIMEOUT_S if stall_timeout_s is None else stall_timeout_s,
+        )
         kwargs = {"timeout_s": timeout_s} if timeout_s else {}
-        self.transport = Transport(max_streams=self.max_streams, session_factory=session_factory, backoff=backoff, sleep=sleep, **kwargs)
+        self.transport = Transport(max_streams=self.config.max_streams, session_factory=session_factory, backoff=backoff, sleep=sleep, **kwargs)
 
-    @classmethod
-    def from_env(cls, **overrides) -> Registry:
-        """Return a Registry configured from the environment (``OLLAMA_MODELS``,
-        ``OLLAMA_REGISTRY_MAXSTREAMS``, ``CHUNKPULL_IO``), as Ollama's DefaultRegistry.
-
-        The same as ``Registry()``: every None default reads its variable.
-        """
-        return cls(**overrides)
+    @property
+    def max_streams(self) -> int:
+        return self.config.max_streams
 
     def close(self) -> None:
+        """Close the pooled connections."""
         self.transport.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- names and manifests -------------------------------------------------
 
@@ -300,7 +297,7 @@ class Registry:
                     report(Progress(str(b.digest), b.size, START))
                     todo.append(b)
             if todo:
-                Puller(self, ref, todo, report, cancel).run()
+                Puller(self.config, self.transport, self.cache, _source(ref), todo, report, cancel).run()
             self.cache.put(m.digest, m.data)
             self.cache.link(ref.name, m.digest)
         return m
@@ -335,6 +332,10 @@ class Registry:
             r = self.transport.request("PUT", upload, verify_tls=ref.verify_tls, data=f, headers={"Content-Type": "application/octet-stream"})
         if r.status_code >= 300:
             raise _parse_error(r, upload)
+
+
+def _source(ref: Ref) -> Source:
+    return Source(ref.base_url, verify_tls=ref.verify_tls)
 
 
 def _parse_error(r, url: str) -> RegistryError:

@@ -28,11 +28,11 @@ import pytest
 from conftest import child_env
 import requests
 
-from chunkpull.api import Local, Server
-from chunkpull.cache import DiskCache
+from chunkpull.serve import Local, Server
+from chunkpull.store.cache import DiskCache
 from chunkpull.errors import PullCancelledError, TransportError
 from chunkpull.registry import Registry
-from chunkpull.testregistry import TestRegistry
+from chunkpull.testing import TestRegistry
 
 pytestmark = pytest.mark.integration
 
@@ -347,8 +347,8 @@ def test_shutdown_ends_streams(local: Local, gate: threading.Event) -> None:
 
 SERVE = """
 import sys
-from chunkpull.api import serve
-from chunkpull.cache import DiskCache
+from chunkpull.serve import serve
+from chunkpull.store.cache import DiskCache
 from chunkpull.registry import Registry
 
 serve(Registry(DiskCache(sys.argv[1]), max_streams=2, chunking_threshold=65536), port=0,

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from chunkpull import _hashio
-from chunkpull.cache import DiskCache
-from chunkpull.digest import Digest
+from chunkpull.store.cache import DiskCache
+from chunkpull.core.digest import Digest
 from chunkpull.errors import (
     ChunkpullError,
     InsufficientSpaceError,
@@ -31,7 +31,7 @@ from chunkpull.errors import (
     PullCancelledError,
     RegistryError,
 )
-from chunkpull.progress import Aggregator
+from chunkpull.core.progress import Aggregator
 
 pytestmark = pytest.mark.integration
 
@@ -168,8 +168,8 @@ def test_damaged_record_costs_a_refetch_never_a_wrong_blob(upstream, make_regist
         rec["digest"] = "sha256:" + "0" * 64
         ingest.state_path.write_text(json.dumps(rec))
     else:
-        from chunkpull.pull import _chunks_id
-        from chunkpull.chunks import parse_chunksums
+        from chunkpull.engine.blob import chunks_id as _chunks_id
+        from chunkpull.core.chunks import parse_chunksums
 
         sums = parse_chunksums(up.server.chunksums(layer["digest"]), layer["size"])
         rec["chunks"] = _chunks_id(sums)

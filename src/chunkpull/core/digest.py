@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from chunkpull.errors import InvalidDigestError
+from ..errors import InvalidDigestError
 
 __all__ = ["Digest", "SUPPORTED_ALGORITHMS", "sha256_digest"]
 

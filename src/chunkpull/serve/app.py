@@ -1,19 +1,14 @@
-"""The Ollama-compatible local HTTP API (SPEC section 5) and the server that runs it.
+"""The Ollama-compatible local HTTP API (SPEC section 5) as a WSGI application: ``Local``.
 
-This module owns ``Local``, the WSGI application behind ``chunkpull serve``
-(``POST /api/pull``, ``DELETE /api/delete``, ``GET /api/tags``,
-``GET /api/version`` and ``GET|HEAD /``); the one table that maps exceptions
-to HTTP statuses and error codes; the table of pulls in flight, so that
-clients asking for the same model at once share one download; the NDJSON
-progress stream; and ``Server`` / ``serve``, which run a WSGI application on
-``_httpd``'s threaded server, sending every progress line as it is made.
-It is a thin handler: every byte is moved, checked and committed by
-``Registry.pull``; this module only starts pulls, shares them and reports
-on them.  It imports ``registry``, ``progress``, ``names``, ``errors`` and
-``_httpd``; it must not import ``cache``, ``chunks``, ``transport``,
-``testregistry`` or ``cli``.  Within chunkpull only ``cli`` (for ``serve``)
-and the package's lazy ``chunkpull.Local`` import it, so ``import chunkpull``
-does not load the HTTP server.
+``Local`` answers ``POST /api/pull``, ``DELETE /api/delete``,
+``GET /api/tags``, ``GET /api/version`` and ``GET|HEAD /``; it keeps the
+table of pulls in flight, so that clients asking for the same model at once
+share one download, and writes the NDJSON progress stream.  It is a thin
+handler: every byte is moved, checked and committed by ``Registry.pull``;
+this module only starts pulls, shares them and reports on them.  Statuses
+come from the one table in ``serve.errors``; ``serve.server`` runs the app.
+
+Imports registry, core and errors; never store, engine, testing or cli.
 """
 
 from __future__ import annotations
@@ -27,30 +22,16 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from . import _httpd
-from .errors import (
-    ChunkpullError,
-    IncompletePullError,
-    InsufficientSpaceError,
-    IntegrityError,
-    InvalidDigestError,
-    InvalidManifestError,
-    InvalidNameError,
-    ModelNotFoundError,
-    PullCancelledError,
-    RegistryError,
-    TransportError,
-)
-from .names import Name, Ref
-from .progress import CACHED, START, Aggregator, Progress
-from .registry import Registry
+from .._version import __version__
+from ..core.names import Name, Ref
+from ..core.progress import CACHED, START, Aggregator, Progress
+from ..errors import InvalidNameError, ModelNotFoundError
+from ..registry import Registry
+from .errors import HTTPError, describe, is_public, json_bytes, public_message
 
-__all__ = ["Local", "PullInFlight", "Server", "serve", "PROGRESS_INTERVAL_S"]
+__all__ = ["Local", "PullInFlight", "PROGRESS_INTERVAL_S"]
 
 log = logging.getLogger("chunkpull.api")
-# Wire-level events of the embedded server (debug only); the per-request
-# records come from Local's logger.
-_wire_log = logging.getLogger("chunkpull.api.server")
 
 # SPEC section 5: progress lines at most every ~100 ms.
 PROGRESS_INTERVAL_S = 0.1
@@ -60,74 +41,6 @@ MAX_BODY_BYTES = 1 << 20
 NDJSON = "application/x-ndjson"
 JSON = "application/json"
 RUNNING_TEXT = b"chunkpull is running"
-
-
-# --------------------------------------------------------------------------
-# Errors and the one table that maps them to statuses
-# --------------------------------------------------------------------------
-
-
-class _HTTPError(Exception):
-    """An error of the request itself (not of a pull), with its status, code and extra headers."""
-
-    def __init__(self, status: int, code: str, message: str, headers: Iterable[tuple[str, str]] = ()) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.headers = list(headers)
-
-
-# (exception class, HTTP status, error code, fixed message).  The first row
-# whose class matches wins, so subclasses come before their bases.  A fixed
-# message of None sends the error's own text when it is written for users
-# (see _is_public); anything not in the table is a 500.
-_ERROR_TABLE: tuple[tuple[type[BaseException], int, str, str | None], ...] = (
-    (InvalidNameError, 400, "bad_request", None),
-    (InvalidDigestError, 400, "bad_request", None),
-    # SPEC section 5: the answer says "model not found"; a stream's error
-    # line keeps the name (model "x" not found).
-    (ModelNotFoundError, 404, "not_found", "model not found"),
-    (InsufficientSpaceError, 507, "insufficient_storage", None),
-    (PullCancelledError, 503, "unavailable", None),
-    # The upstream registry failed or sent bad data: not our fault, and the
-    # message (URL, upstream status and text) is what the user needs.
-    (RegistryError, 502, "bad_gateway", None),
-    (TransportError, 502, "bad_gateway", None),
-    (InvalidManifestError, 502, "bad_gateway", None),
-    (IntegrityError, 502, "bad_gateway", None),
-    (IncompletePullError, 502, "bad_gateway", None),
-)
-_INTERNAL_MESSAGE = "internal server error"
-
-
-def _is_public(err: BaseException) -> bool:
-    """Return whether err's text is written for users and may be sent to clients.
-
-    chunkpull's own errors are (``model "x" not found``, the upstream URL and
-    status); anything else is internal: it goes to the log, never to a client.
-    """
-    return isinstance(err, (ChunkpullError, _HTTPError))
-
-
-def _public_message(err: BaseException) -> str:
-    return str(err) if _is_public(err) else _INTERNAL_MESSAGE
-
-
-def _describe(err: BaseException) -> tuple[int, str, str]:
-    """Return (status, code, client-safe message) for err, from the one table."""
-    if isinstance(err, _HTTPError):
-        return err.status, err.code, str(err)
-    for cls, status, code, message in _ERROR_TABLE:
-        if isinstance(err, cls):
-            return status, code, message or _public_message(err)
-    return 500, "internal_error", _INTERNAL_MESSAGE
-
-
-def _json_bytes(obj: object) -> bytes:
-    # Compact and newline-terminated, byte for byte what Go's json.Encoder
-    # writes, so that clients (and the seed's substring checks) see Ollama's
-    # exact lines.
-    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
 # --------------------------------------------------------------------------
@@ -262,16 +175,16 @@ class Local:
             return self.fallback(environ, start_response)
         try:
             if route is None:
-                raise _HTTPError(404, "not_found", "not found")
+                raise HTTPError(404, "not_found", "not found")
             methods, endpoint = route
             if method not in methods:
-                raise _HTTPError(405, "method_not_allowed", "method not allowed", [("Allow", ", ".join(sorted(methods)))])
+                raise HTTPError(405, "method_not_allowed", "method not allowed", [("Allow", ", ".join(sorted(methods)))])
             result = getattr(self, endpoint)(environ)
         except Exception as err:  # noqa: BLE001 - every failure becomes an answer via the table
-            status, code, message = _describe(err)
+            status, code, message = describe(err)
             self._log(environ, status, err)
-            headers = err.headers if isinstance(err, _HTTPError) else ()
-            result = _Reply(status, _json_bytes({"code": code, "error": message}), JSON, headers)
+            headers = err.headers if isinstance(err, HTTPError) else ()
+            result = _Reply(status, json_bytes({"code": code, "error": message}), JSON, headers)
         else:
             if isinstance(result, _Reply):
                 self._log(environ, result.status, None)
@@ -285,7 +198,7 @@ class Local:
     def _log(self, environ: dict, status: int, error: BaseException | str | None) -> None:
         level = logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else logging.INFO
         exc_info = None
-        if isinstance(error, BaseException) and not _is_public(error):
+        if isinstance(error, BaseException) and not is_public(error):
             # Unexpected: the client saw a generic message, so the log must
             # carry everything, traceback included.
             exc_info = (type(error), error, error.__traceback__)
@@ -310,7 +223,7 @@ class Local:
         params = _read_params(environ)
         stream = True if params.get("stream") is None else params["stream"]
         if not isinstance(stream, bool):
-            raise _HTTPError(400, "bad_request", f'invalid request: "stream" must be true or false, not {json.dumps(stream)}')
+            raise HTTPError(400, "bad_request", f'invalid request: "stream" must be true or false, not {json.dumps(stream)}')
         model = _model_param(params)
         if stream:
             # Even an invalid name is reported inside the stream (status 200),
@@ -321,12 +234,12 @@ class Local:
         try:
             while not flight.done.wait(self.poll_s):
                 if _peer_closed(environ):
-                    raise _HTTPError(499, "client_closed_request", "client disconnected")
+                    raise HTTPError(499, "client_closed_request", "client disconnected")
         finally:
             self._leave(flight)
         if flight.error is not None:
             raise flight.error
-        return _Reply(200, _json_bytes({"status": "success"}))
+        return _Reply(200, json_bytes({"status": "success"}))
 
     def _delete(self, environ: dict) -> _Reply:
         model = _model_param(_read_params(environ))
@@ -362,7 +275,7 @@ class Local:
             }
             for mtime, short, m in rows
         ]
-        return _Reply(200, _json_bytes({"models": models}))
+        return _Reply(200, json_bytes({"models": models}))
 
     def _details(self, m) -> dict:
         """Return Ollama's ``details`` object, read from the model's config blob when present."""
@@ -384,9 +297,7 @@ class Local:
         return details
 
     def _version(self, environ: dict) -> _Reply:
-        from . import __version__  # at call time: the package may be importing this module
-
-        return _Reply(200, _json_bytes({"version": __version__}))
+        return _Reply(200, json_bytes({"version": __version__}))
 
     # -- the in-flight table ---------------------------------------------------
 
@@ -399,11 +310,11 @@ class Local:
         """Listen to the pull of ref, starting it if none is running.
 
         Raises:
-            _HTTPError: 503, close() was called.
+            HTTPError: 503, close() was called.
         """
         with self._lock:
             if self._closed:
-                raise _HTTPError(503, "unavailable", "server is shutting down")
+                raise HTTPError(503, "unavailable", "server is shutting down")
             flight = self._flights.get(ref)
             if flight is None:
                 flight = self._flights[ref] = PullInFlight(ref, model)
@@ -503,11 +414,11 @@ class _PullStream:
         try:
             ref = local.registry.parse(self._model)
             self._flight = flight = local._join(ref, self._model)
-        except (InvalidNameError, _HTTPError) as err:
-            yield _json_bytes({"status": "pulling manifest"})
+        except (InvalidNameError, HTTPError) as err:
+            yield json_bytes({"status": "pulling manifest"})
             yield from self._fail(err)
             return
-        yield _json_bytes({"status": "pulling manifest"})
+        yield json_bytes({"status": "pulling manifest"})
         announced: set[str] = set()
         sent: dict[str, int] = {}
         seen = -1
@@ -533,13 +444,13 @@ class _PullStream:
             yield from self._fail(flight.error)
             return
         for status in ("verifying sha256 digest", "writing manifest", "success"):
-            yield _json_bytes({"status": status})
+            yield json_bytes({"status": status})
 
     def _fail(self, err: BaseException) -> Iterator[bytes]:
         self._error = err
-        message = _public_message(err)
-        yield _json_bytes({"status": f"error: {message}"})
-        yield _json_bytes({"error": message})
+        message = public_message(err)
+        yield json_bytes({"status": f"error: {message}"})
+        yield json_bytes({"error": message})
 
 
 def _progress_lines(progress: Aggregator, announced: set[str], sent: dict[str, int]) -> Iterator[bytes]:
@@ -548,11 +459,11 @@ def _progress_lines(progress: Aggregator, announced: set[str], sent: dict[str, i
     for layer in layers:
         if layer.digest not in announced:
             announced.add(layer.digest)
-            yield _json_bytes({"digest": layer.digest, "total": layer.total})
+            yield json_bytes({"digest": layer.digest, "total": layer.total})
     for layer in layers:
         if layer.completed > sent.get(layer.digest, 0):
             sent[layer.digest] = layer.completed
-            yield _json_bytes({"digest": layer.digest, "total": layer.total, "completed": layer.completed})
+            yield json_bytes({"digest": layer.digest, "total": layer.total, "completed": layer.completed})
 
 
 def _peer_closed(environ: dict) -> bool:
@@ -564,26 +475,26 @@ def _read_params(environ: dict) -> dict:
     """Read and decode the request's JSON object body.
 
     Raises:
-        _HTTPError: 400 for an empty body, not JSON, not an object or a bad
+        HTTPError: 400 for an empty body, not JSON, not an object or a bad
             Content-Length; 413 for more than MAX_BODY_BYTES.
         OSError and anything else the input stream raises (a 500).
     """
     text = (environ.get("CONTENT_LENGTH") or "").strip()
     if text and not text.isdigit():
-        raise _HTTPError(400, "bad_request", f"invalid Content-Length {text!r}")
+        raise HTTPError(400, "bad_request", f"invalid Content-Length {text!r}")
     length = int(text or 0)
     if length > MAX_BODY_BYTES:
-        raise _HTTPError(413, "request_too_large", f"request body too large: {length} bytes, at most {MAX_BODY_BYTES}")
+        raise HTTPError(413, "request_too_large", f"request body too large: {length} bytes, at most {MAX_BODY_BYTES}")
     stream = environ.get("wsgi.input")
     data = stream.read(length) if length and stream is not None else b""
     if not data.strip():
-        raise _HTTPError(400, "bad_request", "empty request body")
+        raise HTTPError(400, "bad_request", "empty request body")
     try:
         params = json.loads(data)
     except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8/16/32
-        raise _HTTPError(400, "bad_request", str(err)) from None
+        raise HTTPError(400, "bad_request", str(err)) from None
     if not isinstance(params, dict):
-        raise _HTTPError(400, "bad_request", f"invalid request: want a JSON object, not {type(params).__name__}")
+        raise HTTPError(400, "bad_request", f"invalid request: want a JSON object, not {type(params).__name__}")
     return params
 
 
@@ -600,106 +511,3 @@ def _reason(status: int) -> str:
     return "Client Closed Request" if status == 499 else http.HTTPStatus(status).phrase
 
 
-# --------------------------------------------------------------------------
-# The embedded server
-# --------------------------------------------------------------------------
-
-class Server:
-    """An embedded multi-threaded HTTP/1.1 server for a WSGI application (``_httpd.WSGIServer``).
-
-    Binds ``host:port`` at once (``port=0`` picks a free port; see ``.url``),
-    then serves from a daemon thread after ``start()`` (or in the calling
-    thread with ``serve_forever()``): one thread per keep-alive connection,
-    a progress stream sent chunked, line by line, as it is made.  Use it as
-    a context manager, or call ``shutdown()``; ``stopped`` (an Event) is set
-    once shutdown has begun.
-
-    Raises:
-        OSError: the address cannot be bound (e.g. the port is in use).
-    """
-
-    def __init__(self, app: Callable, host: str = "127.0.0.1", port: int = 0, *, grace_s: float = 5.0) -> None:
-        from . import __version__  # at call time: the package may be importing this module
-
-        self.app = app
-        self.grace_s = grace_s
-        self._httpd = _httpd.WSGIServer((host, port), app, log=_wire_log, software=f"chunkpull/{__version__}")
-        self._started = False
-        self.stopped = threading.Event()
-
-    @property
-    def host(self) -> str:
-        return str(self._httpd.server_address[0])
-
-    @property
-    def port(self) -> int:
-        return int(self._httpd.server_address[1])
-
-    @property
-    def url(self) -> str:
-        """The base URL, ``http://HOST:PORT``."""
-        return _httpd.base_url("http", self.host, self.port)
-
-    def start(self) -> Server:
-        """Serve from a daemon thread; return self."""
-        if self._started:
-            raise RuntimeError("server already started")
-        self._started = True
-        self._httpd.start(f"chunkpull-serve:{self.port}")
-        return self
-
-    def serve_forever(self) -> None:
-        """Serve in the calling thread until another thread calls shutdown()."""
-        self._httpd.serve_forever()
-
-    def shutdown(self) -> None:
-        """Cancel the app's pulls, stop accepting and close every connection; idempotent.
-
-        Pulls in flight are cancelled through the app's ``close()`` (when it
-        has one, as ``Local`` does): their streams end with an error line and
-        their work files stay for the next pull.  Connections busy with a
-        request get ``grace_s`` seconds to finish; idle ones close at once.
-        """
-        if self.stopped.is_set():
-            return
-        self.stopped.set()
-        close = getattr(self.app, "close", None)
-        if callable(close):
-            close()
-        self._httpd.stop(self.grace_s, timeout_s=self.grace_s)
-
-    def __enter__(self) -> Server:
-        if not self._started:
-            self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown()
-
-
-def serve(registry: Registry, host: str = "127.0.0.1", port: int = 11434, *, ready: Callable[[Server], None] | None = None) -> None:
-    """Serve the local API for registry on host:port until SIGINT or SIGTERM.
-
-    Runs ``Local(registry)`` on a ``Server``.  Once the socket listens,
-    ``ready(server)`` is called, if given, from the calling thread (the CLI
-    prints ``server.url`` there; ``server.shutdown()`` from another thread
-    stops serving too).  Signal handlers are installed only when called from
-    the main thread, and restored on return.  Stopping cancels pulls in
-    flight, keeping their work files, and closes every connection.  Logging
-    goes to the ``chunkpull.api`` logger, whose handlers are the caller's
-    business.  The registry is not closed.
-
-    Raises:
-        OSError: the address cannot be bound (e.g. the port is in use).
-    """
-    server = Server(Local(registry), host, port)
-
-    def started() -> None:
-        server.start()
-        if ready is not None:
-            ready(server)
-
-    try:
-        _httpd.run_until_signalled(started, stopped=server.stopped)
-    finally:
-        server.shutdown()

@@ -19,8 +19,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from chunkpull.digest import Digest
-from chunkpull.errors import InvalidDigestError, InvalidNameError
+from .digest import Digest
+from ..errors import InvalidDigestError, InvalidNameError
 
 __all__ = ["DEFAULT_MASK", "SCHEMES", "Name", "Ref", "parse_ref"]
 

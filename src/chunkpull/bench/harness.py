@@ -54,46 +54,29 @@ import importlib.util
 import json
 import os
 import platform
-import select
 import shutil
 import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
-from . import _benchchild, _env
-from ._hashio import BACKEND
-from .names import parse_ref
-from .registry import DEFAULT_CHUNKING_THRESHOLD, VERIFY_MODES
-from .testregistry import DEFAULT_CHUNK_SIZE, SIZE_HELP, build_model, parse_size
+from .. import _env
+from .._hashio import BACKEND
+from .._version import __version__
+from ..core.units import SIZE_HELP, parse_size
+from ..engine.config import DEFAULT_CHUNKING_THRESHOLD, VERIFY_MODES
+from ..testing import DEFAULT_CHUNK_SIZE
+from . import child
+from .model import BenchError, RegistryProcess, Target, bench_cache_dir, embedded_target, ensure_model, registry_chunk_size, remote_target, warm
+from .report import Report, aggregate, format_size, format_table, import_pyplot, write_plot
 
-__all__ = [
-    "BenchError",
-    "BenchModel",
-    "RegistryProcess",
-    "Row",
-    "Target",
-    "bench_cache_dir",
-    "bench_main",
-    "embedded_target",
-    "ensure_model",
-    "footnotes",
-    "format_table",
-    "machine_info",
-    "parse_options",
-    "run_benchmark",
-    "table_cells",
-    "warm",
-]
+__all__ = ["BenchError", "bench_main", "machine_info", "parse_options", "run_benchmark"]
 
 PROG = "chunkpull bench"
 DEFAULT_SIZE = 1 << 30
-MODEL_NAME = "registry.local/bench/model:latest"
-BASELINES = ("single+sha256", "curl+sha256sum", "python-threads", "aria2c", "hf_transfer", "hf_transfer-raw")
+BASELINES = ("single+sha256", "curl+sha256sum", "python-threads", "python-threads-direct", "aria2c", "hf_transfer", "hf_transfer-raw")
 # Fixed by the baselines' own command lines (the issue's settings), not swept.
 ARIA2C_STREAMS = 16
 ARIA2C_SPLIT = 8 << 20
@@ -101,27 +84,11 @@ HF_TRANSFER_FILES = 8
 # A run that takes longer than this is killed and reported as failed: a
 # hung connection must not hang the benchmark.
 DEFAULT_TIMEOUT_S = 1800.0
-# The built-in registry prints its URL once it listens; it has this long.
-SERVER_START_TIMEOUT_S = 60.0
-SCHEMA = "chunkpull-bench/1"
-
-
-class BenchError(Exception):
-    """The benchmark could not run (a bad option, a registry that did not start, no such model)."""
 
 
 # --------------------------------------------------------------------------
 # Options
 # --------------------------------------------------------------------------
-
-
-def _format_size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit, size in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if n >= size and n % size == 0:
-            return f"{n // size}{unit}"
-    return str(n)
 
 
 def _arg(check):
@@ -244,221 +211,6 @@ def _options(args: argparse.Namespace) -> Options:
 
 
 # --------------------------------------------------------------------------
-# The embedded model and the registry process
-# --------------------------------------------------------------------------
-
-
-def bench_cache_dir() -> Path:
-    """Return where generated models are kept: ``$XDG_CACHE_HOME/chunkpull/bench``, else ``~/.cache/chunkpull/bench``."""
-    base = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(base) if base else Path.home() / ".cache") / "chunkpull" / "bench"
-
-
-@dataclasses.dataclass(frozen=True)
-class Blob:
-    digest: str  # "sha256:<hex>"
-    size: int
-
-
-@dataclasses.dataclass(frozen=True)
-class BenchModel:
-    """A generated model in a models directory: its name there, and its blobs (layers, then config)."""
-
-    root: Path
-    name: str
-    manifest_digest: str
-    blobs: tuple[Blob, ...]
-
-
-def _layer_sizes(size: int, layers: int) -> list[int]:
-    each = size // layers
-    return [each] * (layers - 1) + [size - each * (layers - 1)]
-
-
-def ensure_model(size: int, layers: int = 1, seed: int = 0, *, cache_dir: Path | None = None) -> BenchModel:
-    """Return the synthetic model for (size, layers, seed), generating it on first use.
-
-    Generation happens in a temporary directory beside the cache entry and
-    is renamed into place when complete, so an interrupted build is never
-    mistaken for a model; two concurrent builders both finish and one
-    rename wins.
-
-    Raises:
-        OSError: the cache directory cannot be written.
-    """
-    cache_dir = cache_dir or bench_cache_dir()
-    key = f"size{size}-layers{layers}-seed{seed}"
-    root = cache_dir / key
-    meta = root / "model.json"
-    if not meta.is_file():
-        if root.exists():  # damaged by hand (model.json is written before the rename)
-            shutil.rmtree(root)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
-        try:
-            digest = build_model(tmp / "models", MODEL_NAME, _layer_sizes(size, layers), seed=seed)
-            (tmp / "model.json").write_text(json.dumps({"name": MODEL_NAME, "manifest": digest}))
-            try:
-                os.rename(tmp, root)
-            except OSError:
-                if not meta.is_file():  # not a concurrent builder's finished copy
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    info = json.loads(meta.read_text())
-    manifest = json.loads((root / "models" / "blobs" / info["manifest"].replace(":", "-", 1)).read_bytes())
-    entries = [*manifest["layers"], *([manifest["config"]] if manifest.get("config") else [])]
-    return BenchModel(root / "models", info["name"], info["manifest"], tuple(Blob(e["digest"], e["size"]) for e in entries))
-
-
-class RegistryProcess:
-    """The built-in registry (``python -m chunkpull.testregistry``) in a subprocess.
-
-    A context manager: entering starts it and waits for the URL it prints;
-    leaving stops it (SIGTERM, then SIGKILL).  It runs in a session of its
-    own so that Ctrl-C reaches the harness, which then stops it in order.
-
-    Raises:
-        BenchError: the server exited or printed no URL in time.
-    """
-
-    def __init__(self, models_dir: Path, *, chunk_size: int = DEFAULT_CHUNK_SIZE, chunk_digest: str = "sha256", timeout_s: float = SERVER_START_TIMEOUT_S) -> None:
-        self.models_dir = Path(models_dir)
-        self.chunk_size = chunk_size
-        self.chunk_digest = chunk_digest
-        self.timeout_s = timeout_s
-        self.proc: subprocess.Popen | None = None
-        self.url = ""
-        self._log = None
-
-    def __enter__(self) -> RegistryProcess:
-        self._log = log = tempfile.TemporaryFile()
-        cmd = [sys.executable, "-m", "chunkpull.testregistry", str(self.models_dir), "--host", "127.0.0.1", "--port", "0",
-               "--chunk-size", str(self.chunk_size), "--chunk-digest", self.chunk_digest]
-        self.proc = proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=_benchchild.child_env(), start_new_session=True)
-        try:
-            ready, _, _ = select.select([proc.stdout], [], [], self.timeout_s)
-            self.url = proc.stdout.readline().decode(errors="replace").strip() if ready else ""
-            if not self.url.startswith("http"):
-                proc.kill()
-                proc.wait()
-                log.seek(0)
-                tail = log.read()[-2000:].decode(errors="replace").strip()
-                raise BenchError(f"the built-in registry did not start: {tail or 'no output'}")
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()  # serve_main stops cleanly on SIGTERM
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc is not None and proc.stdout is not None:
-            proc.stdout.close()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def ref(self, name: str = MODEL_NAME) -> str:
-        """Return the pullable name of a model it serves (``http://127.0.0.1:P/ns/model:tag``)."""
-        host = self.url.split("://", 1)[1]
-        return f"http://{host}/{name.split('/', 1)[1]}"
-
-
-# --------------------------------------------------------------------------
-# What to pull
-# --------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """What every method pulls: chunkpull by name, the baselines by blob URL."""
-
-    name: str
-    base_url: str  # <scheme>://<host>/v2/<namespace>/<model>
-    blobs: tuple[Blob, ...]
-    verify_tls: bool = True
-    remote: bool = False
-
-    def blob_specs(self) -> list[dict]:
-        return [
-            {"digest": b.digest, "size": b.size, "url": f"{self.base_url}/blobs/{b.digest}", "chunksums_url": f"{self.base_url}/chunksums/{b.digest}"}
-            for b in self.blobs
-        ]
-
-    @property
-    def size(self) -> int:
-        return sum(b.size for b in self.blobs)
-
-
-def embedded_target(server: RegistryProcess, model: BenchModel) -> Target:
-    name = server.ref(model.name)
-    return Target(name, parse_ref(name).base_url, model.blobs)
-
-
-def _remote_target(name: str) -> Target:
-    """Resolve a registry model's manifest (in this process; nothing is pulled).
-
-    Raises:
-        BenchError: the name is invalid or the manifest cannot be fetched.
-    """
-    from .cache import DiskCache
-    from .errors import ChunkpullError
-    from .registry import Registry
-
-    scratch = tempfile.mkdtemp(prefix="chunkpull-bench-resolve-")
-    try:
-        registry = Registry(DiskCache(scratch))
-        try:
-            ref = registry.parse(name)
-            m = registry.resolve(name)
-        finally:
-            registry.close()
-    except ChunkpullError as err:
-        raise BenchError(f"cannot resolve {name}: {err}") from err
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return Target(name, ref.base_url, tuple(Blob(str(b.digest), b.size) for b in m.blobs()), ref.verify_tls, remote=True)
-
-
-def warm(target: Target) -> None:
-    """Ask for every blob's chunksums once, outside any measurement.
-
-    The built-in registry computes chunksums on first request (a full read
-    and hash of the blob); doing that now keeps it out of the first run and
-    leaves the blob in the page cache, as it would be on a serving host.
-    """
-    import requests
-
-    with requests.Session() as s:
-        for blob in target.blob_specs():
-            with s.get(blob["chunksums_url"], timeout=(10, 600)) as r:
-                if r.status_code not in (200, 404):
-                    raise BenchError(f"warming {blob['chunksums_url']}: status {r.status_code}")
-
-
-def _registry_chunk_size(target: Target) -> int | None:
-    """Return the chunk size a real registry uses for its largest blob, or None without (valid) chunksums."""
-    import requests
-
-    from .chunks import parse_chunksums
-    from .errors import ChunkpullError
-
-    biggest = max(target.blob_specs(), key=lambda b: b["size"])
-    try:
-        r = requests.get(biggest["chunksums_url"], timeout=(10, 60), verify=target.verify_tls)
-        return parse_chunksums(r.content, biggest["size"])[0].chunk.size if r.status_code == 200 else None
-    except (requests.RequestException, ChunkpullError, IndexError):  # IndexError: an empty blob has no chunks
-        return None
-
-
-# --------------------------------------------------------------------------
 # Running one measurement
 # --------------------------------------------------------------------------
 
@@ -489,7 +241,7 @@ def _check_outputs(method: str, workdir: Path, target: Target) -> str | None:
     """Return why the run's files are wrong, or None when every blob hashes to its digest."""
     where = workdir / ("models/blobs" if method == "chunkpull" else "out")
     for blob in target.blobs:
-        problem = _benchchild.blob_problem(where / blob.digest.replace(":", "-", 1), blob.digest, blob.size)
+        problem = child.blob_problem(where / blob.digest.replace(":", "-", 1), blob.digest, blob.size)
         if problem:
             return problem
     return None
@@ -503,7 +255,7 @@ def _check_outputs(method: str, workdir: Path, target: Target) -> str | None:
 def _plan(opts: Options, chunk_size: int | None, first: bool, available: list[str]) -> list[Config]:
     """Return the configurations to run against one registry (one registry chunk size).
 
-    chunkpull and python-threads follow the registry's chunks, so they run
+    chunkpull and the python-threads baselines follow the registry's chunks, so they run
     at every chunk size; hf_transfer splits by itself, in the registry's
     chunk size (embedded) or ``--chunk-size`` (a named registry); the rest
     do not depend on chunking and run once, with the first chunk size.
@@ -511,7 +263,7 @@ def _plan(opts: Options, chunk_size: int | None, first: bool, available: list[st
     plan = [Config("chunkpull", s, chunk_size, v) for v in opts.verify for s in opts.streams]
     own_split = opts.chunk_sizes[0] if opts.name or chunk_size is None else chunk_size
     for method in available:
-        if method == "python-threads":
+        if method.startswith("python-threads"):
             plan += [Config(method, s, chunk_size, v) for v in opts.verify for s in opts.streams]
         elif method.startswith("hf_transfer"):
             plan.append(Config(method, HF_TRANSFER_FILES, own_split, "none" if method.endswith("-raw") else "after"))
@@ -521,32 +273,6 @@ def _plan(opts: Options, chunk_size: int | None, first: bool, available: list[st
             else:
                 plan.append(Config(method, 1, None, "after"))
     return plan
-
-
-@dataclasses.dataclass
-class Report:
-    """Everything one benchmark produced: per-run records, table rows, skipped baselines."""
-
-    machine: dict
-    settings: dict
-    runs: list[dict]
-    rows: list[Row]
-    skipped: list[dict]
-
-    def to_json(self) -> dict:
-        return {
-            "schema": SCHEMA,
-            "machine": self.machine,
-            "settings": self.settings,
-            "runs": self.runs,
-            "rows": [dataclasses.asdict(r) for r in self.rows],
-            "skipped": self.skipped,
-        }
-
-    @property
-    def failed(self) -> bool:
-        """True when a chunkpull run failed or wrote wrong bytes."""
-        return any(r["method"] == "chunkpull" and not (r["ok"] and r["verified"]) for r in self.runs)
 
 
 def _status(opts: Options, text: str) -> None:
@@ -570,7 +296,7 @@ def run_benchmark(opts: Options) -> Report:
             available.append(method)
     machine = machine_info()
     settings: dict[str, Any] = {
-        "model": opts.name or f"embedded: {_format_size(opts.size)} in {opts.layers} layer(s), seed {opts.seed}",
+        "model": opts.name or f"embedded: {format_size(opts.size)} in {opts.layers} layer(s), seed {opts.seed}",
         "streams": opts.streams,
         "verify": opts.verify,
         "repeat": opts.repeat,
@@ -579,16 +305,16 @@ def run_benchmark(opts: Options) -> Report:
         "default_streams": _env.max_streams(),
     }
     if opts.name:
-        target = _remote_target(opts.name)
-        chunks = [_registry_chunk_size(target)]
+        target = remote_target(opts.name)
+        chunks = [registry_chunk_size(target)]
         settings.update(chunk_sizes=chunks, chunk_digest=None, bytes=target.size,
-                        threshold=opts.threshold or f"chunkpull's default ({_format_size(DEFAULT_CHUNKING_THRESHOLD)})")
+                        threshold=opts.threshold or f"chunkpull's default ({format_size(DEFAULT_CHUNKING_THRESHOLD)})")
     else:
-        _status(opts, f"bench: preparing the {_format_size(opts.size)} model ({opts.layers} layer(s)) in {bench_cache_dir()}")
+        _status(opts, f"bench: preparing the {format_size(opts.size)} model ({opts.layers} layer(s)) in {bench_cache_dir()}")
         model = ensure_model(opts.size, opts.layers, opts.seed)
         chunks = opts.chunk_sizes
         settings.update(chunk_sizes=chunks, chunk_digest=opts.chunk_digest, bytes=sum(b.size for b in model.blobs),
-                        threshold=opts.threshold or f"min({_format_size(DEFAULT_CHUNKING_THRESHOLD)}, chunk size)")
+                        threshold=opts.threshold or f"min({format_size(DEFAULT_CHUNKING_THRESHOLD)}, chunk size)")
     plans = [(chunk, _plan(opts, chunk, i == 0, available)) for i, chunk in enumerate(chunks)]
     counter = [0, sum(len(plan) for _, plan in plans) * opts.repeat]
     runs: list[dict] = []
@@ -622,7 +348,7 @@ def _measure_all(opts: Options, target: Target, chunk: int | None, plan: list[Co
     for rep in range(opts.repeat):
         for cfg in plan:
             counter[0] += 1
-            label = f"{cfg.method} streams={cfg.streams or '-'} chunk={_format_size(cfg.chunk_size)} verify={cfg.verify}"
+            label = f"{cfg.method} streams={cfg.streams or '-'} chunk={format_size(cfg.chunk_size)} verify={cfg.verify}"
             _status(opts, f"bench: [{counter[0]}/{counter[1]}] {label}")
             workdir = Path(tempfile.mkdtemp(prefix="chunkpull-bench-", dir=opts.tmpdir))
             try:
@@ -644,7 +370,7 @@ def _measure_all(opts: Options, target: Target, chunk: int | None, plan: list[Co
                     "instrument": target.remote and cfg.method == "chunkpull",
                     "verify_tls": target.verify_tls,
                 }
-                result = _benchchild.run_child(spec, workdir, timeout_s=opts.timeout_s)
+                result = child.run_child(spec, workdir, timeout_s=opts.timeout_s)
                 problem = _check_outputs(cfg.method, workdir, target) if result["ok"] else None
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
@@ -686,220 +412,6 @@ def _record(cfg: Config, result: dict, problem: str | None, rep: int, machine: d
     return record
 
 
-# --------------------------------------------------------------------------
-# Rows and ratios
-# --------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Row:
-    """One configuration's figures over its repeats (medians; GB/s also min and max)."""
-
-    method: str
-    streams: int | None
-    chunk_size: int | None
-    verify: str
-    backend: str | None
-    runs: int
-    ok_runs: int
-    gbps: float | None = None
-    gbps_min: float | None = None
-    gbps_max: float | None = None
-    wall_s: float | None = None
-    cpu_s: float | None = None
-    peak_rss_mib: float | None = None
-    ratio: float | None = None  # chunkpull GB/s / this row's GB/s (baselines only)
-    ratio_ref: str | None = None  # which chunkpull row the ratio divides
-    ttfb_ms: float | None = None
-    chunk_p50_ms: float | None = None
-    chunk_p90_ms: float | None = None
-    chunk_p99_ms: float | None = None
-    note: str = ""
-
-
-def _median(values: list[float]) -> float | None:
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
-def aggregate(runs: list[dict], *, default_streams: int = _env.DEFAULT_MAX_STREAMS, default_chunk: int = DEFAULT_CHUNK_SIZE) -> list[Row]:
-    """Fold run records into one Row per configuration (in first-run order) and add the ratios."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in runs:
-        groups.setdefault((r["method"], r["streams"], r["chunk_size"], r["verify"]), []).append(r)
-    rows = []
-    for (method, streams, chunk, verify), rs in groups.items():
-        good = [r for r in rs if r["ok"] and r["verified"]]
-        row = Row(method, streams, chunk, verify, BACKEND if method == "chunkpull" else None, len(rs), len(good))
-        if good:
-            rates = [r["gbps"] for r in good]
-            row.gbps, row.gbps_min, row.gbps_max = statistics.median(rates), min(rates), max(rates)
-            row.wall_s = _median([r["wall_s"] for r in good])
-            row.cpu_s = _median([r["cpu_s"] for r in good])
-            row.peak_rss_mib = _median([r["peak_rss_mib"] for r in good])
-            lat = [r["latency"] for r in good if r.get("latency")]
-            if lat:
-                for key in ("ttfb_ms", "chunk_p50_ms", "chunk_p90_ms", "chunk_p99_ms"):
-                    setattr(row, key, _median([x.get(key) for x in lat]))
-        failures = [r["error"] for r in rs if not (r["ok"] and r["verified"])]
-        if failures:
-            row.note = f"{len(failures)} of {len(rs)} failed: {failures[0]}"
-        rows.append(row)
-    for row in rows:
-        if row.method != "chunkpull" and row.gbps:
-            ref = _reference(rows, row, default_streams, default_chunk)
-            if ref is not None and ref.gbps:
-                row.ratio = ref.gbps / row.gbps
-                row.ratio_ref = f"chunkpull streams={ref.streams} chunk={_format_size(ref.chunk_size)} verify={ref.verify}"
-    return rows
-
-
-def _reference(rows: list[Row], baseline: Row, default_streams: int, default_chunk: int) -> Row | None:
-    """Return the chunkpull row a baseline is compared with.
-
-    python-threads implements chunkpull's own design, so it is compared
-    with chunkpull at its exact settings.  The other tools are compared
-    with chunkpull's default mode: verify ``blob`` at the default stream
-    count (and 8 MiB chunks when swept), else the fastest chunkpull row.
-    """
-    cps = [r for r in rows if r.method == "chunkpull" and r.gbps]
-    if baseline.method == "python-threads":
-        same = [r for r in cps if (r.streams, r.chunk_size, r.verify) == (baseline.streams, baseline.chunk_size, baseline.verify)]
-        return same[0] if same else None
-    pool = [r for r in cps if r.verify == "blob"] or cps
-    if baseline.method.startswith("hf_transfer"):
-        pool = [r for r in pool if r.chunk_size == baseline.chunk_size] or pool
-    for want in ((default_streams, default_chunk), (default_streams, None)):
-        for r in pool:
-            if r.streams == want[0] and (want[1] is None or r.chunk_size == want[1]):
-                return r
-    return max(pool, key=lambda r: r.gbps, default=None)
-
-
-# --------------------------------------------------------------------------
-# Output
-# --------------------------------------------------------------------------
-
-
-def _num(value: float | None, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def table_cells(report: Report) -> list[list[str]]:
-    """Return the result table as rows of cells, the header first (for other renderings, e.g. Markdown)."""
-    rows = report.rows
-    remote = any(r.ttfb_ms is not None for r in rows)
-    repeat = any(r.ok_runs > 1 for r in rows)
-    head = ["method", "GB/s"] + (["min-max"] if repeat else []) + ["wall s", "CPU s", "peak RSS MiB", "streams", "chunk", "verify", "backend", "chunkpull x"]
-    if remote:
-        head += ["TTFB ms", "p50 ms", "p90 ms", "p99 ms"]
-    head.append("note")
-    body = []
-    for r in rows:
-        line = [r.method, _num(r.gbps, 3)]
-        if repeat:
-            line.append(f"{r.gbps_min:.3f}-{r.gbps_max:.3f}" if r.gbps_min is not None else "-")
-        line += [
-            _num(r.wall_s, 2), _num(r.cpu_s, 2), _num(r.peak_rss_mib, 0),
-            str(r.streams) if r.streams else "-", _format_size(r.chunk_size), r.verify, r.backend or "-",
-            f"{r.ratio:.2f}x" if r.ratio else "",
-        ]
-        if remote:
-            line += [_num(r.ttfb_ms, 0), _num(r.chunk_p50_ms, 0), _num(r.chunk_p90_ms, 0), _num(r.chunk_p99_ms, 0)]
-        line.append(r.note)
-        body.append(line)
-    for s in report.skipped:
-        body.append([s["method"], *["-"] * (len(head) - 2), f"skipped: {s['reason']}"])
-    return [head, *body]
-
-
-def format_table(report: Report) -> str:
-    """Return the result table as aligned text, then its footnotes."""
-    cells = table_cells(report)
-    widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
-    out = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells]
-    notes = footnotes(report)
-    return "\n".join(out + ([""] + notes if notes else [])) + "\n"
-
-
-def footnotes(report: Report) -> list[str]:
-    """Return the lines that say how to read the table (units, reference rows)."""
-    s = report.settings
-    notes = [
-        (
-            f"{s['model']}, {s['bytes']:,} bytes; GB/s = 10^9 bytes/s of wall time; "
-            f"chunk digests {s.get('chunk_digest') or 'as served'}; backend {report.machine['backend']}; "
-            f"{report.machine['cpu_count']} CPUs; {s['repeat']} run(s) per row (medians)."
-        )
-    ]
-    refs = sorted({r.ratio_ref for r in report.rows if r.ratio_ref and r.method != "python-threads"})
-    if any(r.ratio for r in report.rows):
-        notes.append(
-            "chunkpull x = chunkpull GB/s / baseline GB/s; python-threads is compared with chunkpull at its own "
-            "streams, chunk size and verify mode" + (f"; the others with {', '.join(refs)}." if refs else ".")
-        )
-    if report.rows and any(r.method != "chunkpull" for r in report.rows):
-        notes.append("verify 'after' = the tool's own SHA-256 pass over the finished file (aria2c --checksum; a hashlib or sha256sum pass); 'none' = not verified at all.")
-    return notes
-
-
-def _import_pyplot():
-    """Return matplotlib.pyplot on a file-only backend, or None when matplotlib is missing."""
-    try:
-        matplotlib = importlib.import_module("matplotlib")
-    except ImportError:
-        return None
-    matplotlib.use("Agg")  # never open a window; the plot goes to a file
-    return importlib.import_module("matplotlib.pyplot")
-
-
-def write_plot(report: Report, path: str, plt=None) -> None:
-    """Plot GB/s against streams (and against chunk size when swept) to path.
-
-    chunkpull and python-threads are lines, one per (chunk size, verify)
-    or per (streams, verify); single-point baselines are dashed levels.
-    """
-    plt = plt or _import_pyplot()
-    rows = [r for r in report.rows if r.gbps]
-    chunks = sorted({r.chunk_size for r in rows if r.method == "chunkpull" and r.chunk_size})
-    fig, axes = plt.subplots(1, 2 if len(chunks) > 1 else 1, figsize=(14 if len(chunks) > 1 else 7, 4.5), squeeze=False)
-
-    def curve(ax, method, style, x, label, **match):
-        pts = sorted((x(r), r.gbps) for r in rows if r.method == method and all(getattr(r, k) == v for k, v in match.items()))
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
-
-    ax = axes[0][0]
-    for method, style in (("chunkpull", "-o"), ("python-threads", "--s")):
-        for chunk in chunks or [None]:
-            for verify in report.settings["verify"]:
-                curve(ax, method, style, lambda r: r.streams, f"{method} {_format_size(chunk)} {verify}", chunk_size=chunk, verify=verify)
-    for r in rows:
-        if r.method not in ("chunkpull", "python-threads"):
-            ax.axhline(r.gbps, linestyle=":", color="grey")
-            ax.annotate(r.method, (ax.get_xlim()[0], r.gbps), fontsize=8, va="bottom")
-    panels = [(ax, "streams")]
-    if len(chunks) > 1:
-        ax = axes[0][1]
-        for streams in sorted({r.streams for r in rows if r.method == "chunkpull"}):
-            for verify in report.settings["verify"]:
-                curve(ax, "chunkpull", "-o", lambda r: r.chunk_size / (1 << 20), f"chunkpull {streams} streams {verify}", streams=streams, verify=verify)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks([c / (1 << 20) for c in chunks], [_format_size(c) for c in chunks])
-        panels.append((ax, "chunk size"))
-    for ax, against in panels:
-        ax.set_ylim(bottom=0)
-        ax.set_xlabel(against)
-        ax.set_ylabel("GB/s")
-        ax.set_title(f"throughput against {against}")
-        ax.legend(fontsize=8)
-        ax.grid(True, alpha=0.3)
-    fig.suptitle(f"chunkpull bench: {report.settings['model']} ({report.machine['cpu_model']})", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def _read_first(path: str, key: str) -> str | None:
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -917,8 +429,6 @@ def machine_info() -> dict:
     ``benchmarks/run_compare.py`` adds what only its report shows (tool
     versions, SHA-NI, CPU affinity).
     """
-    from . import __version__
-
     mem_kib = _read_first("/proc/meminfo", "MemTotal")
     return {
         "cpu_model": _read_first("/proc/cpuinfo", "model name") or platform.processor() or platform.machine(),
@@ -960,7 +470,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     plt = None
     if args.plot:
         # Checked first: a missing plotting library must not cost a long run.
-        plt = _import_pyplot()
+        plt = import_pyplot()
         if plt is None:
             print(f"{PROG}: --plot needs matplotlib, which is not installed (pip install matplotlib)", file=sys.stderr)
             return 2

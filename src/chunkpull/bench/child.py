@@ -6,7 +6,7 @@ own (or, for the external tools, the largest of the tools' processes), and
 the CPU time is what this process and the tools it waited for spent inside
 the timed region.  Both halves of the protocol live here: the parent's
 ``run_child`` writes a JSON *spec* file, starts ``python <this file> SPEC``
-(``python -m chunkpull._benchchild SPEC`` for chunkpull itself), and reads
+(``python -m chunkpull.bench.child SPEC`` for chunkpull itself), and reads
 with ``read_child_result`` the JSON *result* file the child's ``main``
 writes before exiting.  A result file rather than stdout, because nothing a
 tool or library prints can then corrupt it.
@@ -22,7 +22,7 @@ Methods (``spec["method"]``):
 
 ``chunkpull``
     ``Registry.pull`` into ``spec["models_dir"]``; with ``spec["progress"]``
-    through ``cli.pull_with_progress``, the pull and progress display of
+    through ``display.pull_with_progress``, the pull and progress display of
     ``chunkpull pull``; with ``spec["instrument"]`` it also records every
     request's start, first byte and end through a ``session_factory`` (for
     time to first byte and per-chunk latency).
@@ -32,8 +32,11 @@ Methods (``spec["method"]``):
 ``curl+sha256sum``
     ``curl -o FILE URL`` then ``sha256sum FILE``.
 ``python-threads``
-    ``_baseline_threads.py`` beside this file: requests + ThreadPoolExecutor
-    + hashlib + os.pwrite over the registry's chunks.
+    ``baselines.py`` beside this file: requests (streamed, ``readinto``
+    reused buffers) + ThreadPoolExecutor + hashlib + os.pwrite over the
+    registry's chunks, the whole-blob SHA-256 in order from memory.
+``python-threads-direct``
+    the same, writing page-aligned buffers with ``O_DIRECT`` as chunkpull does.
 ``aria2c``
     ``aria2c -x16 -s16 -k8M --checksum=sha-256=<hex>``.
 ``hf_transfer``
@@ -65,7 +68,7 @@ import traceback
 
 __all__ = ["EXTERNAL_METHODS", "METHODS", "blob_problem", "child_env", "main", "read_child_result", "run_child"]
 
-METHODS = ("chunkpull", "single+sha256", "curl+sha256sum", "python-threads", "aria2c", "hf_transfer", "hf_transfer-raw")
+METHODS = ("chunkpull", "single+sha256", "curl+sha256sum", "python-threads", "python-threads-direct", "aria2c", "hf_transfer", "hf_transfer-raw")
 # Methods whose work happens in other programs: their peak RSS is the
 # tools', not this Python wrapper's.
 EXTERNAL_METHODS = frozenset({"curl+sha256sum", "aria2c"})
@@ -188,11 +191,11 @@ def _run_curl(spec: dict) -> dict:
     return {}
 
 
-def _run_threads(spec: dict) -> dict:
-    # By path, not "import chunkpull._baseline_threads": that would import
+def _run_threads(spec: dict, *, direct: bool = False) -> dict:
+    # By path, not "import chunkpull.bench.baselines": that would import
     # the package, and its imports would count in this baseline's RSS.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_baseline_threads.py")
-    module_spec = importlib.util.spec_from_file_location("_baseline_threads", path)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "baselines.py")
+    module_spec = importlib.util.spec_from_file_location("chunkpull_baselines", path)
     baseline = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(baseline)
     pull_threads = baseline.pull_threads
@@ -208,6 +211,7 @@ def _run_threads(spec: dict) -> dict:
             check_chunks=spec["verify"] == "chunks",
             chunk_size=spec["chunk_size"],
             verify_tls=spec["verify_tls"],
+            direct=direct,
         )
     return {}
 
@@ -274,7 +278,7 @@ class _RequestLog:
         self._lock = threading.Lock()
 
     def factory(self, max_streams: int, *, verify_tls: bool = True):
-        from chunkpull.transport import new_session
+        from chunkpull.engine.transport import new_session
 
         session = new_session(max_streams, verify_tls=verify_tls)
         session.hooks["response"].append(self._hook)
@@ -337,12 +341,12 @@ def percentile(sorted_values: list[float], p: float) -> float | None:
 
 def _prepare_chunkpull(spec: dict):
     """Import and build everything before the timed region; return the pull to time."""
-    from chunkpull.cache import DiskCache
     from chunkpull.registry import Registry
+    from chunkpull.store.cache import DiskCache
 
     if spec.get("progress"):
         # Only then: the CLI's imports would count in a quiet run's RSS.
-        from chunkpull.cli import pull_with_progress
+        from chunkpull.display import pull_with_progress
 
     log = _RequestLog() if spec.get("instrument") else None
     registry = Registry(
@@ -375,6 +379,7 @@ _RUNNERS = {
     "single+sha256": _run_single,
     "curl+sha256sum": _run_curl,
     "python-threads": _run_threads,
+    "python-threads-direct": lambda spec: _run_threads(spec, direct=True),
     "aria2c": _run_aria2c,
     "hf_transfer": _run_hf_transfer,
     "hf_transfer-raw": _run_hf_transfer_raw,
@@ -430,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the spec file argv[0] and write its result file; exit 0 if the pull succeeded."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: _benchchild SPEC.json", file=sys.stderr)
+        print("usage: python -m chunkpull.bench.child SPEC.json", file=sys.stderr)
         return 2
     with open(argv[0], encoding="utf-8") as f:
         spec = json.load(f)
@@ -456,7 +461,7 @@ _RESULT_FIELDS = ("wall_s", "user_s", "sys_s", "peak_rss_kib", "bytes")
 def child_env() -> dict[str, str]:
     """Return the environment for child processes: ours, with chunkpull's package importable."""
     env = dict(os.environ)
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
@@ -474,7 +479,7 @@ def run_child(spec: dict, workdir: str | os.PathLike[str], *, timeout_s: float |
     with open(spec_path, "w", encoding="utf-8") as f:
         json.dump(spec, f)
     if spec["method"] == "chunkpull":
-        cmd = [sys.executable, "-m", "chunkpull._benchchild", spec_path]
+        cmd = [sys.executable, "-m", "chunkpull.bench.child", spec_path]
     else:
         cmd = [sys.executable, "-c", _RUN_FILE, os.path.abspath(__file__), spec_path]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=child_env(), start_new_session=True)

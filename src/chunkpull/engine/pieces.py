@@ -29,7 +29,7 @@ import mmap
 import threading
 from collections.abc import Callable
 
-from .errors import PullCancelledError
+from ..errors import PullCancelledError
 
 __all__ = ["ALIGN", "Piece", "PiecePool", "aligned_buffer"]
 

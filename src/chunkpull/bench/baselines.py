@@ -1,33 +1,42 @@
-"""The chunked, verified pull written as an idiomatic plain-Python program.
+"""The chunked, verified pull written as a careful plain-Python program: the bar chunkpull must clear.
 
-This is the ``python-threads`` baseline of ``chunkpull bench --compare``: the
-same design as chunkpull (the registry's chunk list, ranged GETs on a pool of
-threads, each chunk written at its final offset, the whole-blob SHA-256
-computed in order while later chunks still arrive) written the way a careful
-Python programmer would, with ``requests``, ``concurrent.futures``,
-``hashlib`` and ``os.pwrite``, and nothing from chunkpull.  hashlib and
-os.pwrite release the GIL on large buffers, so this loop is genuinely
-parallel; it is the bar chunkpull's data path has to clear.
+This is the ``python-threads`` baseline of ``chunkpull bench --compare``
+(and, with ``direct=True``, ``python-threads-direct``): the same design as
+chunkpull (the registry's chunk list, ranged GETs on a pool of threads,
+each chunk written at its final offset, the whole-blob SHA-256 computed in
+byte order over the chunks while they are still in memory) written the way
+a careful Python engineer would, with ``requests``, ``concurrent.futures``,
+``hashlib`` and ``os.pwrite``, and nothing from chunkpull:
 
-Deliberately kept plain: ``r.content`` allocates each chunk's bytes, and a
-completed chunk is kept in a dict until the in-order hasher reaches it.
-What it does not do: retries, resume, progress.  It imports only the
-standard library, ``requests`` and (for ``blake3:`` chunk digests) ``blake3``,
-never chunkpull: it ships in the package so that ``--compare`` always has it,
-and the bench child loads it by path so that its process does not carry
-chunkpull's imports either.
+- bodies are streamed (``stream=True``) and read with ``readinto`` straight
+  into chunk buffers from a fixed pool (``2 × streams`` of them), which is
+  also what bounds the chunks held ahead of the in-order hash;
+- hashlib and os.pwrite release the GIL on large buffers, so fetching,
+  writing and hashing genuinely overlap;
+- ``direct=True`` writes through a second, ``O_DIRECT`` descriptor from
+  page-aligned (mmap) buffers, as chunkpull does, so that a comparison
+  isolates what chunkpull adds beyond bypassing the page cache.
+
+What it does not do: retries, resume, progress, stall detection.  It
+imports only the standard library, ``requests`` and (for ``blake3:`` chunk
+digests) ``blake3``, never chunkpull: the bench child loads this file by
+path, so the baseline's process does not carry chunkpull's imports either.
 """
 
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
+import queue
 import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import requests
 
 __all__ = ["fetch_chunks", "pull_threads"]
+
+_ALIGN = 4096
 
 
 def fetch_chunks(session: requests.Session, chunksums_url: str, size: int, chunk_size: int) -> tuple[str | None, list[tuple[str | None, int, int]]]:
@@ -73,6 +82,12 @@ def _chunk_hasher(digest: str):
     raise ValueError(f"unsupported chunk digest {digest!r}")
 
 
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
 def pull_threads(
     blob_url: str,
     chunksums_url: str,
@@ -84,14 +99,16 @@ def pull_threads(
     check_chunks: bool = True,
     chunk_size: int = 8 << 20,
     verify_tls: bool = True,
+    direct: bool = False,
 ) -> None:
     """Download a blob to path in chunks on ``streams`` threads and verify it.
 
     The whole-blob SHA-256 must equal ``sha256_hex``; with ``check_chunks``
     every chunk's digest is checked as well (two hashes per byte, like
     chunkpull's ``--verify chunks``; without it, one, like ``--verify blob``).
-    At most ``2 * streams`` chunks are fetched ahead of the in-order hasher,
-    which bounds the memory held by completed chunks waiting their turn.
+    Memory is ``2 × streams`` buffers of the largest chunk.  With ``direct``
+    the page-aligned part of every chunk that starts on a page is written
+    with ``O_DIRECT``.
 
     Raises:
         ValueError: a chunk or the whole blob has the wrong digest, or the
@@ -109,28 +126,53 @@ def pull_threads(
 
     location, chunks = fetch_chunks(session(), chunksums_url, size, chunk_size)
     url = location or blob_url
+    largest = max((end - start + 1 for _, start, end in chunks), default=0)
+    window = 2 * streams
+    free: queue.Queue = queue.Queue()
+    for _ in range(min(window, len(chunks))):
+        # mmap memory is page-aligned, as O_DIRECT needs.
+        free.put(memoryview(mmap.mmap(-1, max(largest, 1))) if direct else memoryview(bytearray(largest)))
 
-    def fetch(index: int) -> tuple[int, bytes]:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    direct_fd = -1
+    if direct:
+        try:
+            direct_fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
+        except OSError:
+            pass  # tmpfs and some others refuse O_DIRECT: write through the page cache
+
+    def write(view: memoryview, offset: int) -> None:
+        head = len(view) - len(view) % _ALIGN if direct_fd >= 0 and offset % _ALIGN == 0 else 0
+        if head:
+            _pwrite_all(direct_fd, view[:head], offset)
+        if head < len(view):
+            _pwrite_all(fd, view[head:], offset + head)
+
+    def fetch(index: int) -> tuple[int, memoryview]:
         digest, start, end = chunks[index]
-        r = session().get(url, headers={"Range": f"bytes={start}-{end}"}, timeout=(10, 60))
-        r.raise_for_status()
-        data = r.content
-        if len(data) != end - start + 1:
-            raise ValueError(f"chunk {start}-{end}: got {len(data)} bytes")
+        n = end - start + 1
+        buf = free.get()  # never waits: at most `window` chunks are in flight or waiting
+        view = buf[:n]
+        with session().get(url, headers={"Range": f"bytes={start}-{end}"}, stream=True, timeout=(10, 60)) as r:
+            r.raise_for_status()
+            got = 0
+            while got < n:
+                k = r.raw.readinto(view[got:])
+                if not k:
+                    raise ValueError(f"chunk {start}-{end}: the body ended after {got} bytes")
+                got += k
         if check_chunks and digest is not None:
             h = _chunk_hasher(digest)
-            h.update(data)
+            h.update(view)
             if h.hexdigest() != digest.partition(":")[2]:
                 raise ValueError(f"chunk {start}-{end} does not match {digest}")
-        os.pwrite(fd, data, start)
-        return index, data
+        write(view, start)
+        return index, buf
 
     whole = hashlib.sha256()
-    waiting: dict[int, bytes] = {}  # completed chunks the in-order hasher has not reached
+    waiting: dict[int, memoryview] = {}  # fetched chunks the in-order hasher has not reached
     next_to_hash = 0
     next_to_submit = 0
-    window = 2 * streams
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         with ThreadPoolExecutor(max_workers=streams) as pool:
             running = set()
@@ -140,12 +182,17 @@ def pull_threads(
                     next_to_submit += 1
                 done, running = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
-                    index, data = future.result()
-                    waiting[index] = data
+                    index, buf = future.result()
+                    waiting[index] = buf
                 while next_to_hash in waiting:
-                    whole.update(waiting.pop(next_to_hash))
+                    _, start, end = chunks[next_to_hash]
+                    buf = waiting.pop(next_to_hash)
+                    whole.update(buf[: end - start + 1])
+                    free.put(buf)
                     next_to_hash += 1
     finally:
+        if direct_fd >= 0:
+            os.close(direct_fd)
         os.close(fd)
     if whole.hexdigest() != sha256_hex:
         raise ValueError(f"blob hashed to sha256:{whole.hexdigest()}, want sha256:{sha256_hex}")

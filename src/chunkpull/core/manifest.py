@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 
 from .digest import Digest, sha256_digest
-from .errors import InvalidDigestError, InvalidManifestError
+from ..errors import InvalidDigestError, InvalidManifestError
 
 __all__ = ["Manifest", "Layer", "MEDIA_TYPE_MANIFEST"]
 

@@ -1,0 +1,298 @@
+"""The ``chunkpull`` command line: the argument tree, the commands, and how errors end them.
+
+Subcommands::
+
+    chunkpull pull NAME... [--models DIR] [--streams N] [--verify blob|chunks] [--quiet]
+    chunkpull ls   [--models DIR]
+    chunkpull rm   NAME... [--models DIR]
+    chunkpull serve [--host H] [--port P] [--models DIR] [--streams N]
+    chunkpull registry serve|make ...      (the built-in test registry, chunkpull.testing)
+    chunkpull bench [NAME] [--compare] ...  (the benchmark harness, chunkpull.bench)
+    chunkpull --version
+
+This module owns nothing else: pulling and caching live in ``registry`` and
+``store``, the progress display in ``display``, the local API in ``serve``.
+
+Exit status: 0 on success, 1 on an error (one line on stderr,
+``chunkpull: error: <message>``, no traceback), 2 on a usage error, 130 when
+interrupted with Ctrl-C.
+
+Imports registry, store, display, core and the backend choice; ``serve``,
+``testing`` and ``bench`` only inside the commands that need them, so
+``chunkpull pull`` never loads the test registry or the bench harness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from .._env import MAX_MAX_STREAMS
+from .._hashio import BACKEND
+from .._version import __version__
+from ..core.units import format_age, format_bytes, format_rate, plural
+from ..display import Figures, pull_with_progress
+from ..errors import ChunkpullError, ModelNotFoundError
+from ..registry import VERIFY_MODES, Registry
+from ..store.cache import DiskCache
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+
+def _one_line(err: BaseException) -> str:
+    # A registry's error body can span lines; the contract is one line.
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+# --------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------
+
+
+def _open_registry(args: argparse.Namespace, *, create: bool = True) -> Registry:
+    return Registry(
+        DiskCache.open(args.models, create=create),
+        max_streams=getattr(args, "streams", None),
+        verify=getattr(args, "verify", None),
+    )
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    registry = _open_registry(args)
+    try:
+        # Reject every bad name before moving a byte of any model.
+        labels = [registry.parse(name).name.display_shortest(registry.mask) for name in args.names]
+        for name, label in zip(args.names, labels):
+            code = _pull_one(registry, name, label, quiet=args.quiet)
+            if code != EXIT_OK:
+                return code
+        return EXIT_OK
+    finally:
+        registry.close()
+
+
+def _pull_one(registry: Registry, name: str, label: str, *, quiet: bool) -> int:
+    """Pull one model with a progress display; print its summary line."""
+    try:
+        aggregator = pull_with_progress(registry, name, label, quiet=quiet, stream=sys.stderr)
+    except KeyboardInterrupt:
+        print("chunkpull: interrupted; the next pull resumes", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    # Bytes and rate count what this pull brought in, not cached blobs, so
+    # the rate is a real transfer rate (a fully cached pull shows 0 B);
+    # the model's size is what ``ls`` shows.
+    figures = Figures.read(aggregator)
+    elapsed_s = aggregator.elapsed_s()
+    rate = figures.fetched / elapsed_s if elapsed_s > 0 else 0.0
+    print(
+        f"pulled {name}: {format_bytes(figures.fetched)} in {elapsed_s:.2f} s ({format_rate(rate)}), "
+        f"{plural(figures.blobs, 'blob')} ({figures.cached} cached)",
+        flush=True,
+    )
+    return EXIT_OK
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    registry = _open_registry(args, create=False)
+    try:
+        now = time.time()
+        mtimes = {}
+        for name, path in registry.cache.links():
+            try:
+                mtimes[name] = path.stat().st_mtime
+            except OSError:
+                continue
+        rows = [("NAME", "DIGEST", "SIZE", "MODIFIED")]
+        for name, manifest in registry.list_local():
+            modified = format_age(now - mtimes[name]) if name in mtimes else "?"
+            rows.append((name.display_shortest(registry.mask), manifest.digest.short(), format_bytes(manifest.size), modified))
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        for row in rows:
+            print("   ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "   " + row[3])
+        return EXIT_OK
+    finally:
+        registry.close()
+
+
+def _cmd_rm(args: argparse.Namespace) -> int:
+    registry = _open_registry(args, create=False)
+    status = EXIT_OK
+    try:
+        # Like rm(1): a missing model is reported and the others still go.
+        for name in args.names:
+            try:
+                if not registry.unlink(name):
+                    raise ModelNotFoundError(name, f'model "{name}" not found in {registry.cache.root} (see chunkpull ls)')
+            except ChunkpullError as exc:
+                _print_error(exc)
+                status = EXIT_ERROR
+                continue
+            print(f"deleted {name}", flush=True)
+        return status
+    finally:
+        registry.close()
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    # Imported here: the API server is only needed by this command.
+    from ..serve import server
+
+    # api logs each request to the "chunkpull.api" logger and leaves the
+    # handlers to its caller; show them on stderr, and only chunkpull's.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("chunkpull")
+    logger.addHandler(handler)
+    previous_level = logger.level
+    logger.setLevel(logging.INFO)
+    registry = _open_registry(args)
+    try:
+        server.serve(registry, args.host, args.port, ready=lambda server: print(f"chunkpull: serving on {server.url}", file=sys.stderr, flush=True))
+    finally:
+        registry.close()
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
+    return EXIT_OK
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from ..bench import harness  # heavy and rarely used: only when asked for
+
+    return harness.bench_main(args.rest)
+
+
+def _cmd_registry(args: argparse.Namespace) -> int:
+    # Imported here: the built-in registry is test tooling, not the product's import path.
+    from ..testing import main as testing_main
+
+    entry = testing_main.serve_main if args.action == "serve" else testing_main.make_main
+    return entry(args.rest)
+
+
+# --------------------------------------------------------------------------
+# Parser and entry point
+# --------------------------------------------------------------------------
+
+
+def _streams(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_MAX_STREAMS:
+        raise argparse.ArgumentTypeError(f"want a whole number from 1 to {MAX_MAX_STREAMS}, not {text!r}")
+    return n
+
+
+def _port(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"want a port number from 0 to 65535, not {text!r}")
+    return n
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="chunkpull",
+        description="Pull model blobs from Ollama-style registries into an Ollama models directory, fast and verified.",
+    )
+    p.add_argument("--version", action="version", version=f"chunkpull {__version__} (backend: {BACKEND})")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    models_help = "models directory (default: $OLLAMA_MODELS, else ~/.ollama/models)"
+    streams_help = "concurrent connections per pull (default: $OLLAMA_REGISTRY_MAXSTREAMS, else 8)"
+
+    pull = sub.add_parser("pull", help="pull models into the models directory", description="Pull models into the models directory.")
+    pull.add_argument("names", nargs="+", metavar="NAME", help="model name, e.g. llama3.2 or http://127.0.0.1:5000/library/smol:latest")
+    pull.add_argument("--models", metavar="DIR", help=models_help)
+    pull.add_argument("--streams", type=_streams, metavar="N", help=streams_help)
+    pull.add_argument("--verify", choices=VERIFY_MODES, help="blob: one whole-blob SHA-256 pass (default); chunks: also check every chunk as it arrives")
+    pull.add_argument("-q", "--quiet", action="store_true", help="no progress display; only the summary line")
+    pull.set_defaults(run=_cmd_pull)
+
+    ls = sub.add_parser("ls", help="list local models", description="List the models in the models directory.")
+    ls.add_argument("--models", metavar="DIR", help=models_help)
+    ls.set_defaults(run=_cmd_ls)
+
+    rm = sub.add_parser("rm", help="remove local models", description="Remove models and the blobs no other model uses.")
+    rm.add_argument("names", nargs="+", metavar="NAME", help="model name as pulled or as ls shows it")
+    rm.add_argument("--models", metavar="DIR", help=models_help)
+    rm.set_defaults(run=_cmd_rm)
+
+    serve = sub.add_parser("serve", help="serve the Ollama-compatible local API", description="Serve the Ollama-compatible local API (/api/pull, /api/delete, ...).")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=11434, help="port to bind (default 11434)")
+    serve.add_argument("--models", metavar="DIR", help=models_help)
+    serve.add_argument("--streams", type=_streams, metavar="N", help=streams_help)
+    serve.set_defaults(run=_cmd_serve)
+
+    reg = sub.add_parser(
+        "registry",
+        help="run the built-in registry (tests and demos)",
+        description="The built-in registry: 'serve DIR ...' serves a models directory, 'make DIR NAME --size ...' writes a model. "
+        "Run 'chunkpull registry serve --help' for the options.",
+    )
+    reg.add_argument("action", choices=("serve", "make"))
+    reg.add_argument("rest", nargs=argparse.REMAINDER, metavar="ARGS", help="passed on unchanged")
+    reg.set_defaults(run=_cmd_registry)
+
+    bench = sub.add_parser(
+        "bench",
+        add_help=False,
+        help="benchmark pulls (an embedded 1 GiB model by default, or a registry name)",
+        description="Benchmark pulls; run 'chunkpull bench --help' for the options.",
+    )
+    bench.add_argument("rest", nargs=argparse.REMAINDER, metavar="ARGS", help="passed on to the benchmark harness")
+    bench.set_defaults(run=_cmd_bench)
+    return p
+
+
+def _print_error(err: BaseException) -> None:
+    print(f"chunkpull: error: {_one_line(err)}", file=sys.stderr, flush=True)
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None:
+        return EXIT_OK
+    if isinstance(exc.code, int):
+        return exc.code
+    print(exc.code, file=sys.stderr)  # sys.exit("message") convention
+    return EXIT_ERROR
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line with argv (default ``sys.argv[1:]``); return the exit status.
+
+    Never raises for an expected failure: errors become one line on stderr
+    and status 1, usage errors status 2, Ctrl-C status 130.  Unexpected
+    exceptions (bugs) keep their traceback.
+    """
+    parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        # bench owns its whole option set (its --help included): hand it over.
+        args = argparse.Namespace(command="bench", rest=argv[1:], run=_cmd_bench) if argv[:1] == ["bench"] else parser.parse_args(argv)
+        if args.command is None:
+            parser.print_usage(sys.stderr)
+            print("chunkpull: error: a command is required", file=sys.stderr)
+            return EXIT_USAGE
+        return args.run(args)
+    except SystemExit as exc:  # argparse (ours, or testregistry's) exits; main returns instead
+        return _exit_code(exc)
+    except KeyboardInterrupt:
+        print("chunkpull: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except (ChunkpullError, OSError, ValueError) as err:
+        _print_error(err)
+        return EXIT_ERROR

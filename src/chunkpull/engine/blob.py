@@ -1,0 +1,165 @@
+"""``BlobPull``: everything one pull knows about one blob while it is in flight.
+
+A blob comes either as one stream (below the chunking threshold: hashed as
+it is written, in byte order) or as chunks (a ``BlobAssembler`` puts them
+together and keeps the in-order hash).  Either way its state lives here:
+the chunk list, the work file, which bytes were already reported to the
+progress callback (so re-fetched bytes never count twice), which chunks are
+left, the resume record, and the blob's first error.
+
+Imports core, store (the work file) and ``engine.assembler``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from collections.abc import Callable
+
+from .. import _hashio
+from ..core.chunks import Chunk, ChunkSum
+from ..core.digest import sha256_digest
+from ..core.manifest import Layer
+from ..store.ingest import Ingest
+from .assembler import BlobAssembler
+
+__all__ = ["BlobPull", "chunks_id"]
+
+
+def chunks_id(sums: list[ChunkSum]) -> str:
+    """Fingerprint a chunk list, so a resume record is only reused for the same tiling."""
+    text = "\n".join(f"{s.digest or '-'} {s.chunk}" for s in sums)
+    return str(sha256_digest(text.encode()))
+
+
+class BlobPull:
+    """One blob's pull state; its lock guards the counters, the assembler has its own.
+
+    ``url`` is where the bytes come from (the registry's blob URL, or the
+    chunksums' ``Content-Location``); ``chunk_url(i)`` is the URL for chunk
+    i, the one place a chunk's source is chosen.
+    """
+
+    # Rewrite the resume record at most this often (per blob): a crash then
+    # costs at most this much re-fetching, and the writes stay negligible.
+    RECORD_EVERY_S = 0.5
+
+    def __init__(self, layer: Layer, url: str, sums: list[ChunkSum], *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.layer = layer
+        self.key = str(layer.digest)
+        self.set_chunks(url, sums)
+        self.ingest: Ingest | None = None
+        self.assembler: BlobAssembler | None = None
+        # One-stream blobs only: the running hash of the bytes before the stream's position.
+        self.stream_hash: _hashio.RunningSha256 | None = None
+        self.todo: list[int] = []  # chunks to fetch
+        self.remaining = 0  # chunks queued and not yet finished
+        self.resumed_bytes = 0
+        self.repairs = 0
+        self.single_stream = False  # the registry ignores Range: one stream fetches all
+        self.ended = False  # retired: no pieces, hash or files of this blob remain in use
+        self.counted_out = False  # no longer counted in flight by the driver
+        self.error: BaseException | None = None  # the first failure; the blob is done for
+        self.lock = threading.Lock()
+        self._clock = clock
+        self._saved_at = clock()
+
+    @classmethod
+    def one_stream(cls, layer: Layer, url: str) -> BlobPull:
+        """Return the state of a blob fetched in one GET, as one chunk without a digest."""
+        return cls(layer, url, [ChunkSum(Chunk(0, layer.size - 1), None)] if layer.size else [])
+
+    def set_chunks(self, url: str, sums: list[ChunkSum]) -> None:
+        """Set where the bytes come from and the chunk list (known once the chunksums answered)."""
+        self.url = url
+        self.sums = sums
+        self._starts = [s.chunk.start for s in sums]
+        self.reported = [0] * len(sums)  # bytes of each chunk already reported
+        self.chunks_id = chunks_id(sums)
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    def chunk_url(self, index: int) -> str:
+        """Return the URL chunk index is fetched from."""
+        return self.url
+
+    def open_chunks(self, ingest: Ingest, wake: Callable[[], None] | None) -> None:
+        """Take the work file, resume from its record, and work out which chunks are left."""
+        self.ingest = ingest
+        rec = ingest.load_record(self.chunks_id)
+        resumed = Ingest.record_done(rec, len(self.sums)) if rec else [False] * len(self.sums)
+        state = bytes.fromhex(rec["hash_state"]) if rec and rec.get("hash_state") else None
+        self.assembler = BlobAssembler(
+            ingest.fd, self.layer.digest, self.layer.size, self.sums,
+            direct_fd=ingest.direct_fd, hash_state=state, hashed=rec["hashed"] if rec else 0, wake=wake,
+        )
+        self.assembler.mark_done(resumed)
+        done = self.assembler.done_chunks()
+        self.todo = [i for i, ok in enumerate(done) if not ok]
+        self.remaining = len(self.todo)
+        for i, ok in enumerate(done):
+            if ok:
+                # Chunks a previous pull fetched count as done, but not as traffic.
+                self.reported[i] = self.sums[i].chunk.size
+        self.resumed_bytes = sum(self.reported)
+
+    def credit(self, offset: int, n: int) -> int:
+        """Count bytes [offset, offset + n) as arrived; return how many of them are new.
+
+        Bytes fetched again (a retry, a repair, a restart) were counted the
+        first time, so the sum of what this returns never exceeds the blob.
+        """
+        end = offset + n
+        new = 0
+        with self.lock:
+            i = max(0, bisect.bisect_right(self._starts, offset) - 1)
+            while i < len(self.sums) and self.sums[i].chunk.start < end:
+                chunk = self.sums[i].chunk
+                covered = min(end, chunk.end + 1) - chunk.start
+                if covered > self.reported[i]:
+                    new += covered - self.reported[i]
+                    self.reported[i] = covered
+                i += 1
+        return new
+
+    def finish_chunk(self) -> bool:
+        """Count one queued chunk finished; return True for the blob's last one."""
+        with self.lock:
+            self.remaining -= 1
+            return self.remaining == 0
+
+    def requeue(self, bad: list[int]) -> None:
+        """Queue the chunks a repair fetches again; ranges again (a registry that ignores them sends us back to one stream)."""
+        with self.lock:
+            self.repairs += 1
+            self.remaining = len(bad)
+            self.single_stream = False
+
+    def switch_to_one_stream(self) -> bool:
+        """Mark the blob as fetched in one stream; return True for the caller that switched it."""
+        with self.lock:
+            first, self.single_stream = not self.single_stream, True
+            return first
+
+    def retire(self) -> bool:
+        """Mark the blob ended; return True once, for the caller that must release its resources."""
+        with self.lock:
+            if self.ended:
+                return False
+            self.ended = True
+            return True
+
+    def save_record(self, *, force: bool = False) -> None:
+        """Write the resume record (at most every ``RECORD_EVERY_S`` unless forced)."""
+        if self.assembler is None or self.ingest is None:
+            return
+        now = self._clock()
+        with self.lock:
+            if not force and now - self._saved_at < self.RECORD_EVERY_S:
+                return
+            self._saved_at = now
+            hashed, hash_state = self.assembler.hashed_prefix()
+            self.ingest.save_record(self.chunks_id, self.assembler.done_chunks(), hashed, hash_state)

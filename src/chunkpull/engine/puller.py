@@ -1,0 +1,580 @@
+"""The pull engine: one pull's worker pool, its blobs, chunks and commits.
+
+``Registry.pull`` resolves the manifest and hands the blobs that are not
+cached to a ``Puller`` with a ``PullConfig`` and a ``Source``; it runs them
+on ``max_streams`` worker threads:
+
+- a blob below the chunking threshold comes in one streamed GET, hashed as
+  it is written;
+- a larger blob's chunk list comes from the chunksums endpoint (or, when the
+  registry has none, from splitting it ourselves); each chunk is a Range GET
+  streamed into pieces of a bounded, page-aligned ``PiecePool``; each piece
+  is written at its final offset in the blob's work file (``O_DIRECT`` when
+  the file system allows it) and handed to the blob's in-order SHA-256
+  (``BlobAssembler``), which releases it once hashed;
+- the blob is committed only when it hashes to its digest.
+
+All three ways of moving bytes (a small blob, a chunk, a whole blob from a
+registry that ignores Range) go through one loop, ``_stream``: stream a
+range into a sink, credit the new bytes to progress once, and retry from
+the current offset.
+
+Bounded: threads (``max_streams``), memory (the piece pool plus one buffer
+per worker for one-stream blobs), open files (one work file per blob in
+flight, at most ``max_streams`` blobs), retries (``Backoff`` and
+``MAX_INTEGRITY_ATTEMPTS``), waits (the read timeout and the stall monitor).
+
+Imports core, store, the backend and the rest of the engine; never the
+registry façade.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import shutil
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from .._hashio import RunningSha256
+from ..core.chunks import ChunkSum, parse_chunksums, split
+from ..core.manifest import Layer
+from ..core.progress import BYTES, DONE, ERROR, RESUMED, VERIFYING, Progress, ProgressCallback
+from ..errors import ChunkpullError, IncompletePullError, InsufficientSpaceError, IntegrityError, PullCancelledError
+from ..store.cache import DiskCache
+from .assembler import ChunkHasher
+from .blob import BlobPull
+from .config import PullConfig, Source
+from .monitor import StreamMonitor
+from .pieces import ALIGN, Piece, PiecePool, aligned_buffer
+from .transport import RangeIgnoredError, ShortReadError, Transport, join_url
+
+__all__ = ["MAX_INTEGRITY_ATTEMPTS", "MAX_REPAIRS", "Puller"]
+
+# A chunk whose bytes keep failing their digest is fetched at most this often,
+# and a blob whose chunks fail after it completed is repaired at most this often.
+MAX_INTEGRITY_ATTEMPTS = 3
+MAX_REPAIRS = 2
+
+
+class _Reused:
+    """One buffer reused for every read of a stream (the sink is done with it when it returns)."""
+
+    __slots__ = ("view",)
+
+    def __init__(self, view: memoryview) -> None:
+        self.view = view
+
+    def __call__(self) -> memoryview:
+        return self.view
+
+    def drop(self) -> None:
+        pass
+
+
+class _Pieces:
+    """Pool pieces for one chunk's stream: each read gets its own, which the sink takes over."""
+
+    __slots__ = ("pool", "priority", "cancel", "held")
+
+    def __init__(self, pool: PiecePool, priority: Callable[[], bool], cancel: threading.Event) -> None:
+        self.pool = pool
+        self.priority = priority
+        self.cancel = cancel
+        self.held: Piece | None = None  # acquired, not yet handed to the sink
+
+    def __call__(self) -> memoryview:
+        self.held = self.pool.acquire(priority=self.priority, cancel=self.cancel)
+        return self.held.view
+
+    def take(self) -> Piece:
+        piece, self.held = self.held, None
+        return piece
+
+    def drop(self) -> None:
+        if self.held is not None:
+            self.held.release()
+            self.held = None
+
+
+class Puller:
+    """One pull's worker pool and bookkeeping: ``Puller(...).run()`` fetches, verifies and commits every blob."""
+
+    def __init__(
+        self,
+        config: PullConfig,
+        transport: Transport,
+        cache: DiskCache,
+        source: Source,
+        todo: list[Layer],
+        report: ProgressCallback,
+        cancel: threading.Event,
+    ) -> None:
+        self.config = config
+        self.transport = transport
+        self.cache = cache
+        self.source = source
+        self.todo = todo
+        self.report = report
+        self.cancel = cancel
+        self.blobs: list[BlobPull] = []
+        self.pending = 0  # units of work submitted and not finished
+        self.cond = threading.Condition()
+        self.local = threading.local()
+        self.pool = ThreadPoolExecutor(max_workers=config.max_streams, thread_name_prefix="chunkpull")
+        self.monitor = StreamMonitor(stall_s=config.stall_timeout_s)
+        self.pieces: PiecePool | None = None  # made for the first chunked blob
+        # One thread advances every chunked blob's in-order hash, so workers
+        # never stop reading their sockets to hash other chunks' pieces.
+        self.hashing: list[BlobPull] = []
+        self.hash_wakeup = threading.Event()
+        self.hasher: threading.Thread | None = None
+        # Blobs in flight are capped at max_streams, so open files (two
+        # descriptors per work file) and reserved pieces stay bounded however
+        # many layers a model has.
+        self.blobs_in_flight = 0
+        self.open_chunked: set[BlobPull] = set()
+
+    # -- driver ---------------------------------------------------------------
+
+    def run(self) -> None:
+        """Pull every blob; raise the failure(s) after every worker has stopped.
+
+        Raises:
+            IntegrityError, RegistryError, TransportError, ... (one blob
+            failed), IncompletePullError (several failed),
+            PullCancelledError, InsufficientSpaceError.
+        """
+        queue = deque(self.todo)
+        try:
+            while True:
+                with self.cond:
+                    while queue and self.blobs_in_flight < self.config.max_streams and not self.cancel.is_set():
+                        self._start(queue.popleft())
+                    if self.cancel.is_set():
+                        queue.clear()
+                    if not self.pending and not queue:
+                        break
+                    self.cond.wait(self.config.monitor_interval_s)
+                self.monitor.check()  # outside the lock: it may shut sockets down
+        except BaseException:
+            self.cancel.set()  # e.g. Ctrl-C in the caller's thread: stop the workers too
+            raise
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self._stop_hasher()
+            for blob in list(self.open_chunked):  # blobs whose queued chunks were cancelled
+                self._end_blob(blob, keep=True)
+            if self.pieces is not None:
+                self.pieces.close()  # free the pool now, not at the next gc
+                self.pieces = None
+        # One directory fsync for every blob committed, before the manifest
+        # (written by the caller) can name them.
+        self.cache.sync_blobs_dir()
+        errors = {b.key: b.error for b in self.blobs if b.error is not None}
+        if self.cancel.is_set() and not errors:
+            raise PullCancelledError()
+        real = [e for e in errors.values() if not isinstance(e, PullCancelledError)]
+        if errors and not real:
+            raise next(iter(errors.values()))
+        if len(real) == 1:
+            raise real[0]
+        if real:
+            raise IncompletePullError(f"{len(real)} of {len(self.todo)} blobs failed; first: {real[0]}", errors=errors) from real[0]
+
+    def _start(self, layer: Layer) -> None:
+        """Count a blob in flight and queue its first unit of work; called with the lock held."""
+        self.blobs_in_flight += 1
+        if layer.size < self.config.chunking_threshold or layer.size == 0:
+            blob = BlobPull.one_stream(layer, self.source.blob_url(layer.digest))
+            work = self._fetch_one_stream
+        else:
+            blob = BlobPull(layer, self.source.blob_url(layer.digest), [])
+            work = self._open_chunked
+        self.blobs.append(blob)
+        self._submit(blob, work, blob)
+
+    def _submit(self, blob: BlobPull, fn: Callable, *args) -> None:
+        with self.cond:
+            self.pending += 1
+        self.pool.submit(self._guard, blob, fn, *args)
+
+    def _guard(self, blob: BlobPull, fn: Callable, *args) -> None:
+        """Run one unit of a blob's work; a failure fails that blob only."""
+        try:
+            fn(*args)
+        except BaseException as err:  # noqa: BLE001 - recorded and re-raised by run()
+            self._fail(blob, err)
+        finally:
+            with self.cond:
+                self.pending -= 1
+                self.cond.notify_all()
+
+    def _count_out(self, blob: BlobPull) -> None:
+        """Count a blob out of flight (once), so the driver can start the next."""
+        with self.cond:
+            if blob.counted_out:
+                return
+            blob.counted_out = True
+            self.blobs_in_flight -= 1
+            self.cond.notify_all()
+
+    def _fail(self, blob: BlobPull, err: BaseException) -> None:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC and not isinstance(err, InsufficientSpaceError):
+            # A file system without fallocate ran out mid-write.
+            free = shutil.disk_usage(self.cache.root).free
+            err = InsufficientSpaceError(errno.ENOSPC, f"disk full in {self.cache.root} while writing {blob.layer.digest.short()} ({free} bytes free)")
+        with self.cond:
+            first = blob.error is None
+            if first:
+                blob.error = err
+        if first:
+            self.report(Progress(blob.key, blob.layer.size, ERROR, error=err))
+
+    def _check(self, blob: BlobPull) -> None:
+        if self.cancel.is_set():
+            raise PullCancelledError()
+        if blob.failed:
+            # Pieces of a failed blob would park for a hash that never comes
+            # and starve the pool: stop streaming it.
+            raise ChunkpullError(f"blob {blob.key} failed; stream dropped")
+
+    def _buffer(self) -> _Reused:
+        buf = getattr(self.local, "buf", None)
+        if buf is None:
+            buf = self.local.buf = _Reused(aligned_buffer(self.config.buffer_size))
+        return buf
+
+    # -- the one range-streaming loop -----------------------------------------
+
+    def _stream(
+        self,
+        blob: BlobPull,
+        url: str,
+        start: int,
+        end: int,
+        buffers: _Reused | _Pieces,
+        sink: Callable[[int, memoryview], None],
+        *,
+        label: object,
+        resume: bool = True,
+        restart: Callable[[], None] | None = None,
+    ) -> None:
+        """Stream bytes start..end (inclusive) of url into sink(offset, view), retrying until done.
+
+        A retry resumes where the last attempt stopped (the sink has every
+        byte before it), unless ``resume`` is False (a registry that ignores
+        Range can only start over).  When the registry ignores Range on a
+        resumed request, ``restart()`` (if given) resets the sink and the
+        stream starts over; without it, RangeIgnoredError reaches the caller.
+        New bytes are credited to the blob and reported once.
+
+        Raises:
+            RangeIgnoredError, RegistryError, TransportError, PullCancelledError,
+            and whatever sink raises.
+        """
+        pos = start
+
+        def deliver(offset: int, view: memoryview) -> None:
+            nonlocal pos
+            sink(offset, view)
+            pos = offset + len(view)
+            new = blob.credit(offset, len(view))
+            if new:
+                self.report(Progress(blob.key, blob.layer.size, BYTES, new))
+
+        def attempt() -> None:
+            nonlocal pos
+            if not resume:
+                pos = start
+            if pos > end:
+                return
+            try:
+                self.transport.read_range(
+                    url, pos, end, buffers, deliver, verify_tls=self.source.verify_tls, auth=self.source.auth, stream=stream
+                )
+            except RangeIgnoredError:
+                if restart is None:
+                    raise
+                restart()
+                pos = start
+                raise ShortReadError(f"{url}: cannot resume (Range ignored); starting over", 0) from None
+            finally:
+                buffers.drop()
+
+        stream = self.monitor.stream(label)
+        try:
+            self.transport.retry(attempt, url, cancel=self.cancel, position=lambda: pos)
+        finally:
+            self.monitor.done(stream)
+
+    # -- one-stream blobs -------------------------------------------------------
+
+    def _fetch_one_stream(self, blob: BlobPull) -> None:
+        """Fetch a small blob in one streamed GET, hashing as it is written; commit it."""
+        try:
+            self._fetch_one_stream_into(blob)
+        finally:
+            self._count_out(blob)
+
+    def _fetch_one_stream_into(self, blob: BlobPull) -> None:
+        layer = blob.layer
+        ingest = self.cache.ingest(layer.digest, layer.size, cancel=self.cancel)
+        if ingest is None:  # another process committed it while we waited
+            self.report(Progress(blob.key, layer.size, DONE))
+            return
+        blob.ingest = ingest
+
+        def restart() -> None:
+            blob.stream_hash = RunningSha256()
+
+        def sink(offset: int, view: memoryview) -> None:
+            self._check(blob)
+            blob.stream_hash.update_pwrite(ingest.fd, view, offset)  # hash and write in one pass
+
+        try:
+            for _ in range(MAX_INTEGRITY_ATTEMPTS):
+                restart()
+                self._stream(blob, blob.url, 0, layer.size - 1, self._buffer(), sink, label=blob.key, restart=restart)
+                got = blob.stream_hash.digest()
+                if got == layer.digest.raw and blob.stream_hash.length == layer.size:
+                    break
+            else:
+                raise IntegrityError(
+                    f"blob {layer.digest} from {blob.url} hashes to sha256:{got.hex()} ({MAX_INTEGRITY_ATTEMPTS} attempts)",
+                    digest=blob.key, expected=blob.key, got=f"sha256:{got.hex()}",
+                )
+            self.report(Progress(blob.key, layer.size, VERIFYING))
+            ingest.commit(got, sync_dir=False)  # run() syncs blobs/ once
+        except BaseException:
+            ingest.discard()  # a one-request blob has nothing worth resuming
+            raise
+        self.report(Progress(blob.key, layer.size, DONE))
+
+    # -- chunked blobs ------------------------------------------------------------
+
+    def _open_chunked(self, blob: BlobPull) -> None:
+        """Fetch the chunk list, open the work file (resuming) and queue the chunks left."""
+        try:
+            started = self._open_chunked_work(blob)
+        except BaseException:
+            self._count_out(blob)
+            raise
+        if not started:
+            self._count_out(blob)
+
+    def _open_chunked_work(self, blob: BlobPull) -> bool:
+        layer = blob.layer
+        blob.set_chunks(*self._chunksums(layer))
+        ingest = self.cache.ingest(layer.digest, layer.size, cancel=self.cancel, direct=self.config.io != "buffered")
+        if ingest is None:  # another process committed it while we waited
+            self.report(Progress(blob.key, layer.size, DONE))
+            return False
+        if self.config.io == "direct" and ingest.direct_fd < 0:
+            ingest.close()
+            raise ChunkpullError(f"io=direct, but {self.cache.root} does not support O_DIRECT; use io=auto or buffered")
+        try:
+            blob.open_chunks(ingest, wake=self.hash_wakeup.set)
+        except BaseException:
+            ingest.close()
+            raise
+        self._hold_reserve(blob)
+        if blob.resumed_bytes:
+            self.report(Progress(blob.key, layer.size, RESUMED, blob.resumed_bytes))
+        if not blob.todo:
+            self._submit(blob, self._finish_chunked, blob)
+        for i in blob.todo:
+            self._submit(blob, self._run_chunk, blob, i)
+        return True
+
+    def _chunksums(self, layer: Layer) -> tuple[str, list[ChunkSum]]:
+        """Return (URL of the bytes, chunk list) for a blob: the registry's, or our own split."""
+        blob_url = self.source.blob_url(layer.digest)
+        resp = self.transport.get(
+            self.source.chunksums_url(layer.digest), verify_tls=self.source.verify_tls, auth=self.source.auth, ok=(200, 404), cancel=self.cancel
+        )
+        if resp.status == 404:
+            # No chunksums endpoint: split the blob ourselves; only the
+            # whole-blob digest can verify it.
+            return blob_url, [ChunkSum(c, None) for c in split(layer.size, self.config.split_chunk_size)]
+        location = resp.headers.get("Content-Location", "").strip()
+        if not location:
+            location = blob_url
+        elif location.startswith("/"):
+            location = join_url(self.source.base_url, location)
+        elif not location.startswith(("http://", "https://")):
+            raise ChunkpullError(f"registry sent an unusable Content-Location {location[:200]!r} for {layer.digest}: want an http(s) URL")
+        # The bytes may come from another host (a CDN); requests drops the
+        # source's credentials on a request or redirect to another host.
+        return location, parse_chunksums(resp.body, layer.size)
+
+    def _run_chunk(self, blob: BlobPull, i: int) -> None:
+        """Fetch chunk i; whoever finishes a blob's last chunk verifies and commits it."""
+        try:
+            if not blob.failed and not blob.single_stream:
+                self._check(blob)
+                try:
+                    self._fetch_chunk(blob, i)
+                    blob.assembler.chunk_done(i)
+                except RangeIgnoredError:
+                    if blob.switch_to_one_stream():
+                        self._fetch_whole_chunked(blob)
+                blob.save_record()
+        except BaseException as err:  # noqa: BLE001 - recorded and re-raised by run()
+            self._fail(blob, err)
+            # Free the pieces parked behind the failed chunk: workers still
+            # streaming this blob's chunks may be waiting for one.
+            blob.assembler.release_all()
+        finally:
+            try:
+                if blob.finish_chunk():
+                    if blob.failed:
+                        self._end_blob(blob, keep=True)  # the next pull resumes it
+                    else:
+                        self._finish_chunked(blob)
+            except BaseException as err:  # noqa: BLE001 - recorded and re-raised by run()
+                self._fail(blob, err)
+
+    def _fetch_chunk(self, blob: BlobPull, i: int) -> None:
+        """Stream chunk i through pool pieces into the assembler, checking its digest in chunks mode."""
+        s = blob.sums[i]
+        chunk = s.chunk
+        check = self.config.verify == "chunks" and s.digest is not None
+        # Pieces go out with O_DIRECT only if every one starts on a page.
+        aligned = chunk.start % ALIGN == 0
+        pieces = _Pieces(self.pieces, lambda: blob.assembler.is_next(i), self.cancel)
+        for _ in range(MAX_INTEGRITY_ATTEMPTS):
+            hasher = ChunkHasher(s.digest.algorithm) if check else None
+
+            def sink(offset: int, view: memoryview) -> None:
+                piece = pieces.take()
+                try:
+                    self._check(blob)
+                except BaseException:
+                    piece.release()
+                    raise
+                if hasher is not None:
+                    hasher.update(view)  # before deliver: the hash may release the piece
+                blob.assembler.deliver(i, offset, view, piece.release, aligned=aligned)
+
+            self._stream(blob, blob.chunk_url(i), chunk.start, chunk.end, pieces, sink, label=(blob.key, i))
+            if hasher is None or hasher.digest() == s.digest.raw:
+                return
+            blob.assembler.reset_chunk(i)  # unhash the bad bytes before fetching again
+        raise IntegrityError(
+            f"chunk {chunk} of blob {blob.layer.digest} failed its digest {s.digest} {MAX_INTEGRITY_ATTEMPTS} times",
+            digest=blob.key, expected=str(s.digest),
+        )
+
+    def _fetch_whole_chunked(self, blob: BlobPull) -> None:
+        """Fetch a chunked blob in one stream (for registries that ignore Range)."""
+
+        def sink(offset: int, view: memoryview) -> None:
+            self._check(blob)
+            blob.assembler.write(offset, view)
+
+        self._stream(blob, blob.url, 0, blob.layer.size - 1, self._buffer(), sink, label=blob.key, resume=False)
+        for i in range(len(blob.sums)):
+            blob.assembler.chunk_done(i)
+
+    def _hold_reserve(self, blob: BlobPull) -> None:
+        """Size the piece pool on first use and keep one reserve piece per chunked blob in flight."""
+        with self.cond:
+            if self.pieces is None:
+                piece = self.config.buffer_size
+                chunk = max(s.chunk.size for s in blob.sums)
+                streams = self.config.max_streams
+                # Enough for every stream to park a whole chunk, within the budget.
+                want = streams * (math.ceil(chunk / piece) + 1)
+                budget = max(streams + 2, self.config.memory_budget // piece)
+                self.pieces = PiecePool(max(4, min(want, budget)), piece)
+            self.hashing.append(blob)
+            self.open_chunked.add(blob)
+            self.pieces.set_reserve(len(self.open_chunked))
+            if self.hasher is None:
+                self.hasher = threading.Thread(target=self._hash_loop, name="chunkpull-hash", daemon=True)
+                self.hasher.start()
+        blob.assembler.on_advance = self.pieces.wake
+
+    def _hash_loop(self) -> None:
+        """The hasher thread: drain every active blob's in-order hash as pieces arrive."""
+        while True:
+            self.hash_wakeup.wait(0.05)
+            self.hash_wakeup.clear()
+            with self.cond:
+                blobs = list(self.hashing)
+                if self.hasher is None:
+                    return
+            for blob in blobs:
+                try:
+                    blob.assembler.drain()
+                except BaseException as err:  # noqa: BLE001 - fails that blob only
+                    self._fail(blob, err)
+                    with self.cond:
+                        if blob in self.hashing:
+                            self.hashing.remove(blob)
+                    blob.assembler.release_all()
+
+    def _stop_hasher(self) -> None:
+        with self.cond:
+            t, self.hasher = self.hasher, None
+        if t is not None:
+            self.hash_wakeup.set()
+            t.join()
+
+    def _end_blob(self, blob: BlobPull, *, keep: bool = False) -> None:
+        """Retire a chunked blob once: stop its hash, free its pieces, count it out.
+
+        With keep, also save its resume record and close its work file (the
+        next pull resumes it); otherwise the caller commits or discards it.
+        """
+        if not blob.retire():
+            return
+        # close() waits for the hashing turn: nobody reads the work file
+        # through the assembler once it returns, so the fd may be closed.
+        blob.assembler.close()
+        with self.cond:
+            if blob in self.hashing:
+                self.hashing.remove(blob)
+            self.open_chunked.discard(blob)
+            if self.pieces is not None:
+                self.pieces.set_reserve(max(1, len(self.open_chunked)))
+        if keep:
+            try:
+                blob.save_record(force=True)
+            finally:
+                blob.ingest.close()
+        self._count_out(blob)
+
+    def _finish_chunked(self, blob: BlobPull) -> None:
+        """Finish the whole-blob hash; commit, or re-fetch the chunks that fail their digests."""
+        layer = blob.layer
+        self.report(Progress(blob.key, layer.size, VERIFYING))
+        try:
+            bad = blob.assembler.finish()
+            if bad and blob.repairs == MAX_REPAIRS:
+                raise IntegrityError(
+                    f"blob {layer.digest}: chunks {bad[:5]} still fail their digests after {blob.repairs} re-fetches",
+                    digest=blob.key,
+                )
+        except IntegrityError:
+            self._end_blob(blob)
+            blob.ingest.discard()  # nothing in it can be trusted any more
+            raise
+        except BaseException:
+            self._end_blob(blob, keep=True)
+            raise
+        if bad:
+            blob.requeue(bad)
+            for i in bad:
+                self._submit(blob, self._run_chunk, blob, i)
+            return
+        self._end_blob(blob)
+        try:
+            blob.ingest.commit(blob.assembler.digest_if_verified(), sync_dir=False)  # run() syncs blobs/ once
+        except BaseException:
+            blob.ingest.close()
+            raise
+        self.report(Progress(blob.key, layer.size, DONE))

@@ -1,0 +1,496 @@
+"""The built-in registry's request handler: SPEC section 3 over real sockets, faults included.
+
+Routes ``/v2/<ns>/<model>/{manifests,blobs,chunksums}/<ref>`` and the push
+flow (``blobs/uploads``), answers ``Range`` (one range; anything else gets
+the whole body, as RFC 9110 allows), sends blobs with ``os.sendfile`` or,
+while a fault applies or under TLS, a buffered copy that applies it.
+
+The handler reaches its ``TestRegistry`` as ``self.server.registry``
+(registry.py imports this module, never the reverse).  Imports ``_httpd``,
+``faults`` and ``models``: standard library otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import select
+import socket
+import ssl
+import time
+import uuid
+from typing import Any, Iterable, Iterator
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from .. import _httpd
+from .faults import Plan
+from .models import MANIFEST_MEDIA_TYPE, PUSH_HOST, write_atomic, write_blob
+
+__all__ = ["RegistryServer"]
+
+log = logging.getLogger("chunkpull.testregistry")
+
+_DIGEST_RE = re.compile(r"sha256:([0-9a-f]{64})")
+_ROUTE_RE = re.compile(r"/v2/([^/]+)/([^/]+)/(manifests|blobs|chunksums)/([^/]+)")
+_UPLOAD_RE = re.compile(r"/v2/([^/]+)/([^/]+)/blobs/uploads/([^/]*)")
+_RANGE_RE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
+_KIND = {"manifests": "manifest", "blobs": "blob", "chunksums": "chunksums"}
+
+# Copy-path buffer: big enough that the per-piece Python overhead is noise,
+# small enough that eight connections cost a few MiB.
+_COPY_BUF = 1 << 20
+
+# A TestRegistry (typed loosely: registry.py imports this module, not the reverse).
+_Registry = Any
+
+
+class _Unsatisfiable(Exception):
+    pass
+
+
+def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """Return the inclusive (start, end) a Range header asks for, or None for all.
+
+    Multiple ranges and malformed headers are ignored (RFC 9110 lets a server
+    answer 200 with everything); a range past the end raises _Unsatisfiable.
+    """
+    if not header:
+        return None
+    m = _RANGE_RE.fullmatch(header)
+    if m is None:
+        return None
+    first, last = m.groups()
+    if not first and not last:
+        return None
+    if not first:
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise _Unsatisfiable
+        return max(0, size - suffix), size - 1
+    start = int(first)
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        raise _Unsatisfiable
+    end = int(last) if last else size - 1
+    return start, min(end, size - 1)
+
+
+def _error_body(code: str, message: str) -> bytes:
+    return json.dumps(
+        {"errors": [{"code": code, "message": message}]}, separators=(",", ":")
+    ).encode()
+
+
+class RegistryServer(_httpd.ThreadedServer):
+    def __init__(self, registry: _Registry, address: tuple[str, int]) -> None:
+        self.registry = registry
+        super().__init__(address, _Handler, log=log)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = super().get_request()
+        ctx = self.registry._ssl_context
+        if ctx is not None:
+            # The handshake runs in the connection's own thread (first thing
+            # in _Handler.handle): a slow client must not block accept().
+            sock = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
+
+class _Handler(_httpd.Handler):
+    server: RegistryServer
+    server_version = "chunkpull-testregistry/1"
+    # Idle keep-alive connections and unread sends give up after this long;
+    # stop() does not wait for it, it shuts the sockets down.
+    timeout = 60
+    _responded = False
+    _body_sent = 0
+
+    def handle(self) -> None:
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.do_handshake()
+        super().handle()
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self._responded = True
+        # send_error() may run before the request line was parsed.
+        self.server.registry.stats._add_log(
+            getattr(self, "command", None) or "", getattr(self, "path", ""), code
+        )
+        super().send_response(code, message)
+
+    # -- dispatch -------------------------------------------------------
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_GET
+
+    def _dispatch(self) -> None:
+        self._responded = False
+        reg = self.server.registry
+        try:
+            self._route(reg)
+        except OSError:
+            raise
+        except Exception as exc:  # a bug in this module: answer, log, go on
+            log.exception("testregistry: %s %s failed", self.command, self.path)
+            if self._responded:
+                self.close_connection = True
+            else:
+                self._send(500, _error_body("INTERNAL", f"{type(exc).__name__}: {exc}"))
+
+    def _route(self, reg: _Registry) -> None:
+        split = urlsplit(self.path)
+        path = split.path
+        query = parse_qs(split.query)
+        route = _ROUTE_RE.fullmatch(path)
+        upload = _UPLOAD_RE.fullmatch(path)
+        if upload:
+            kind = "upload"
+        elif route:
+            kind = "upload" if self.command == "PUT" else _KIND[route.group(3)]
+        else:
+            kind = "other"
+        reg.stats._count(kind)
+
+        with reg.faults.lock:
+            canned = reg.faults.routes.get(path) or reg.faults.routes.get(self.path)
+        if canned is not None:
+            self._drain_body()
+            self._send(canned[0], canned[1])
+            return
+
+        if upload:
+            ns, model, upload_id = (unquote(g) for g in upload.groups())
+            if self.command == "POST" and not upload_id:
+                self._drain_body()
+                self._start_upload(reg, ns, model, query)
+            elif self.command == "PUT" and upload_id:
+                self._finish_upload(reg, ns, model, upload_id, query)
+            else:
+                self._drain_body()
+                self._send(405, _error_body("UNSUPPORTED", "method not allowed"))
+            return
+
+        if route is None:
+            self._drain_body()
+            if path in ("/v2", "/v2/") and self.command in ("GET", "HEAD"):
+                self._send(200, b"{}")
+            else:
+                self._send(404, _error_body("NOT_FOUND", "not found"))
+            return
+
+        ns, model, section, ref = (unquote(g) for g in route.groups())
+        if section == "manifests" and self.command == "PUT":
+            self._put_manifest(reg, ns, model, ref)
+            return
+        self._drain_body()
+        if self.command not in ("GET", "HEAD"):
+            self._send(405, _error_body("UNSUPPORTED", "method not allowed"))
+        elif section == "manifests":
+            self._get_manifest(reg, ns, model, ref)
+        elif section == "blobs":
+            self._get_blob(reg, ref)
+        else:
+            self._get_chunksums(reg, ns, model, ref)
+
+    # -- responses --------------------------------------------------------
+
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "application/json",
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD" and body:
+            self.wfile.write(body)
+
+    def _get_manifest(self, reg: _Registry, ns: str, model: str, ref: str) -> None:
+        data: bytes | None = None
+        if _DIGEST_RE.fullmatch(ref):
+            try:
+                data = reg.blob_path(ref).read_bytes()
+            except FileNotFoundError:
+                pass
+        else:
+            path = reg.find_manifest(ns, model, ref)
+            if path is not None:
+                data = path.read_bytes()
+        if data is None:
+            self._send(404, _error_body("MANIFEST_UNKNOWN", "manifest unknown"))
+            return
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        self._send(200, data, MANIFEST_MEDIA_TYPE, [("Docker-Content-Digest", digest)])
+
+    def _get_blob(self, reg: _Registry, ref: str) -> None:
+        if not _DIGEST_RE.fullmatch(ref):
+            self._send(400, _error_body("DIGEST_INVALID", f"invalid digest {ref!r}"))
+            return
+        digest = ref
+        faults = reg.faults
+        if self.command == "GET":
+            status = faults._take_status(digest)
+            if status is not None:
+                extra = [("Retry-After", "0")] if status == 429 else []
+                self._send(status, _error_body("UNAVAILABLE", "try again"), headers=extra)
+                return
+        with faults.lock:
+            redirect = faults.redirect_blobs if faults._applies(digest) else None
+        if redirect:
+            self._send(307, b"", headers=[("Location", redirect.rstrip("/") + self.path)])
+            return
+        try:
+            fd = os.open(reg.blob_path(digest), os.O_RDONLY)
+        except FileNotFoundError:
+            self._send(404, _error_body("BLOB_UNKNOWN", "blob unknown"))
+            return
+        try:
+            size = os.fstat(fd).st_size
+            with faults.lock:
+                ignore_range = faults.ignore_range and faults._applies(digest)
+            try:
+                wanted = None if ignore_range else _parse_range(self.headers.get("Range"), size)
+            except _Unsatisfiable:
+                self._send(
+                    416,
+                    _error_body("RANGE_INVALID", "range not satisfiable"),
+                    headers=[("Content-Range", f"bytes */{size}")],
+                )
+                return
+            start, end = wanted if wanted is not None else (0, size - 1)
+            length = end - start + 1
+            self.send_response(200 if wanted is None else 206)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(length))
+            self.send_header("Accept-Ranges", "bytes")
+            self.send_header("Docker-Content-Digest", digest)
+            if wanted is not None:
+                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            self.end_headers()
+            if self.command == "HEAD":
+                return
+            plan = faults.plan(digest, start, end, size, reg.chunk_size)
+            planned = length if plan.cut_at is None else plan.cut_at
+            reg.stats._add_range(digest, start, end)
+            reg.stats._add_bytes(planned)
+            self._body_sent = 0
+            try:
+                self._send_body(reg, fd, start, length, plan)
+            finally:
+                if self._body_sent < planned:
+                    reg.stats._add_bytes(self._body_sent - planned)
+        finally:
+            os.close(fd)
+
+    def _send_body(self, reg: _Registry, fd: int, offset: int, length: int, plan: Plan) -> None:
+        sock = self.connection
+        if plan.is_clean() and not isinstance(sock, ssl.SSLSocket):
+            self._sendfile(fd, offset, length)
+            return
+        self._copy(reg, fd, offset, length, plan)
+        if plan.cut_at is not None:
+            # The client has Content-Length bytes promised and sees EOF early.
+            self.close_connection = True
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _sendfile(self, fd: int, offset: int, length: int) -> None:
+        """Send file bytes with os.sendfile: the kernel copies, Python only loops."""
+        sock = self.connection
+        out = sock.fileno()
+        timeout = sock.gettimeout()
+        poller = None
+        while self._body_sent < length:
+            try:
+                n = os.sendfile(out, fd, offset + self._body_sent, length - self._body_sent)
+            except BlockingIOError:
+                # A socket with a timeout is non-blocking underneath; wait for
+                # room the way socket.sendfile does.
+                if poller is None:
+                    poller = select.poll()
+                    poller.register(out, select.POLLOUT)
+                if not poller.poll(None if timeout is None else timeout * 1000):
+                    raise TimeoutError("client did not read the blob body") from None
+                continue
+            if n == 0:
+                raise ConnectionAbortedError("blob file is shorter than its size")
+            self._body_sent += n
+
+    def _copy(self, reg: _Registry, fd: int, offset: int, length: int, plan: Plan) -> None:
+        """Send file bytes through a buffer, applying the plan's faults (and TLS)."""
+        sock = self.connection
+        limit = length if plan.cut_at is None else min(plan.cut_at, length)
+        buf = bytearray(max(1, min(_COPY_BUF, limit)))
+        view = memoryview(buf)
+        piece = len(buf)
+        if plan.throttle_bps is not None:
+            # Twenty pieces a second keeps the rate smooth at any setting.
+            piece = max(1, min(piece, plan.throttle_bps // 20))
+        flips = list(plan.flips)
+        stall_at = plan.stall_at
+        started = time.monotonic()
+        pos = 0
+        while pos < limit:
+            if stall_at is not None and pos >= stall_at:
+                stall_at = None
+                if reg._stop.wait(plan.stall_s):
+                    raise ConnectionAbortedError("registry is stopping")
+            n = min(piece, limit - pos)
+            if stall_at is not None:
+                n = min(n, stall_at - pos)
+            got = os.preadv(fd, [view[:n]], offset + pos)
+            if got == 0:
+                raise ConnectionAbortedError("blob file is shorter than its size")
+            while flips and flips[0] < pos + got:
+                buf[flips.pop(0) - pos] ^= 0xFF
+            sock.sendall(view[:got])
+            pos += got
+            self._body_sent = pos
+            if plan.throttle_bps is not None:
+                delay = started + pos / plan.throttle_bps - time.monotonic()
+                if delay > 0 and reg._stop.wait(delay):
+                    raise ConnectionAbortedError("registry is stopping")
+
+    def _get_chunksums(self, reg: _Registry, ns: str, model: str, ref: str) -> None:
+        faults = reg.faults
+        with faults.lock:
+            disabled = faults.no_chunksums
+            override = faults.chunksums_override.get(ref)
+            location = faults.content_location
+        if disabled:
+            self._send(404, _error_body("NOT_FOUND", "chunksums not supported"))
+            return
+        if override is not None:
+            body = override.encode()
+        elif not _DIGEST_RE.fullmatch(ref):
+            self._send(400, _error_body("DIGEST_INVALID", f"invalid digest {ref!r}"))
+            return
+        else:
+            try:
+                body = reg.chunksums(ref)
+            except FileNotFoundError:
+                self._send(404, _error_body("BLOB_UNKNOWN", "blob unknown"))
+                return
+        if location is None:
+            location = reg.url + f"/v2/{ns}/{model}/blobs/{ref}"
+        self._send(200, body, "text/plain; charset=utf-8", [("Content-Location", location)])
+
+    # -- pushing --------------------------------------------------------
+
+    def _start_upload(self, reg: _Registry, ns: str, model: str, query: dict[str, list[str]]) -> None:
+        digest = (query.get("digest") or [""])[0]
+        if not _DIGEST_RE.fullmatch(digest):
+            self._send(400, _error_body("DIGEST_INVALID", f"invalid digest {digest!r}"))
+            return
+        if reg.blob_path(digest).exists():
+            self._send(202, b"", headers=[("Docker-Content-Digest", digest)])
+            return
+        upload_id = uuid.uuid4().hex
+        with reg._lock:
+            reg._uploads[upload_id] = digest
+        location = f"/v2/{ns}/{model}/blobs/uploads/{upload_id}?digest={digest}"
+        self._send(202, b"", headers=[("Location", location), ("Docker-Upload-UUID", upload_id)])
+
+    def _finish_upload(
+        self, reg: _Registry, ns: str, model: str, upload_id: str, query: dict[str, list[str]]
+    ) -> None:
+        with reg._lock:
+            expected = reg._uploads.pop(upload_id, None)
+        digest = (query.get("digest") or [expected or ""])[0]
+        if expected is None:
+            self._drain_body()
+            self._send(404, _error_body("BLOB_UPLOAD_UNKNOWN", "blob upload unknown"))
+            return
+        if digest != expected or not _DIGEST_RE.fullmatch(digest):
+            self._drain_body()
+            self._send(400, _error_body("DIGEST_INVALID", f"digest {digest!r} does not match the upload"))
+            return
+        got = write_blob(reg.root / "blobs", self._body_pieces(), want=digest)
+        if got != digest:
+            message = f"provided digest did not match uploaded content: got {got}"
+            self._send(400, _error_body("DIGEST_INVALID", message))
+            return
+        self._send(
+            201,
+            b"",
+            headers=[("Location", f"/v2/{ns}/{model}/blobs/{digest}"), ("Docker-Content-Digest", digest)],
+        )
+
+    def _put_manifest(self, reg: _Registry, ns: str, model: str, ref: str) -> None:
+        data = b"".join(self._body_pieces())
+        try:
+            manifest = json.loads(data)
+            if not isinstance(manifest, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            self._send(400, _error_body("MANIFEST_INVALID", f"manifest invalid: {exc}"))
+            return
+        # Like a real registry: every referenced blob must have been pushed
+        # first, which catches a client that sends the manifest too early.
+        refs = list(manifest.get("layers") or [])
+        if isinstance(manifest.get("config"), dict):
+            refs.append(manifest["config"])
+        for item in refs:
+            d = item.get("digest", "") if isinstance(item, dict) else ""
+            if not _DIGEST_RE.fullmatch(str(d)) or not reg.blob_path(d).exists():
+                self._send(400, _error_body("MANIFEST_BLOB_UNKNOWN", f"blob unknown to registry: {d}"))
+                return
+        digest = write_blob(reg.root / "blobs", [data])
+        if not _DIGEST_RE.fullmatch(ref):
+            path = reg.find_manifest(ns, model, ref)
+            if path is None:
+                path = reg.root / "manifests" / PUSH_HOST / ns / model / ref
+            write_atomic(path, data)
+        self._send(
+            201,
+            b"",
+            headers=[("Location", f"/v2/{ns}/{model}/manifests/{digest}"), ("Docker-Content-Digest", digest)],
+        )
+
+    # -- request bodies -------------------------------------------------
+
+    def _body_pieces(self) -> Iterator[bytes]:
+        """Yield the request body (Content-Length or chunked) in pieces."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            while True:
+                line = self.rfile.readline(1024)
+                size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    # Trailers end with an empty line.
+                    while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                        pass
+                    return
+                while size:
+                    piece = self.rfile.read(min(size, _COPY_BUF))
+                    if not piece:
+                        raise ConnectionAbortedError("request body ended early")
+                    size -= len(piece)
+                    yield piece
+                self.rfile.readline(1024)
+            return
+        left = int(self.headers.get("Content-Length") or 0)
+        while left > 0:
+            piece = self.rfile.read(min(left, _COPY_BUF))
+            if not piece:
+                raise ConnectionAbortedError("request body ended early")
+            left -= len(piece)
+            yield piece
+
+    def _drain_body(self) -> None:
+        # Unread body bytes would be parsed as the next request on this
+        # keep-alive connection.
+        for _ in self._body_pieces():
+            pass

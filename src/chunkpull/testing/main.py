@@ -1,0 +1,131 @@
+"""``chunkpull registry serve|make``: the built-in registry's command line.
+
+Imports the registry, its models and the size syntax (``core.units``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from .. import _httpd
+from ..core.units import SIZE_HELP, parse_size
+from .models import build_model
+from .registry import DEFAULT_CHUNK_SIZE, TestRegistry
+
+__all__ = ["make_main", "serve_main"]
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _sizes(text: str) -> list[int]:
+    return [_size(part) for part in text.split(",") if part.strip()]
+
+
+def _with_times(kind: Any) -> Any:
+    def parse(text: str) -> tuple[Any, int]:
+        value, _, times = text.partition(":")
+        try:
+            return kind(value), int(times) if times else 1
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r} (want VALUE[:TIMES])") from None
+
+    return parse
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    """Serve a models directory until SIGINT or SIGTERM (``chunkpull registry serve``).
+
+    Prints the URL on the first line of stdout, then serves; returns 0 after
+    a clean stop.  Signal handlers are installed only when called from the
+    main thread (and restored afterwards).
+    """
+    p = argparse.ArgumentParser(
+        prog="chunkpull registry serve",
+        description="Serve an Ollama-layout models directory as a registry (for tests and demos).",
+        epilog=SIZE_HELP + ".",
+    )
+    p.add_argument("dir", help="models directory (blobs/, manifests/)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="port to bind (default: any free one)")
+    p.add_argument("--chunk-size", type=_size, default=DEFAULT_CHUNK_SIZE, help="chunksums chunk size (default 8M)")
+    p.add_argument("--chunk-digest", choices=("sha256", "blake3"), default="sha256")
+    p.add_argument("--certfile", help="serve TLS with this certificate (PEM)")
+    p.add_argument("--keyfile", help="private key for --certfile (PEM)")
+    p.add_argument("--corrupt-chunk", type=_with_times(int), action="append", default=[],
+                   metavar="K[:TIMES]", help="serve chunk K corrupted TIMES times (repeatable)")
+    p.add_argument("--cut-after", type=_with_times(int), metavar="N[:TIMES]",
+                   help="close blob connections after N body bytes")
+    p.add_argument("--stall", type=_with_times(float), metavar="S[:TIMES]",
+                   help="stall blob bodies for S seconds")
+    p.add_argument("--status", type=_with_times(int), action="append", default=[],
+                   metavar="CODE[:TIMES]", help="answer blob GETs with CODE (repeatable)")
+    p.add_argument("--ignore-range", action="store_true", help="answer ranged GETs with the whole blob")
+    p.add_argument("--throttle", type=_size, metavar="BPS", help="per-connection bytes per second")
+    p.add_argument("--no-chunksums", action="store_true", help="404 on the chunksums route")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every request to stderr")
+    args = p.parse_args(argv)
+    if args.verbose:
+        logging.basicConfig(level=logging.DEBUG, format="%(message)s")
+
+    registry = TestRegistry(
+        args.dir,
+        host=args.host,
+        port=args.port,
+        chunk_size=args.chunk_size,
+        chunk_digest=args.chunk_digest,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+    )
+    f = registry.faults
+    f.corrupt_chunk = dict(args.corrupt_chunk)
+    if args.cut_after:
+        f.cut_after, f.cut_times = args.cut_after
+    if args.stall:
+        f.stall_s, f.stall_times = args.stall
+    f.status_times = dict(args.status)
+    f.ignore_range = args.ignore_range
+    f.throttle_bps = args.throttle
+    f.no_chunksums = args.no_chunksums
+
+    try:
+        _httpd.run_until_signalled(lambda: print(registry.start().url, flush=True))
+    finally:
+        registry.stop()
+    return 0
+
+
+def make_main(argv: list[str] | None = None) -> int:
+    """Write a model into a models directory (``chunkpull registry make``).
+
+    Prints the manifest digest and returns 0.
+    """
+    p = argparse.ArgumentParser(
+        prog="chunkpull registry make",
+        description="Write a model of pseudo-random layers into an Ollama-layout models directory.",
+        epilog=SIZE_HELP + ".",
+    )
+    p.add_argument("dir", help="models directory (created if missing)")
+    p.add_argument("name", help="model name, e.g. registry.local/library/smol:latest")
+    p.add_argument("--size", type=_sizes, required=True, metavar="SIZE[,SIZE...]",
+                   help="layer sizes, e.g. 512M or 1K,2KiB,3 (binary units: 1G = 2^30 bytes)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the layer bytes (default 0)")
+    p.add_argument("--no-config", action="store_true", help="write no config blob")
+    args = p.parse_args(argv)
+    try:
+        digest = build_model(args.dir, args.name, args.size, seed=args.seed, config=not args.no_config)
+    except ValueError as exc:
+        p.error(str(exc))
+    print(digest)
+    return 0
+
+
+if __name__ == "__main__":  # python -m chunkpull.testing.main DIR ...
+    sys.exit(serve_main())
