@@ -1,27 +1,30 @@
-"""Run ``chunkpull bench --compare`` on a 4 GiB model and write the result into ``benchmarks/RESULTS.md``.
+"""Run every measurement the README cites and write them into ``benchmarks/RESULTS.md`` and the README.
 
-Usage (from a source checkout, on a quiet machine)::
+Usage (from a source checkout with chunkpull installed, as root for the
+caches-dropped protocol, on a quiet machine)::
 
-    python benchmarks/run_compare.py                 # 4 GiB, default streams, writes benchmarks/RESULTS.md
-    python benchmarks/run_compare.py --size 64M --out /tmp/RESULTS.md   # a quick end-to-end check
+    python benchmarks/run_compare.py                  # everything: ~15 minutes on 2 cores
+    python benchmarks/run_compare.py --quick          # 64 MiB, one run each: an end-to-end check
+    python benchmarks/run_compare.py --render-only    # re-render from benchmarks/results/*.json
 
-Other options are handed to ``chunkpull bench`` unchanged (for example
-``--repeat 3`` or ``--streams 4,8``).  The Markdown file holds the machine
-it ran on (CPU model, cores, RAM, kernel, Python, backend, date), the exact
-command, the table, and each of issue 5's targets that one ``--compare``
-run can show, with its measured figure.  The kernel (native against
-hashlib) and the 1,000-small-layer targets come from ``bench_hashio.py``
-and ``bench_pull.py``.  Nothing fails on speed: a target not met is written
-down as not met.
+Each *section* is one ``chunkpull bench ... --json`` run in a process of its
+own (so that environment settings such as ``CHUNKPULL_IO`` and
+``CHUNKPULL_BACKEND`` apply to it alone); its raw JSON document is kept in
+``benchmarks/results/<section>.json``.  ``RESULTS.md`` is then rendered from
+those documents alone: the machine, the exact commands, every table.  The
+README's block between ``<!-- results:begin -->`` and ``<!-- results:end -->``
+is rendered from the same documents, so no figure in either file is typed
+by hand.  Nothing fails on speed.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.metadata
 import importlib.util
+import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -30,22 +33,86 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "src"))  # a source checkout without pip install
-
-from chunkpull.bench import harness as bench
-from chunkpull.bench import report as bench_report
-
+RESULTS_DIR = HERE / "results"
 DEFAULT_OUT = HERE / "RESULTS.md"
+README = HERE.parent / "README.md"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
-# (baseline method, what chunkpull must reach, issue 5's wording)
-RATIO_TARGETS = [
-    ("curl+sha256sum", 3.0, "curl to a file, then a SHA-256 pass"),
-    ("aria2c", 4.0, "aria2c -x16 -s16 with --checksum"),
-    ("hf_transfer-raw", 1.2, "hf_transfer, 8 files, unverified"),
-    ("python-threads", 1.5, "plain-Python threads, same verification"),
-]
-RSS_TARGET_MIB = 100
-GBPS_TARGET = 1.2
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    key: str
+    title: str
+    what: str  # one sentence: what the section shows
+    args: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    big: bool = False  # the 4 GiB comparison (the rest are 1 GiB)
+
+
+SECTIONS = (
+    Section("compare", "Side by side, back to back",
+            "every method pulls the same blob in turn; the machine's memory holds the previous runs' pages.",
+            ("--compare", "--repeat", "3", "--streams", "4,8"), big=True),
+    Section("compare-dropped", "Side by side, caches dropped",
+            "the same, but the page cache is emptied before every run (the served blob is read back in first), "
+            "so each run starts with free memory, as on a freshly booted node.",
+            ("--compare", "--repeat", "3", "--streams", "4,8", "--drop-caches"), big=True),
+    Section("streams", "Streams", "chunkpull at 1 to 16 streams over bare loopback.",
+            ("--repeat", "3", "--streams", "1,2,4,8,16")),
+    Section("verify", "Verification modes", "`--verify blob` (one SHA-256 pass) against `chunks` (a second pass over every chunk).",
+            ("--repeat", "3", "--verify", "blob,chunks")),
+    Section("verify-blake3", "Verification modes, BLAKE3 chunk digests", "the same with a registry serving `blake3:` chunk digests.",
+            ("--repeat", "3", "--verify", "blob,chunks", "--chunk-digest", "blake3")),
+    Section("io-direct", "Writes with O_DIRECT", "`CHUNKPULL_IO=direct`, back to back.", ("--repeat", "3"), (("CHUNKPULL_IO", "direct"),)),
+    Section("io-buffered", "Writes through the page cache", "`CHUNKPULL_IO=buffered`, back to back.", ("--repeat", "3"), (("CHUNKPULL_IO", "buffered"),)),
+    Section("io-direct-dropped", "Writes with O_DIRECT, caches dropped", "`CHUNKPULL_IO=direct`, free memory before every run.",
+            ("--repeat", "3", "--drop-caches"), (("CHUNKPULL_IO", "direct"),)),
+    Section("io-buffered-dropped", "Writes through the page cache, caches dropped", "`CHUNKPULL_IO=buffered`, free memory before every run.",
+            ("--repeat", "3", "--drop-caches"), (("CHUNKPULL_IO", "buffered"),)),
+    Section("backend-native", "Native backend", "`CHUNKPULL_BACKEND=native`: the Cython kernels.", ("--repeat", "3"), (("CHUNKPULL_BACKEND", "native"),)),
+    Section("backend-python", "Pure-Python backend", "`CHUNKPULL_BACKEND=python`: hashlib and os.pwrite.", ("--repeat", "3"), (("CHUNKPULL_BACKEND", "python"),)),
+)
+
+
+def bench_command(section: Section, *, quick: bool) -> list[str]:
+    size = "64M" if quick else ("4G" if section.big else "1G")
+    args = list(section.args)
+    if quick:
+        args = [a if prev != "--repeat" else "1" for prev, a in zip([None, *args], args)]
+    return ["chunkpull", "bench", "--size", size, *args]
+
+
+def run_section(section: Section, *, quick: bool) -> dict:
+    """Run one section's ``chunkpull bench --json`` in its own process; return its JSON document."""
+    cmd = bench_command(section, quick=quick)
+    env = {**os.environ, **dict(section.env)}
+    print(f"run_compare: {' '.join(f'{k}={v}' for k, v in section.env)} {shlex.join(cmd)}".strip(), file=sys.stderr, flush=True)
+    r = subprocess.run([sys.executable, "-m", "chunkpull", *cmd[1:], "--json", "-q"], env=env, stdout=subprocess.PIPE, text=True, check=False)
+    if not r.stdout.strip():
+        raise SystemExit(f"run_compare: section {section.key} produced no report (exit {r.returncode})")
+    doc = json.loads(r.stdout)
+    doc["command"] = " ".join([*(f"{k}={v}" for k, v in section.env), shlex.join(cmd)])
+    return doc
+
+
+# -- rendering -----------------------------------------------------------------
+
+
+def _report(doc: dict):
+    from chunkpull.bench.report import Report, Row
+
+    return Report(doc["machine"], doc["settings"], doc["runs"], [Row(**r) for r in doc["rows"]], doc["skipped"])
+
+
+def markdown_table(doc: dict) -> str:
+    from chunkpull.bench.report import footnotes, table_cells
+
+    report = _report(doc)
+    head, *body = table_cells(report)
+    esc = lambda cell: cell.replace("|", "\\|")
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    out += ["| " + " | ".join(esc(c) for c in line) + " |" for line in body]
+    return "\n".join(out + [""] + footnotes(report))
 
 
 def _tool_version(cmd: list[str]) -> str | None:
@@ -55,129 +122,163 @@ def _tool_version(cmd: list[str]) -> str | None:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    # "curl 7.88.1 (x86_64-pc-linux-gnu) libcurl/..." -> "7.88.1"; "aria2 version 1.36.0" -> "1.36.0"
     m = re.search(r"\d+\.\d+(?:\.\d+)?", out.splitlines()[0]) if out.strip() else None
     return m.group(0) if m else None
 
 
-def machine_info(report: bench_report.Report) -> dict:
-    """Return the report's machine record plus what only this page shows: tool versions, SHA-NI, usable cores."""
+def machine_lines(doc: dict) -> list[str]:
+    m = doc["machine"]
     try:
-        hf_version = importlib.metadata.version("hf_transfer") if importlib.util.find_spec("hf_transfer") else None
-    except importlib.metadata.PackageNotFoundError:
-        hf_version = "installed"
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        affinity = None
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
+        flags = next((line for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace") if line.startswith("flags")), "")
     except OSError:
         flags = ""
-    return {
-        **report.machine,
-        "cpu_affinity": affinity,
-        "sha_ni": "sha_ni" in flags.split(),
-        "os": platform.platform(),
-        "curl": _tool_version(["curl", "--version"]),
-        "aria2c": _tool_version(["aria2c", "--version"]),
-        "hf_transfer": hf_version,
-    }
+    hf = importlib.metadata.version("hf_transfer") if importlib.util.find_spec("hf_transfer") else "absent"
+    return [
+        "| | |", "|---|---|",
+        f"| CPU | {m['cpu_model']} ({'SHA-NI' if 'sha_ni' in flags.split() else 'no SHA-NI'}) |",
+        f"| cores | {m['cpu_count']} |",
+        f"| RAM | {m['ram_gib']} GiB |",
+        f"| kernel | {m['kernel']} |",
+        f"| Python | {m['python']} |",
+        f"| chunkpull | {m['chunkpull']} |",
+        f"| tools | curl {_tool_version(['curl', '--version']) or 'absent'}; aria2c {_tool_version(['aria2c', '--version']) or 'absent'}; hf_transfer {hf} |",
+        f"| date (UTC) | {m['date']} |",
+    ]
 
 
-def markdown_table(report: bench_report.Report) -> str:
-    """Return ``chunkpull bench``'s table as a Markdown table, then its footnotes."""
-    head, *body = bench_report.table_cells(report)
-    esc = lambda cell: cell.replace("|", "\\|")
-    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    out += ["| " + " | ".join(esc(c) for c in line) + " |" for line in body]
-    notes = bench_report.footnotes(report)
-    return "\n".join(out + ([""] + notes if notes else [])) + "\n"
+def _rows(doc: dict) -> list[dict]:
+    return doc["rows"]
 
 
-def _targets(report: bench_report.Report) -> list[str]:
-    rows = {r.method: r for r in report.rows if r.method != "chunkpull"}
-    chunkpull = [r for r in report.rows if r.method == "chunkpull" and r.gbps]
-    out = ["| target | measured | met |", "|---|---|---|"]
-    for method, want, text in RATIO_TARGETS:
-        row = rows.get(method)
-        if row is None or row.ratio is None:
-            skipped = next((s["reason"] for s in report.skipped if s["method"] == method), None)
-            out.append(f"| ≥ {want:g}× {text} | {'skipped: ' + skipped if skipped else 'no figure'} | - |")
-        else:
-            out.append(f"| ≥ {want:g}× {text} | {row.ratio:.2f}× | {'yes' if row.ratio >= want else 'no'} |")
-    default = next((r for r in chunkpull if r.verify == "blob" and r.streams == report.settings["default_streams"]), None)
-    default = default or (max(chunkpull, key=lambda r: r.gbps) if chunkpull else None)
-    if default is not None:
-        out.append(f"| peak RSS ≤ {RSS_TARGET_MIB} MiB (default streams) | {default.peak_rss_mib:.0f} MiB | {'yes' if default.peak_rss_mib <= RSS_TARGET_MIB else 'no'} |")
-        out.append(f"| ≥ {GBPS_TARGET} GB/s verified (indicative) | {default.gbps:.3f} GB/s | {'yes' if default.gbps >= GBPS_TARGET else 'no'} |")
+def _row(doc: dict, method: str, **match) -> dict | None:
+    return next((r for r in _rows(doc) if r["method"] == method and all(r.get(k) == v for k, v in match.items()) and r["gbps"]), None)
+
+
+def _cpu_per_gb(doc: dict, row: dict) -> float:
+    return row["cpu_s"] / (doc["settings"]["bytes"] / 1e9)
+
+
+def summary_lines(docs: dict[str, dict]) -> list[str]:
+    """Return the README's block: the headline comparison in both memory protocols, then the tuning figures."""
+    out: list[str] = []
+    compare = [(k, docs[k]) for k in ("compare", "compare-dropped") if k in docs]
+    if compare:
+        out += ["| method | back to back: GB/s | CPU s/GB | chunkpull x | caches dropped: GB/s | CPU s/GB | chunkpull x | peak RSS MiB | verified |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        first = compare[0][1]
+        for r in _rows(first):
+            if not r["gbps"]:
+                continue
+            cells = [f"{r['method']}" + (f", {r['streams']} streams" if r["streams"] and r["method"] not in ("single+sha256", "curl+sha256sum") else "")]
+            for _key, doc in compare:
+                same = _row(doc, r["method"], streams=r["streams"], verify=r["verify"])
+                if same is None:
+                    cells += ["-", "-", "-"]
+                    continue
+                cells += [f"{same['gbps']:.2f}", f"{_cpu_per_gb(doc, same):.2f}", f"{same['ratio']:.2f}x" if same["ratio"] else ""]
+            verified = {"blob": "whole-blob SHA-256, while downloading", "chunks": "every chunk and the whole blob",
+                        "after": "a SHA-256 pass after", "none": "**no**"}[r["verify"]]
+            cells += [f"{r['peak_rss_mib']:.0f}", verified]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+        out.append(f"{first['settings']['model']}; medians of {first['settings']['repeat']}; chunkpull x = chunkpull's GB/s over the row's "
+                   "(the python-threads rows against chunkpull at the same streams, the others against chunkpull at the default 8).")
+        out.append("")
+
+    def line(key: str, label: str, method: str = "chunkpull", **match) -> str | None:
+        doc = docs.get(key)
+        row = doc and _row(doc, method, **match)
+        return f"{label} {row['gbps']:.2f} GB/s, {_cpu_per_gb(doc, row):.2f} CPU-s/GB" if row else None
+
+    tuning = []
+    sizes = {d["settings"]["model"] for k, d in docs.items() if not k.startswith("compare")}
+    if sizes:
+        tuning.append(f"tuning runs: {', '.join(sorted(sizes))}; medians of 3")
+    if "streams" in docs:
+        parts = [f"{r['streams']}: {r['gbps']:.2f}" for r in _rows(docs["streams"]) if r["gbps"]]
+        tuning.append(f"streams (GB/s over bare loopback; {docs['streams']['settings']['model']}): " + ", ".join(parts))
+    for key, what in (("verify", "sha256"), ("verify-blake3", "blake3")):
+        a, b = line(key, "blob", verify="blob"), line(key, "chunks", verify="chunks")
+        if a and b:
+            tuning.append(f"verify with {what} chunk digests: {a}; {b}")
+    for proto, suffix in (("back to back", ""), ("caches dropped", "-dropped")):
+        a, b = line(f"io-direct{suffix}", "O_DIRECT"), line(f"io-buffered{suffix}", "page cache")
+        if a and b:
+            tuning.append(f"writes, {proto}: {a}; {b}")
+    a, b = line("backend-native", "native"), line("backend-python", "pure Python")
+    if a and b:
+        tuning.append(f"backends: {a}; {b}")
+    out += [f"- {t}" for t in tuning]
     return out
 
 
-def render(report: bench_report.Report, command: str) -> str:
-    """Return RESULTS.md's text for a finished report."""
-    m = machine_info(report)
-    machine = [
-        "| | |", "|---|---|",
-        f"| CPU | {m['cpu_model']} ({'SHA-NI' if m['sha_ni'] else 'no SHA-NI'}) |",
-        f"| cores | {m['cpu_count']} (usable: {m['cpu_affinity']}) |",
-        f"| RAM | {m['ram_gib']} GiB |",
-        f"| kernel | {m['kernel']} ({m['os']}) |",
-        f"| Python | {m['python']} |",
-        f"| chunkpull | {m['chunkpull']}, backend `{m['backend']}` |",
-        f"| tools | curl: {m['curl'] or 'absent'}; aria2c: {m['aria2c'] or 'absent'}; hf_transfer: {m['hf_transfer'] or 'absent'} |",
-        f"| date (UTC) | {m['date']} |",
-    ]
-    return "\n".join([
-        "# chunkpull: `--compare` results",
+def render(docs: dict[str, dict]) -> str:
+    first = next(iter(docs.values()))
+    parts = [
+        "# chunkpull: measured results",
         "",
-        (
-            "Written by `benchmarks/run_compare.py`; re-run it to replace this file. "
-            "One run, all methods side by side on the same machine; each measured pull is a fresh process "
-            "(peak RSS and CPU are that process's own), the registry is the built-in one in another process on 127.0.0.1."
-        ),
+        "Written by `benchmarks/run_compare.py` from the JSON documents in `benchmarks/results/`; re-run it to replace "
+        "this file (nothing here is typed by hand). Each section is one `chunkpull bench` run: every measured pull is a "
+        "fresh process (peak RSS and CPU are that process's own; CPU includes the kernel's time for its sockets and writes), "
+        "the registry is the built-in one in another process on 127.0.0.1, methods take turns run by run.",
         "",
         "## Machine",
         "",
-        *machine,
+        *machine_lines(first),
         "",
-        "## Command",
+        "## Summary (as in the README)",
         "",
-        f"    {command}",
+        *summary_lines(docs),
         "",
-        "## Results",
-        "",
-        markdown_table(report).rstrip(),
-        "",
-        "## Targets (issue 5) that this run shows",
-        "",
-        *_targets(report),
-        "",
-        (
-            "The kernel target (native ≥ 1.2× hashlib + os.pwrite) and the 1,000 × 64 KiB target are measured by "
-            "`python -m pytest benchmarks -q` (`bench_hashio.py`, `bench_pull.py`)."
-        ),
-        "",
-    ])
+    ]
+    for s in SECTIONS:
+        if s.key not in docs:
+            continue
+        doc = docs[s.key]
+        parts += [f"## {s.title}", "", s.what, "", f"    {doc['command']}", "", markdown_table(doc), ""]
+    return "\n".join(parts)
+
+
+def update_readme(docs: dict[str, dict], path: Path = README) -> None:
+    text = path.read_text(encoding="utf-8")
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"run_compare: {path} has no {BEGIN} ... {END} block")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    block = "\n".join(["", "<!-- generated by benchmarks/run_compare.py from benchmarks/results/; do not edit -->", *summary_lines(docs), ""])
+    path.write_text(head + BEGIN + block + END + tail, encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="Other options go to chunkpull bench unchanged.")
-    p.add_argument("--size", default="4G", help="model size (default 4G)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", metavar="KEY[,KEY...]", help=f"run only these sections: {', '.join(s.key for s in SECTIONS)}")
+    p.add_argument("--quick", action="store_true", help="64 MiB, one run each, written to a scratch directory (an end-to-end check)")
+    p.add_argument("--render-only", action="store_true", help="measure nothing: render from the saved JSON documents")
+    p.add_argument("--results", type=Path, default=RESULTS_DIR, help=f"where the JSON documents live (default {RESULTS_DIR})")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"Markdown file to write (default {DEFAULT_OUT})")
-    args, rest = p.parse_known_args(argv)
-    bench_args = ["--size", args.size, "--compare", *rest]
-    try:
-        report = bench.run_benchmark(bench.parse_options(bench_args))
-    except bench.BenchError as err:
-        print(f"run_compare: error: {err}", file=sys.stderr)
-        return 1
-    sys.stdout.write(bench_report.format_table(report))
-    command = "python benchmarks/run_compare.py " + " ".join(shlex.quote(a) for a in (["--size", args.size, *rest]))
-    args.out.write_text(render(report, command), encoding="utf-8")
+    p.add_argument("--no-readme", action="store_true", help="leave README.md alone")
+    args = p.parse_args(argv)
+    if args.quick and args.results == RESULTS_DIR:
+        raise SystemExit("run_compare: --quick needs --results DIR (and --out FILE): its figures must not replace the real ones")
+    only = set(args.only.split(",")) if args.only else {s.key for s in SECTIONS}
+    args.results.mkdir(parents=True, exist_ok=True)
+    if not args.render_only:
+        for s in SECTIONS:
+            if s.key in only:
+                doc = run_section(s, quick=args.quick)
+                (args.results / f"{s.key}.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    docs = {s.key: json.loads((args.results / f"{s.key}.json").read_text()) for s in SECTIONS if (args.results / f"{s.key}.json").exists()}
+    if not docs:
+        raise SystemExit(f"run_compare: no results in {args.results}")
+    args.out.write_text(render(docs), encoding="utf-8")
     print(f"run_compare: wrote {args.out}", file=sys.stderr)
-    return 1 if report.failed else 0
+    if not args.no_readme and not args.quick:
+        update_readme(docs)
+        print(f"run_compare: updated {README}", file=sys.stderr)
+    failed = [k for k, d in docs.items() if any(r["method"] == "chunkpull" and not (r["ok"] and r["verified"]) for r in d["runs"])]
+    if failed:
+        print(f"run_compare: chunkpull failed in {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -472,6 +472,7 @@ def test_pull_continues_while_one_listener_remains(app: Local, gate: threading.E
     assert flight.error is None
 
 
+@pytest.mark.slow
 def test_last_listener_leaving_cancels(app: Local, api_registry: Registry, api_upstream: TestRegistry, models_dir: Path, caplog) -> None:
     # A 4 MiB chunked layer at 128 KiB/s per connection takes 16 s or more; the
     # client leaves as soon as its first bytes are reported.

@@ -52,6 +52,7 @@ def _good_run(record: dict) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_sweep_end_to_end_json(capsys, tmp_path):
     doc = _run_json(capsys, TINY + ["--streams", "1,2", "--tmpdir", str(tmp_path)])
     assert doc["schema"] == SCHEMA
@@ -73,6 +74,7 @@ def test_sweep_end_to_end_json(capsys, tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_compare_runs_the_always_available_baselines(capsys, tmp_path, monkeypatch):
     # As on a machine without the optional tools (CI may lack them): they are skipped with a note.
     optional = {"curl+sha256sum", "aria2c", "hf_transfer", "hf_transfer-raw"}
@@ -92,6 +94,7 @@ def test_compare_runs_the_always_available_baselines(capsys, tmp_path, monkeypat
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_table_is_printed_without_json(capsys, tmp_path):
     assert bench_main(TINY + ["--streams", "2", "--tmpdir", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -256,15 +259,36 @@ def test_failed_and_skipped_runs_are_noted_in_the_table():
     assert "skipped: aria2c not installed" in lines["aria2c"]
 
 
-def test_run_compare_writes_markdown():
+def _run_compare_module():
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "run_compare.py"
     if not path.is_file():
         pytest.skip("benchmarks/ is not here (an installed package)")
     spec = importlib.util.spec_from_file_location("run_compare", path)
     run_compare = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("run_compare", run_compare)  # its dataclasses look their module up
     spec.loader.exec_module(run_compare)
-    md = run_compare.markdown_table(_fake_report(_fake_runs()[:2]))
+    return run_compare
+
+
+def test_run_compare_renders_results_and_the_readme_block(tmp_path):
+    run_compare = _run_compare_module()
+    doc = _fake_report(_fake_runs()).to_json()
+    doc["machine"].update(ram_gib=1, kernel="k", python="p", chunkpull="0", date="d")
+    doc["command"] = "chunkpull bench --size 1G"
+    md = run_compare.markdown_table(doc)
     assert md.splitlines()[0].startswith("| method | GB/s |") and md.splitlines()[1].startswith("|---|")
+    docs = {"compare": doc, "streams": doc}
+    page = run_compare.render(docs)
+    assert "## Side by side, back to back" in page and "    chunkpull bench --size 1G" in page
+    # The README's block is replaced, and only the block.
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{run_compare.BEGIN}\nstale figures\n{run_compare.END}\nafter\n")
+    run_compare.update_readme(docs, readme)
+    text = readme.read_text()
+    assert "stale figures" not in text and text.startswith("before\n") and text.endswith("after\n")
+    block = text.split(run_compare.BEGIN)[1].split(run_compare.END)[0]
+    assert "| python-threads, 8 streams | 0.50 | " in block, block
+    assert "streams (GB/s over bare loopback; test): 1: 0.50, 8: 1.00" in block, block
 
 
 def test_missing_tools_are_skipped_not_failed(monkeypatch):

@@ -151,6 +151,7 @@ class _InterruptingStream(io.StringIO):
         return False
 
 
+@pytest.mark.slow
 def test_ctrl_c_cancels_then_next_pull_completes(tmp_path, models, monkeypatch, capsys):
     # One 20 MB layer, throttled so the pull is still running when the
     # interrupt arrives at the first progress line (announced before any

@@ -773,6 +773,7 @@ def _traced_peak(reg, ref: str) -> int:
         tracemalloc.stop()
 
 
+@pytest.mark.slow
 def test_pull_memory_bounded(upstream, make_registry):
     """The Python-heap peak of a pull does not grow with the blob: buffers are reused, not allocated per read."""
     small, big = 16 << 20, 64 << 20

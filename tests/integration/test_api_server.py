@@ -273,6 +273,7 @@ def test_two_clients_share_one_download(server: Server, local: Local, api_upstre
     assert sum(e - s + 1 for d, s, e in ranges if d == digest) == size
 
 
+@pytest.mark.slow
 def test_disconnect_mid_pull_cancels(server: Server, local: Local, api_upstream: TestRegistry, models_dir: Path) -> None:
     # 4 MiB in 64 KiB chunks at 128 KiB/s per connection: 16 s or more of work,
     # and the client hangs up at its first reported bytes.
@@ -302,6 +303,7 @@ def test_disconnect_mid_pull_cancels(server: Server, local: Local, api_upstream:
     assert (models_dir / "blobs" / f"sha256-{hexd}").exists()
 
 
+@pytest.mark.slow
 def test_disconnect_while_stalled_cancels(server: Server, local: Local, gate: threading.Event) -> None:
     # No bytes move, so no write can fail: the server must notice the
     # closed socket by itself.
@@ -358,6 +360,7 @@ print("stopped", flush=True)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.slow
 def test_serve_stops_on_signal(tmp_path: Path, api_upstream: TestRegistry, sig: int) -> None:
     env = child_env()
     proc = subprocess.Popen([sys.executable, "-c", SERVE, str(tmp_path / "models")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)

@@ -92,6 +92,7 @@ def _done_fraction(rec: dict | None, nchunks: int) -> float:
 # -- resume ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_fetches_only_the_rest(upstream, make_registry, tmp_path):
     up = upstream([8 * MIB])
     up.faults.throttle_bps = 2 * MIB  # per connection: the pull takes a while
@@ -183,6 +184,7 @@ def test_damaged_record_costs_a_refetch_never_a_wrong_blob(upstream, make_regist
 # -- stalls and stragglers ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_stalled_stream_is_cut_and_its_range_refetched(upstream, make_registry):
     up = upstream([4 * MIB])
     layer = _layer(up)
@@ -200,6 +202,7 @@ def test_stalled_stream_is_cut_and_its_range_refetched(upstream, make_registry):
     _assert_blobs_verify(reg.cache)
 
 
+@pytest.mark.slow
 def test_read_timeout_bounds_every_wait(upstream, make_registry):
     up = upstream([2 * MIB])
     layer = _layer(up)
@@ -303,6 +306,7 @@ def test_read_only_models_dir_fails_clearly(tmp_path):
 # -- concurrency between processes ------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_processes_pulling_one_model_fetch_each_chunk_once(upstream, tmp_path):
     up = upstream([4 * MIB])
     up.faults.throttle_bps = 4 * MIB

@@ -154,6 +154,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", action="store_true", help="also run the baselines (those installed)")
     p.add_argument("--baselines", type=_list_of(_one_of(BASELINES, "baseline")), metavar="NAME[,NAME...]",
                    help=f"run only these baselines (implies --compare): {', '.join(BASELINES)}")
+    p.add_argument("--drop-caches", action="store_true",
+                   help="before every run, empty the page cache (root only) and re-read the served blobs: runs start with free memory "
+                   "instead of back to back")
     p.add_argument("--no-fsync", dest="fsync", action="store_false", help="chunkpull skips its fsync before commit (default: fsync, as a real pull does)")
     p.add_argument("--json", action="store_true", help="print a JSON document (one record per run) instead of the table")
     p.add_argument("--plot", metavar="FILE.png", help="plot throughput against streams and chunk size (needs matplotlib)")
@@ -179,6 +182,7 @@ class Options:
     repeat: int = 1
     baselines: list[str] = dataclasses.field(default_factory=list)
     fsync: bool = True
+    drop_caches: bool = False
     tmpdir: str | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
     quiet: bool = False
@@ -301,6 +305,7 @@ def run_benchmark(opts: Options) -> Report:
         "verify": opts.verify,
         "repeat": opts.repeat,
         "fsync": opts.fsync,
+        "memory": "caches dropped" if opts.drop_caches else "back-to-back",
         "baselines": opts.baselines,
         "default_streams": _env.max_streams(),
     }
@@ -350,6 +355,8 @@ def _measure_all(opts: Options, target: Target, chunk: int | None, plan: list[Co
             counter[0] += 1
             label = f"{cfg.method} streams={cfg.streams or '-'} chunk={format_size(cfg.chunk_size)} verify={cfg.verify}"
             _status(opts, f"bench: [{counter[0]}/{counter[1]}] {label}")
+            if opts.drop_caches:
+                target.drop_caches()
             workdir = Path(tempfile.mkdtemp(prefix="chunkpull-bench-", dir=opts.tmpdir))
             try:
                 (workdir / "out").mkdir()

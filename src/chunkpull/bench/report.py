@@ -159,7 +159,8 @@ def table_cells(report: Report) -> list[list[str]]:
     rows = report.rows
     remote = any(r.ttfb_ms is not None for r in rows)
     repeat = any(r.ok_runs > 1 for r in rows)
-    head = ["method", "GB/s"] + (["min-max"] if repeat else []) + ["wall s", "CPU s", "peak RSS MiB", "streams", "chunk", "verify", "backend", "chunkpull x"]
+    head = ["method", "GB/s"] + (["min-max"] if repeat else []) + ["wall s", "CPU s", "CPU s/GB", "peak RSS MiB", "streams", "chunk", "verify", "backend", "chunkpull x"]
+    gb = report.settings.get("bytes", 0) / 1e9
     if remote:
         head += ["TTFB ms", "p50 ms", "p90 ms", "p99 ms"]
     head.append("note")
@@ -169,7 +170,7 @@ def table_cells(report: Report) -> list[list[str]]:
         if repeat:
             line.append(f"{r.gbps_min:.3f}-{r.gbps_max:.3f}" if r.gbps_min is not None else "-")
         line += [
-            _num(r.wall_s, 2), _num(r.cpu_s, 2), _num(r.peak_rss_mib, 0),
+            _num(r.wall_s, 2), _num(r.cpu_s, 2), _num(r.cpu_s / gb if r.cpu_s is not None and gb else None, 2), _num(r.peak_rss_mib, 0),
             str(r.streams) if r.streams else "-", format_size(r.chunk_size), r.verify, r.backend or "-",
             f"{r.ratio:.2f}x" if r.ratio else "",
         ]

@@ -37,6 +37,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from .._hashio import RunningSha256
 from ..core.chunks import ChunkSum, parse_chunksums, split
@@ -44,14 +45,14 @@ from ..core.manifest import Layer
 from ..core.progress import BYTES, DONE, ERROR, RESUMED, VERIFYING, Progress, ProgressCallback
 from ..errors import ChunkpullError, IncompletePullError, InsufficientSpaceError, IntegrityError, PullCancelledError
 from ..store.cache import DiskCache
-from .assembler import ChunkHasher
+from .assembler import BlobAssembler, ChunkHasher
 from .blob import BlobPull
 from .config import PullConfig, Source
 from .monitor import StreamMonitor
 from .pieces import ALIGN, Piece, PiecePool, aligned_buffer
 from .transport import RangeIgnoredError, ShortReadError, Transport, join_url
 
-__all__ = ["MAX_INTEGRITY_ATTEMPTS", "MAX_REPAIRS", "Puller"]
+__all__ = ["MAX_INTEGRITY_ATTEMPTS", "MAX_REPAIRS", "PullStats", "Puller"]
 
 # A chunk whose bytes keep failing their digest is fetched at most this often,
 # and a blob whose chunks fail after it completed is repaired at most this often.
@@ -99,6 +100,20 @@ class _Pieces:
             self.held = None
 
 
+@dataclass
+class PullStats:
+    """What one pull's data path did with the bytes of its chunked blobs (summed when each blob ends)."""
+
+    direct_bytes: int = 0  # written with O_DIRECT
+    buffered_bytes: int = 0  # written through the page cache
+    read_back_bytes: int = 0  # read back from work files to hash them (0 in the normal case)
+
+    def add(self, assembler: BlobAssembler) -> None:
+        self.direct_bytes += assembler.direct_bytes
+        self.buffered_bytes += assembler.buffered_bytes
+        self.read_back_bytes += assembler.read_back_bytes
+
+
 class Puller:
     """One pull's worker pool and bookkeeping: ``Puller(...).run()`` fetches, verifies and commits every blob."""
 
@@ -136,6 +151,7 @@ class Puller:
         # many layers a model has.
         self.blobs_in_flight = 0
         self.open_chunked: set[BlobPull] = set()
+        self.stats = PullStats()
 
     # -- driver ---------------------------------------------------------------
 
@@ -536,6 +552,7 @@ class Puller:
         # through the assembler once it returns, so the fd may be closed.
         blob.assembler.close()
         with self.cond:
+            self.stats.add(blob.assembler)
             if blob in self.hashing:
                 self.hashing.remove(blob)
             self.open_chunked.discard(blob)

@@ -54,6 +54,10 @@ class Faults:
     - ``only_digest``: limit the blob faults above to this blob digest.
     - ``redirect_blobs``: base URL; blob GETs and HEADs answer 307 with
       ``Location: <redirect_blobs><path>`` (a CDN redirect).
+    - ``content_range_shift`` / ``content_range_times``: the next
+      ``content_range_times`` ranged answers send the bytes asked for but
+      announce them in ``Content-Range`` as starting ``content_range_shift``
+      bytes later (a proxy or cache that mixed up its offsets).
     """
 
     corrupt_chunk: dict[int, int] = dataclasses.field(default_factory=dict)
@@ -71,6 +75,8 @@ class Faults:
     content_location: str | None = None
     only_digest: str | None = None
     redirect_blobs: str | None = None
+    content_range_shift: int = 0
+    content_range_times: int = 0
     lock: threading.RLock = dataclasses.field(
         default_factory=threading.RLock, repr=False, compare=False
     )
@@ -101,6 +107,13 @@ class Faults:
 
     def _applies(self, digest: str) -> bool:
         return self.only_digest is None or self.only_digest == digest
+
+    def _take_content_range_shift(self, digest: str) -> int:
+        with self.lock:
+            if not self.content_range_shift or self.content_range_times <= 0 or not self._applies(digest):
+                return 0
+            self.content_range_times -= 1
+            return self.content_range_shift
 
     def _take_status(self, digest: str) -> int | None:
         with self.lock:

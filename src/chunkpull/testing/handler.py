@@ -276,7 +276,8 @@ class _Handler(_httpd.Handler):
             self.send_header("Accept-Ranges", "bytes")
             self.send_header("Docker-Content-Digest", digest)
             if wanted is not None:
-                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+                shift = faults._take_content_range_shift(digest) if self.command == "GET" else 0
+                self.send_header("Content-Range", f"bytes {start + shift}-{end + shift}/{size}")
             self.end_headers()
             if self.command == "HEAD":
                 return

@@ -56,7 +56,8 @@ def serve_main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="port to bind (default: any free one)")
     p.add_argument("--chunk-size", type=_size, default=DEFAULT_CHUNK_SIZE, help="chunksums chunk size (default 8M)")
-    p.add_argument("--chunk-digest", choices=("sha256", "blake3"), default="sha256")
+    p.add_argument("--chunk-digest", choices=("sha256", "blake3"), default="sha256",
+                   help="algorithm of the chunk digests in chunksums answers (default sha256)")
     p.add_argument("--certfile", help="serve TLS with this certificate (PEM)")
     p.add_argument("--keyfile", help="private key for --certfile (PEM)")
     p.add_argument("--corrupt-chunk", type=_with_times(int), action="append", default=[],
@@ -68,6 +69,8 @@ def serve_main(argv: list[str] | None = None) -> int:
     p.add_argument("--status", type=_with_times(int), action="append", default=[],
                    metavar="CODE[:TIMES]", help="answer blob GETs with CODE (repeatable)")
     p.add_argument("--ignore-range", action="store_true", help="answer ranged GETs with the whole blob")
+    p.add_argument("--shift-content-range", type=_with_times(int), metavar="N[:TIMES]",
+                   help="announce ranged answers in Content-Range as starting N bytes later than the bytes sent")
     p.add_argument("--throttle", type=_size, metavar="BPS", help="per-connection bytes per second")
     p.add_argument("--no-chunksums", action="store_true", help="404 on the chunksums route")
     p.add_argument("-v", "--verbose", action="store_true", help="log every request to stderr")
@@ -92,6 +95,8 @@ def serve_main(argv: list[str] | None = None) -> int:
         f.stall_s, f.stall_times = args.stall
     f.status_times = dict(args.status)
     f.ignore_range = args.ignore_range
+    if args.shift_content_range:
+        f.content_range_shift, f.content_range_times = args.shift_content_range
     f.throttle_bps = args.throttle
     f.no_chunksums = args.no_chunksums
 
