@@ -71,7 +71,7 @@ class RawClient:
         self.file = self.sock.makefile("rb")
 
     def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, str]]:
-        head = f"{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         self.sock.sendall(head.encode() + body)
         status = int(self.file.readline().split()[1])
         headers = {}

@@ -28,6 +28,7 @@ from ..core.progress import CACHED, START, Aggregator, Progress
 from ..errors import InvalidNameError, ModelNotFoundError
 from ..registry import Registry
 from .errors import HTTPError, describe, is_public, json_bytes, public_message
+from .guard import ALLOW_METHODS, Guard
 
 __all__ = ["Local", "PullInFlight", "PROGRESS_INTERVAL_S"]
 
@@ -150,10 +151,15 @@ class Local:
     # server offers a way to check ("chunkpull.peer_closed" in the environ).
     poll_s = 0.5
 
-    def __init__(self, registry: Registry, *, fallback: Callable | None = None, logger: logging.Logger | None = None) -> None:
+    def __init__(
+        self, registry: Registry, *, fallback: Callable | None = None, logger: logging.Logger | None = None, guard: Guard | None = None
+    ) -> None:
         self.registry = registry
         self.fallback = fallback
         self.logger = logger if logger is not None else log
+        # Host and Origin checks (serve.guard); the default checks Host as a
+        # loopback-bound server must, and allows $OLLAMA_ORIGINS.
+        self.guard = guard if guard is not None else Guard()
         self._lock = threading.Lock()
         self._flights: dict[Ref, PullInFlight] = {}
         self._closed = False
@@ -170,6 +176,21 @@ class Local:
         """
         path = environ.get("PATH_INFO") or "/"
         method = (environ.get("REQUEST_METHOD") or "GET").upper()
+        # Before anything else, fallback included: a refused request does no work.
+        refusal = self.guard.verdict(environ)
+        if refusal is not None:
+            status, message = refusal
+            self._log(environ, status, message)
+            body = json_bytes({"code": "forbidden", "error": message})
+            start_response(f"{status} {_reason(status)}", [("Content-Type", JSON), ("Content-Length", str(len(body)))])
+            return [body]
+        if method == "OPTIONS":  # a CORS preflight from an allowed origin (or a plain OPTIONS)
+            self._log(environ, 204, None)
+            start_response("204 No Content", [*self.guard.preflight_headers(environ), ("Allow", ALLOW_METHODS), ("Content-Length", "0")])
+            return [b""]
+        cors = self.guard.cors_headers(environ)
+        if cors:
+            start_response = _with_headers(start_response, cors)
         route = _ROUTES.get(path)
         if route is None and self.fallback is not None:
             return self.fallback(environ, start_response)
@@ -464,6 +485,15 @@ def _progress_lines(progress: Aggregator, announced: set[str], sent: dict[str, i
         if layer.completed > sent.get(layer.digest, 0):
             sent[layer.digest] = layer.completed
             yield json_bytes({"digest": layer.digest, "total": layer.total, "completed": layer.completed})
+
+
+def _with_headers(start_response: Callable, extra: list[tuple[str, str]]) -> Callable:
+    """Wrap a WSGI start_response so every answer carries the extra headers too."""
+
+    def start(status: str, headers: list[tuple[str, str]], exc_info=None):
+        return start_response(status, [*headers, *extra], exc_info) if exc_info is not None else start_response(status, [*headers, *extra])
+
+    return start
 
 
 def _peer_closed(environ: dict) -> bool:

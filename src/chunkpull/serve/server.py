@@ -17,6 +17,7 @@ from .. import _httpd
 from .._version import __version__
 from ..registry import Registry
 from .app import Local
+from .guard import Guard, is_loopback_address
 
 __all__ = ["Server", "serve"]
 
@@ -96,10 +97,19 @@ class Server:
         self.shutdown()
 
 
-def serve(registry: Registry, host: str = "127.0.0.1", port: int = 11434, *, ready: Callable[[Server], None] | None = None) -> None:
+def serve(
+    registry: Registry,
+    host: str = "127.0.0.1",
+    port: int = 11434,
+    *,
+    origins: list[str] | str | None = None,
+    ready: Callable[[Server], None] | None = None,
+) -> None:
     """Serve the local API for registry on host:port until SIGINT or SIGTERM.
 
-    Runs ``Local(registry)`` on a ``Server``.  Once the socket listens,
+    Runs ``Local(registry)`` on a ``Server``, with the Host check on when
+    ``host`` is a loopback address and ``origins`` (else ``$OLLAMA_ORIGINS``)
+    added to the default allowed origins.  Once the socket listens,
     ``ready(server)`` is called, if given, from the calling thread (the CLI
     prints ``server.url`` there; ``server.shutdown()`` from another thread
     stops serving too).  Signal handlers are installed only when called from
@@ -111,7 +121,10 @@ def serve(registry: Registry, host: str = "127.0.0.1", port: int = 11434, *, rea
     Raises:
         OSError: the address cannot be bound (e.g. the port is in use).
     """
-    server = Server(Local(registry), host, port)
+    # Bound to loopback, only local Host names pass (DNS rebinding); bound to
+    # another address the server is meant to be reached by other names.
+    guard = Guard(check_host=is_loopback_address(host), origins=origins)
+    server = Server(Local(registry, guard=guard), host, port)
 
     def started() -> None:
         server.start()
