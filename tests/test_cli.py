@@ -285,7 +285,7 @@ def test_python_dash_m_version():
 def test_serve_passes_registry_host_port_to_api(tmp_path, monkeypatch, capsys):
     calls = []
 
-    def fake_serve(registry, host, port, *, ready=None):
+    def fake_serve(registry, host, port, *, origins=None, ready=None):
         calls.append((registry, host, port))
         ready(types.SimpleNamespace(url=f"http://{host}:{port}"))
 

@@ -187,3 +187,49 @@ def test_memory_is_bounded_by_the_piece_pool(tmp_path):
     # thread stacks, socket buffers and allocator slack; never the blob.
     pool_mib = max(budget, (streams + 2) * (4 << 20)) / (1 << 20)
     assert grew_mib <= pool_mib + 24, f"a {size >> 20} MiB pull grew RSS by {grew_mib:.0f} MiB; the pool is {pool_mib:.0f} MiB"
+
+
+class CountingAuth:
+    """A requests auth hook that stamps and counts every request it is attached to."""
+
+    def __init__(self) -> None:
+        self.urls: list[str] = []
+
+    def __call__(self, r):
+        self.urls.append(r.url)
+        r.headers["Authorization"] = "Bearer test-token"
+        return r
+
+
+def test_source_credentials_go_with_every_engine_request(upstream, make_registry):
+    # The seam registry auth builds on: a Source's auth is attached to the
+    # chunksums request and to every ranged GET of the pull.
+    up = upstream(SIZES, seed=39)
+    reg = make_registry()
+    ref = reg.parse(up.ref())
+    manifest = reg.resolve(up.ref())
+    auth = CountingAuth()
+    config = PullConfig(max_streams=4, chunking_threshold=1 << 20)
+    Puller(config, reg.transport, reg.cache, Source(ref.base_url, ref.verify_tls, auth), manifest.blobs(), lambda ev: None, _never()).run()
+    assert_blobs_match(reg, up)
+    blob_gets = [p for m, p, _s in up.stats.log if m == "GET" and "/blobs/" in p]
+    chunksums = [p for m, p, _s in up.stats.log if m == "GET" and "/chunksums/" in p]
+    assert len(auth.urls) == len(blob_gets) + len(chunksums) > 12, (auth.urls, up.stats.log)
+
+
+def test_chunk_url_chooses_where_each_chunk_comes_from(upstream, make_registry, monkeypatch):
+    # The seam mirrors build on: BlobPull.chunk_url(i) is asked for every
+    # chunk's URL.  Here odd chunks come from a second registry with the same blobs.
+    from chunkpull.engine.blob import BlobPull
+
+    origin = upstream(SIZES, seed=40)
+    mirror = upstream(SIZES, seed=40)
+    real = BlobPull.chunk_url
+    monkeypatch.setattr(BlobPull, "chunk_url", lambda self, i: real(self, i).replace(origin.url, mirror.url) if i % 2 else real(self, i))
+    reg = make_registry()
+    reg.pull(origin.ref())
+    assert_blobs_match(reg, origin)
+    layer = json.loads(origin.manifest())["layers"][0]["digest"]
+    starts = lambda up: sorted(s for d, s, _e in up.stats.ranges if d == layer)
+    chunk = 256 << 10
+    assert starts(origin) == [i * chunk for i in range(0, 12, 2)] and starts(mirror) == [i * chunk for i in range(1, 12, 2)]

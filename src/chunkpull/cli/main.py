@@ -155,7 +155,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     logger.setLevel(logging.INFO)
     registry = _open_registry(args)
     try:
-        server.serve(registry, args.host, args.port, ready=lambda server: print(f"chunkpull: serving on {server.url}", file=sys.stderr, flush=True))
+        server.serve(registry, args.host, args.port, origins=args.origins, ready=lambda server: print(f"chunkpull: serving on {server.url}", file=sys.stderr, flush=True))
     finally:
         registry.close()
         logger.removeHandler(handler)
@@ -235,6 +235,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, default=11434, help="port to bind (default 11434)")
     serve.add_argument("--models", metavar="DIR", help=models_help)
     serve.add_argument("--streams", type=_streams, metavar="N", help=streams_help)
+    serve.add_argument("--origins", metavar="ORIGIN[,ORIGIN...]",
+                       help="browser origins allowed besides localhost's and $OLLAMA_ORIGINS ('*' matches anything), "
+                       "e.g. https://app.example.com")
     serve.set_defaults(run=_cmd_serve)
 
     reg = sub.add_parser(

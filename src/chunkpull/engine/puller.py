@@ -322,7 +322,8 @@ class Puller:
 
         stream = self.monitor.stream(label)
         try:
-            self.transport.retry(attempt, url, cancel=self.cancel, position=lambda: pos)
+            # Progress renews the retry budget only where a retry keeps it.
+            self.transport.retry(attempt, url, cancel=self.cancel, position=(lambda: pos) if resume else None)
         finally:
             self.monitor.done(stream)
 
