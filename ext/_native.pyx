@@ -16,7 +16,7 @@ Python as a bytearray, so a running hash can be checkpointed and resumed.
 from libc.string cimport memcpy
 from libc.errno cimport EIO
 
-from libcrypto cimport SHA256_CTX, SHA256_Init, SHA256_Update, SHA256_Final
+from libcrypto cimport SHA256_CTX, SHA256_Init, SHA256_Update, SHA256_Final, OpenSSL_version_num
 from _posix cimport pwrite, errno, EINTR, off_t, ssize_t, sync_file_range, SYNC_FILE_RANGE_WRITE
 
 import os as _os
@@ -24,6 +24,10 @@ import os as _os
 from blake3 import blake3 as _blake3
 
 SHA256_STATE_SIZE = sizeof(SHA256_CTX)
+# What a saved state is only valid with: the libcrypto that wrote it (its
+# SHA256_CTX layout).  Resume records carry it, so another build re-hashes
+# the prefix from disk instead of trusting bytes it cannot read.
+SHA256_STATE_FORMAT = f"openssl-{OpenSSL_version_num():x}-sha256ctx-{sizeof(SHA256_CTX)}"
 
 # Fused kernels hash a slice and write it while it is still in the CPU cache.
 cdef enum:

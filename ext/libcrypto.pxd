@@ -8,3 +8,7 @@ cdef extern from "<openssl/sha.h>" nogil:
     int SHA256_Update(SHA256_CTX *c, const void *data, size_t length)
     int SHA256_Final(unsigned char *md, SHA256_CTX *c)
     unsigned char *SHA256(const unsigned char *d, size_t n, unsigned char *md)
+
+
+cdef extern from "<openssl/crypto.h>" nogil:
+    unsigned long OpenSSL_version_num()

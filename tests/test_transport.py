@@ -456,7 +456,9 @@ def test_monitor_leaves_a_uniformly_slow_link_alone():
     assert m.check() == [], "a 4 MiB read in flight at 2 MB/s is on time, not straggling"
 
 
-def test_monitor_cuts_each_label_at_most_max_aborts_times():
+def test_monitor_cuts_a_stalled_stream_every_time():
+    # A stall is never "just a slow link": every attempt that stalls is cut
+    # (the retry budget, not the monitor, bounds how often that may happen).
     from chunkpull.engine.monitor import StreamMonitor
 
     clock = _Clock()
@@ -467,6 +469,25 @@ def test_monitor_cuts_each_label_at_most_max_aborts_times():
         clock.t += 2.0
         cut += len(m.check())
         m.done(s)
+    assert cut == 4
+
+
+def test_monitor_cuts_each_straggler_label_at_most_max_aborts_times():
+    from chunkpull.engine.monitor import StreamMonitor
+
+    clock = _Clock()
+    m = StreamMonitor(stall_s=100.0, max_aborts=2, clock=clock)
+    fast = [_stream(m, f"fast{i}")[0] for i in range(3)]
+    cut = 0
+    for _ in range(4):
+        slow, _resp = _stream(m, "same-chunk")
+        for _ in range(4):
+            clock.t += 0.5
+            for f in fast:
+                f.advance(50 << 20)
+            slow.advance(1 << 10)
+        cut += sum(1 for v in m.check() if v is slow)
+        m.done(slow)
     assert cut == 2
 
 

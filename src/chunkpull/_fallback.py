@@ -15,6 +15,7 @@ import os
 from blake3 import blake3 as _blake3
 
 SHA256_STATE_SIZE = 0  # states are hashlib objects here, not persistable bytes
+SHA256_STATE_FORMAT = ""  # ...so no saved state is ever valid here
 
 
 def sha256(data) -> bytes:

@@ -22,6 +22,7 @@ from . import _env
 __all__ = [
     "BACKEND",
     "RunningSha256",
+    "SHA256_STATE_FORMAT",
     "blake3",
     "pwrite_all",
     "sha256",
@@ -65,6 +66,8 @@ sha256 = _impl.sha256
 blake3 = _impl.blake3
 pwrite_all = _impl.pwrite_all
 start_writeback = _impl.start_writeback
+# The format of persistable SHA-256 states ("" when the backend has none).
+SHA256_STATE_FORMAT = _impl.SHA256_STATE_FORMAT
 
 
 def feed_from_file(update, fd: int, offset: int, n: int, buf: memoryview) -> None:

@@ -1,6 +1,7 @@
 from collections.abc import Buffer
 
 SHA256_STATE_SIZE: int
+SHA256_STATE_FORMAT: str
 
 def sha256(data: Buffer) -> bytes: ...
 def blake3(data: Buffer) -> bytes: ...

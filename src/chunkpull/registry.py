@@ -32,6 +32,7 @@ Imports core, store and engine; never serve, cli, testing or bench.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -137,7 +138,10 @@ class Registry:
             stall_timeout_s=DEFAULT_STALL_TIMEOUT_S if stall_timeout_s is None else stall_timeout_s,
         )
         kwargs = {"timeout_s": timeout_s} if timeout_s else {}
-        self.transport = Transport(max_streams=self.config.max_streams, session_factory=session_factory, backoff=backoff, sleep=sleep, **kwargs)
+        self.transport = Transport(
+            max_streams=self.config.max_streams, session_factory=session_factory, backoff=backoff, sleep=sleep,
+            stall_s=self.config.stall_timeout_s, **kwargs,
+        )
 
     @property
     def max_streams(self) -> int:
@@ -282,9 +286,20 @@ class Registry:
             InsufficientSpaceError.
         """
         ref = self.parse(name)
+        self.cache.check_name(ref.name)  # a name the disk cannot store fails now, not after the download
         report = progress or (lambda ev: None)
         cancel = cancel or threading.Event()
         m = self._resolve(ref, name, cancel)
+        try:
+            self._pull_blobs(ref, m, report, cancel)
+        finally:
+            # Models removed while this pull ran: their blobs go now, unless
+            # another pull is still running (then the last one to end does it).
+            with contextlib.suppress(OSError):
+                self.cache.prune_deferred()
+        return m
+
+    def _pull_blobs(self, ref: Ref, m: Manifest, report: ProgressCallback, cancel: threading.Event) -> None:
         with self.cache.prune_lock(exclusive=False):
             todo = []
             for b in m.blobs():
@@ -300,7 +315,6 @@ class Registry:
                 Puller(self.config, self.transport, self.cache, _source(ref), todo, report, cancel).run()
             self.cache.put(m.digest, m.data)
             self.cache.link(ref.name, m.digest)
-        return m
 
     # -- push ----------------------------------------------------------------
 

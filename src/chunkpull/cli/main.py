@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 import time
 
 from .._env import MAX_MAX_STREAMS
@@ -44,6 +46,24 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it stops a pull exactly as Ctrl-C does."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _stopped(exc: KeyboardInterrupt, what: str) -> int:
+    """Say how the command was stopped (one line) and return its exit status."""
+    if isinstance(exc, Terminated):
+        print(f"chunkpull: terminated{what}", file=sys.stderr, flush=True)
+        return EXIT_TERMINATED
+    print(f"chunkpull: interrupted{what}", file=sys.stderr, flush=True)
+    return EXIT_INTERRUPTED
 
 
 def _one_line(err: BaseException) -> str:
@@ -83,9 +103,8 @@ def _pull_one(registry: Registry, name: str, label: str, *, quiet: bool) -> int:
     """Pull one model with a progress display; print its summary line."""
     try:
         aggregator = pull_with_progress(registry, name, label, quiet=quiet, stream=sys.stderr)
-    except KeyboardInterrupt:
-        print("chunkpull: interrupted; the next pull resumes", file=sys.stderr, flush=True)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        return _stopped(exc, "; the next pull resumes")
     # Bytes and rate count what this pull brought in, not cached blobs, so
     # the rate is a real transfer rate (a fully cached pull shows 0 B);
     # the model's size is what ``ls`` shows.
@@ -123,9 +142,15 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _cmd_rm(args: argparse.Namespace) -> int:
+    if not args.names and not args.partials:
+        print("usage: chunkpull rm [--partials] NAME...\nchunkpull rm: error: name a model to remove, or give --partials", file=sys.stderr)
+        return EXIT_USAGE
     registry = _open_registry(args, create=False)
     status = EXIT_OK
     try:
+        if args.partials:
+            removed = registry.cache.prune_partials()
+            print(f"removed {plural(len(removed), 'interrupted download')}", flush=True)
         # Like rm(1): a missing model is reported and the others still go.
         for name in args.names:
             try:
@@ -226,7 +251,8 @@ def _parser() -> argparse.ArgumentParser:
     ls.set_defaults(run=_cmd_ls)
 
     rm = sub.add_parser("rm", help="remove local models", description="Remove models and the blobs no other model uses.")
-    rm.add_argument("names", nargs="+", metavar="NAME", help="model name as pulled or as ls shows it")
+    rm.add_argument("names", nargs="*", metavar="NAME", help="model name as pulled or as ls shows it")
+    rm.add_argument("--partials", action="store_true", help="also remove interrupted downloads no pull is resuming now")
     rm.add_argument("--models", metavar="DIR", help=models_help)
     rm.set_defaults(run=_cmd_rm)
 
@@ -278,11 +304,22 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line with argv (default ``sys.argv[1:]``); return the exit status.
 
     Never raises for an expected failure: errors become one line on stderr
-    and status 1, usage errors status 2, Ctrl-C status 130.  Unexpected
+    and status 1, usage errors status 2, Ctrl-C status 130, SIGTERM 143.  Unexpected
     exceptions (bugs) keep their traceback.
     """
     parser = _parser()
     argv = sys.argv[1:] if argv is None else list(argv)
+    # SIGTERM stops a pull as Ctrl-C does (final resume record, exit 143);
+    # serve and registry serve install their own handlers while they run.
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if threading.current_thread() is threading.main_thread() else None
+    try:
+        return _run(parser, argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     try:
         # bench owns its whole option set (its --help included): hand it over.
         args = argparse.Namespace(command="bench", rest=argv[1:], run=_cmd_bench) if argv[:1] == ["bench"] else parser.parse_args(argv)
@@ -293,9 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except SystemExit as exc:  # argparse (ours, or testregistry's) exits; main returns instead
         return _exit_code(exc)
-    except KeyboardInterrupt:
-        print("chunkpull: interrupted", file=sys.stderr, flush=True)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        return _stopped(exc, "")
     except (ChunkpullError, OSError, ValueError) as err:
         _print_error(err)
         return EXIT_ERROR

@@ -292,4 +292,8 @@ def parse_ref(s: str, mask: str | Name = DEFAULT_MASK) -> Ref:
     name = Name.parse(text).merge(mask)
     if not name.is_fully_qualified():
         raise InvalidNameError(f"invalid or missing name: {_quote(text)}")
+    host, colon, port = name.host.partition(":")
+    if colon and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536 and host):
+        # The grammar admits ":" in a host; a URL needs host[:port].
+        raise InvalidNameError(f"invalid name {_quote(s)}: the host {_quote(name.host)} is not host[:port] with a port from 1 to 65535")
     return Ref(scheme, name, digest)

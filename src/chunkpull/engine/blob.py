@@ -63,7 +63,7 @@ class BlobPull:
         self.error: BaseException | None = None  # the first failure; the blob is done for
         self.lock = threading.Lock()
         self._clock = clock
-        self._saved_at = clock()
+        self._saved_at = float("-inf")  # the first record is written as soon as a chunk is done
 
     @classmethod
     def one_stream(cls, layer: Layer, url: str) -> BlobPull:
@@ -89,7 +89,7 @@ class BlobPull:
     def open_chunks(self, ingest: Ingest, wake: Callable[[], None] | None) -> None:
         """Take the work file, resume from its record, and work out which chunks are left."""
         self.ingest = ingest
-        rec = ingest.load_record(self.chunks_id)
+        rec = ingest.load_record(self.chunks_id, _hashio.SHA256_STATE_FORMAT)
         resumed = Ingest.record_done(rec, len(self.sums)) if rec else [False] * len(self.sums)
         state = bytes.fromhex(rec["hash_state"]) if rec and rec.get("hash_state") else None
         self.assembler = BlobAssembler(
@@ -162,4 +162,4 @@ class BlobPull:
                 return
             self._saved_at = now
             hashed, hash_state = self.assembler.hashed_prefix()
-            self.ingest.save_record(self.chunks_id, self.assembler.done_chunks(), hashed, hash_state)
+            self.ingest.save_record(self.chunks_id, self.assembler.done_chunks(), hashed, hash_state, _hashio.SHA256_STATE_FORMAT)

@@ -36,6 +36,7 @@ DEFAULT_MEMORY_BUDGET = 32 << 20
 # Our own split of a blob when the registry has no chunksums.
 DEFAULT_SPLIT_CHUNK_SIZE = 8 << 20
 DEFAULT_STALL_TIMEOUT_S = 5.0
+DEFAULT_MIN_RATE_BPS = 8 << 10
 VERIFY_MODES = ("blob", "chunks")
 IO_MODES = ("auto", "direct", "buffered")
 
@@ -65,6 +66,9 @@ class PullConfig:
         how often the driver checks streams for stalls.
     split_chunk_size
         chunk size of our own split when the registry lists no chunks.
+    min_rate_bps
+        a stream slower than this over ``stall_timeout_s`` counts as
+        stalled, however many bytes trickle in (8 KiB/s).
 
     Raises:
         ValueError: a setting out of its range.
@@ -79,6 +83,7 @@ class PullConfig:
     stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S
     monitor_interval_s: float = 0.25
     split_chunk_size: int = DEFAULT_SPLIT_CHUNK_SIZE
+    min_rate_bps: float = DEFAULT_MIN_RATE_BPS
 
     def __post_init__(self) -> None:
         if self.max_streams < 1:

@@ -1,40 +1,87 @@
-"""The stream monitor: find stalled and straggling ranged GETs, and cut them so they retry elsewhere.
+"""The stream monitor: find stalled, dripping and straggling GETs, and cut them so they retry elsewhere.
 
-Each in-flight ranged GET registers a ``Stream``; the puller's driver calls
-``StreamMonitor.check()`` a few times a second, which shuts down the socket
-under a stream that stalled or crawls, so its reader fails at once and
-retries the rest of its range on another connection.
+Each in-flight GET registers a ``Stream``; a driver calls
+``StreamMonitor.check()`` a few times a second, which shuts the socket down
+under a stream that must not go on, so its reader fails at once:
+
+- *cancelled*: the pull's cancel event is set (Ctrl-C, SIGTERM, a client
+  that left): every read stops within one check, even a stalled one;
+- *stalled*: no byte arrived for ``stall_s``;
+- *below the floor*: fewer than ``min_rate_bps`` bytes per second over the
+  last ``stall_s`` (a registry that drips a byte a second is no better
+  than a silent one, and the socket's read timeout never fires on it);
+- *straggling*: after ``min_age_s``, below ``1/slow_ratio`` of the typical
+  rate of its peers (at most ``max_aborts`` times per label, so a link that
+  is simply slow everywhere is left alone).
+
+Progress is read from the kernel where it can be (``TCP_INFO``: bytes
+received and the time since the last segment), so a stream is judged by
+what reached the socket, not by when a multi-MiB read happened to return;
+elsewhere it falls back to the bytes its reader reports.
 
 Imports nothing from chunkpull.
 """
 
 from __future__ import annotations
 
+import collections
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
 
 import requests
 
-__all__ = ["Stream", "StreamMonitor"]
+__all__ = ["CANCELLED", "MIN_RATE_BPS", "SLOW", "STALLED", "Stream", "StreamMonitor", "tcp_progress"]
+
+# The floor below which a stream counts as stalled, however many bytes
+# trickle: 8 KiB/s per connection (64 KiB/s over 8 streams).
+MIN_RATE_BPS = 8 << 10
+CANCELLED, STALLED, DRIPPING, SLOW = "cancelled", "stalled", "below the minimum rate", "straggling"
+
+# struct tcp_info (linux/tcp.h): tcpi_last_data_recv (ms) and tcpi_bytes_received.
+_TCP_INFO_SIZE = 232
+_LAST_DATA_RECV = 52
+_BYTES_RECEIVED = 128
+
+
+def tcp_progress(sock: socket.socket | None) -> tuple[int, float] | None:
+    """Return (bytes received, seconds since the last data) of a TCP socket, or None where the kernel does not say."""
+    if sock is None or not hasattr(socket, "TCP_INFO"):
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+    except (OSError, ValueError, AttributeError):  # not a TCP socket (a test double, a Unix socket)
+        return None
+    if len(info) < _BYTES_RECEIVED + 8:
+        return None
+    return struct.unpack_from("=Q", info, _BYTES_RECEIVED)[0], struct.unpack_from("=I", info, _LAST_DATA_RECV)[0] / 1000
 
 
 class Stream:
-    """One in-flight ranged GET, as the StreamMonitor sees it."""
+    """One in-flight GET, as the StreamMonitor sees it.
 
-    __slots__ = ("label", "started", "last", "bytes", "window", "_resp", "_lock", "aborted", "_clock", "_paused_at")
+    ``aborted`` says why the monitor cut the current attempt (None: it did
+    not); it is cleared when the next attempt attaches its response.
+    """
 
-    def __init__(self, label: object, clock: Callable[[], float] = time.monotonic) -> None:
+    __slots__ = ("label", "cancel", "started", "last", "bytes", "window", "aborted", "_resp", "_lock", "_clock", "_paused_at",
+                 "_tcp_base", "_history")
+
+    def __init__(self, label: object, clock: Callable[[], float] = time.monotonic, cancel: threading.Event | None = None) -> None:
         self.label = label
+        self.cancel = cancel
         self._clock = clock
         self.started = self.last = clock()
         self.bytes = 0
         self.window = 0  # size of the read in flight
+        self.aborted: str | None = None
         self._resp: requests.Response | None = None
         self._lock = threading.Lock()
-        self.aborted = False
         self._paused_at: float | None = None
+        self._tcp_base: int | None = None  # the socket's byte count when this attempt attached
+        self._history: collections.deque[tuple[float, int]] = collections.deque()  # (time, bytes) samples
 
     def pause(self) -> None:
         """Stop the clock: the reader waits for a buffer, not for the network."""
@@ -46,6 +93,7 @@ class Stream:
             self.started += waited
             self.last += waited
             self._paused_at = None
+            self._history.clear()  # a rate across the pause means nothing
 
     @property
     def paused(self) -> bool:
@@ -61,6 +109,10 @@ class Stream:
             self._resp = resp
             self.started = self.last = self._clock()
             self.bytes = 0
+            self.aborted = None
+            self._history.clear()
+            got = tcp_progress(self._sock())
+            self._tcp_base = got[0] if got else None
 
     def detach(self) -> None:
         with self._lock:
@@ -70,14 +122,27 @@ class Stream:
         self.bytes += n
         self.last = self._clock()
 
-    def abort(self) -> bool:
-        """Shut the connection down under the reader, which then fails and retries elsewhere."""
+    def _sock(self) -> socket.socket | None:
+        # urllib3's HTTPResponse.connection and http.client's HTTPConnection.sock.
+        conn = getattr(self._resp.raw, "connection", None) if self._resp is not None else None
+        return getattr(conn, "sock", None)
+
+    def observe(self, now: float) -> tuple[int, float]:
+        """Return (bytes this attempt received, seconds since its last byte), from the kernel when it says."""
         with self._lock:
-            conn = getattr(self._resp.raw, "connection", None) if self._resp is not None else None
-            sock = getattr(conn, "sock", None)
+            got = tcp_progress(self._sock()) if self._tcp_base is not None else None
+        if got is None:
+            return self.bytes, now - self.last
+        received = max(self.bytes, got[0] - self._tcp_base)
+        return received, min(now - self.started, got[1])
+
+    def abort(self, reason: str) -> bool:
+        """Shut the connection down under the reader, which then fails (and retries elsewhere)."""
+        with self._lock:
+            sock = self._sock()
             if sock is None:
                 return False
-            self.aborted = True
+            self.aborted = reason
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -86,19 +151,20 @@ class Stream:
 
 
 class StreamMonitor:
-    """Find stalled and straggling streams among the in-flight ranged GETs.
+    """Watch in-flight GETs and cut those that are cancelled, stalled, below the floor or straggling (see the module docstring)."""
 
-    A stream is *stalled* when no byte arrived for ``stall_s``, and a
-    *straggler* when, after ``min_age_s``, its rate is below ``1/slow_ratio``
-    of the typical rate (the median over live peers and the last 16 finished
-    streams).  ``check()`` aborts such streams (each label at most
-    ``max_aborts`` times, so a link that is simply slow everywhere is left
-    alone); their readers then retry the rest of their range on another
-    connection.
-    """
-
-    def __init__(self, *, stall_s: float = 10.0, min_age_s: float = 0.5, slow_ratio: float = 8.0, max_aborts: int = 2, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        stall_s: float = 10.0,
+        min_rate_bps: float = MIN_RATE_BPS,
+        min_age_s: float = 0.5,
+        slow_ratio: float = 8.0,
+        max_aborts: int = 2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.stall_s = stall_s
+        self.min_rate_bps = min_rate_bps
         self.min_age_s = min_age_s
         self.slow_ratio = slow_ratio
         self.max_aborts = max_aborts
@@ -109,8 +175,8 @@ class StreamMonitor:
         self._lock = threading.Lock()
         self.aborted = 0
 
-    def stream(self, label: object) -> Stream:
-        s = Stream(label, self.clock)
+    def stream(self, label: object, cancel: threading.Event | None = None) -> Stream:
+        s = Stream(label, self.clock, cancel)
         with self._lock:
             self._streams.add(s)
         return s
@@ -122,44 +188,68 @@ class StreamMonitor:
             if s.bytes and elapsed > 0 and not s.aborted:
                 self._finished = [*self._finished[-15:], s.bytes / elapsed]
 
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._streams)
+
     def check(self) -> list[Stream]:
-        """Abort stalled and straggling streams; return them."""
+        """Cut the streams that must not go on; return them."""
         now = self.clock()
         with self._lock:
             attached = [s for s in self._streams if s._resp is not None]
             finished = list(self._finished)
+        seen = {s: s.observe(now) for s in attached}
         # Peers' rates: every stream that has moved bytes, paused ones
         # included (a paused stream waits for a buffer, often for a stalled
         # stream to catch up; its rate up to the pause still counts).
         rates = {}
-        for s in attached:
+        for s, (received, _silent) in seen.items():
             active = s.active_until(now) - s.started
-            if s.bytes and active > 0:
-                rates[s] = s.bytes / active
+            if received and active > 0:
+                rates[s] = received / active
         victims = []
         for s in attached:
-            age = now - s.started
-            if s.paused:
+            reason = self._verdict(s, now, seen[s], rates, finished)
+            if reason is None:
                 continue
-            peers = sorted([r for t, r in rates.items() if t is not s] + finished)
-            # A slow but live link needs a while to fill one slice: allow
-            # three times what the typical rate needs for it.
-            patience = max(self.stall_s, 3 * s.window / peers[len(peers) // 2]) if peers else self.stall_s
-            stalled = now - s.last >= patience
-            slow = False
-            if age >= self.min_age_s:  # too young to judge otherwise
-                if len(peers) >= 2:
-                    # Credit the read in flight (its bytes show only when it
-                    # returns), so a slow link everywhere is not "slow".
-                    slow = (s.bytes + s.window) * self.slow_ratio < peers[len(peers) // 2] * age
-            if not (stalled or slow):
-                continue
-            with self._lock:
-                n = self._aborts.get(s.label, 0)
-                if n >= self.max_aborts:
-                    continue
-                self._aborts[s.label] = n + 1
-            if s.abort():
+            if reason == SLOW:
+                with self._lock:
+                    n = self._aborts.get(s.label, 0)
+                    if n >= self.max_aborts:
+                        continue
+                    self._aborts[s.label] = n + 1
+            if s.abort(reason):
                 self.aborted += 1
                 victims.append(s)
         return victims
+
+    def _verdict(self, s: Stream, now: float, seen: tuple[int, float], rates: dict[Stream, float], finished: list[float]) -> str | None:
+        if s.cancel is not None and s.cancel.is_set():
+            return CANCELLED
+        if s.paused:
+            return None
+        received, silent = seen
+        age = now - s.started
+        peers = sorted([r for t, r in rates.items() if t is not s] + finished)
+        typical = peers[len(peers) // 2] if peers else None
+        if s._tcp_base is None:
+            # No kernel figures: bytes show only when a read returns, so a
+            # slow but live link gets three times what one read needs.
+            patience = max(self.stall_s, 3 * s.window / typical) if typical else self.stall_s
+        else:
+            patience = self.stall_s
+        if silent >= patience:
+            return STALLED
+        s._history.append((now, received))
+        while len(s._history) > 1 and s._history[1][0] <= now - self.stall_s:
+            s._history.popleft()
+        t0, b0 = s._history[0]
+        if s._tcp_base is not None and now - t0 >= self.stall_s and (received - b0) < self.min_rate_bps * (now - t0):
+            return DRIPPING
+        if age >= self.min_age_s and len(peers) >= 2:  # too young, or too few peers, to judge otherwise
+            # Credit the read in flight (its bytes may show only when it
+            # returns), so a slow link everywhere is not "slow".
+            credit = received if s._tcp_base is not None else received + s.window
+            if credit * self.slow_ratio < typical * age:
+                return SLOW
+        return None

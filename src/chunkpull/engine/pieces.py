@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 from ..errors import PullCancelledError
 
-__all__ = ["ALIGN", "Piece", "PiecePool", "aligned_buffer"]
+__all__ = ["ALIGN", "Piece", "PiecePool", "PoolPieces", "ReusedBuffer", "aligned_buffer"]
 
 ALIGN = 4096  # page size, and the strictest O_DIRECT alignment we meet
 _HUGE = 2 << 20  # a transparent huge page
@@ -138,3 +138,43 @@ class PiecePool:
             if self._memory is not None:
                 self._free.append(piece)
             self._cond.notify_all()
+
+
+class ReusedBuffer:
+    """One buffer reused for every read of a stream (the sink is done with it when it returns)."""
+
+    __slots__ = ("view",)
+
+    def __init__(self, view: memoryview) -> None:
+        self.view = view
+
+    def __call__(self) -> memoryview:
+        return self.view
+
+    def drop(self) -> None:
+        pass
+
+
+class PoolPieces:
+    """Pool pieces for one chunk's stream: each read gets its own, which the sink takes over."""
+
+    __slots__ = ("pool", "priority", "cancel", "held")
+
+    def __init__(self, pool: PiecePool, priority: Callable[[], bool], cancel: threading.Event) -> None:
+        self.pool = pool
+        self.priority = priority
+        self.cancel = cancel
+        self.held: Piece | None = None  # acquired, not yet handed to the sink
+
+    def __call__(self) -> memoryview:
+        self.held = self.pool.acquire(priority=self.priority, cancel=self.cancel)
+        return self.held.view
+
+    def take(self) -> Piece:
+        piece, self.held = self.held, None
+        return piece
+
+    def drop(self) -> None:
+        if self.held is not None:
+            self.held.release()
+            self.held = None

@@ -43,13 +43,13 @@ from .._hashio import RunningSha256
 from ..core.chunks import ChunkSum, parse_chunksums, split
 from ..core.manifest import Layer
 from ..core.progress import BYTES, DONE, ERROR, RESUMED, VERIFYING, Progress, ProgressCallback
-from ..errors import ChunkpullError, IncompletePullError, InsufficientSpaceError, IntegrityError, PullCancelledError
+from ..errors import ChunkpullError, IncompletePullError, InsufficientSpaceError, IntegrityError, PullCancelledError, TransportError
 from ..store.cache import DiskCache
 from .assembler import BlobAssembler, ChunkHasher
 from .blob import BlobPull
 from .config import PullConfig, Source
 from .monitor import StreamMonitor
-from .pieces import ALIGN, Piece, PiecePool, aligned_buffer
+from .pieces import ALIGN, PiecePool, PoolPieces, ReusedBuffer, aligned_buffer
 from .transport import RangeIgnoredError, ShortReadError, Transport, join_url
 
 __all__ = ["MAX_INTEGRITY_ATTEMPTS", "MAX_REPAIRS", "PullStats", "Puller"]
@@ -58,46 +58,9 @@ __all__ = ["MAX_INTEGRITY_ATTEMPTS", "MAX_REPAIRS", "PullStats", "Puller"]
 # and a blob whose chunks fail after it completed is repaired at most this often.
 MAX_INTEGRITY_ATTEMPTS = 3
 MAX_REPAIRS = 2
-
-
-class _Reused:
-    """One buffer reused for every read of a stream (the sink is done with it when it returns)."""
-
-    __slots__ = ("view",)
-
-    def __init__(self, view: memoryview) -> None:
-        self.view = view
-
-    def __call__(self) -> memoryview:
-        return self.view
-
-    def drop(self) -> None:
-        pass
-
-
-class _Pieces:
-    """Pool pieces for one chunk's stream: each read gets its own, which the sink takes over."""
-
-    __slots__ = ("pool", "priority", "cancel", "held")
-
-    def __init__(self, pool: PiecePool, priority: Callable[[], bool], cancel: threading.Event) -> None:
-        self.pool = pool
-        self.priority = priority
-        self.cancel = cancel
-        self.held: Piece | None = None  # acquired, not yet handed to the sink
-
-    def __call__(self) -> memoryview:
-        self.held = self.pool.acquire(priority=self.priority, cancel=self.cancel)
-        return self.held.view
-
-    def take(self) -> Piece:
-        piece, self.held = self.held, None
-        return piece
-
-    def drop(self) -> None:
-        if self.held is not None:
-            self.held.release()
-            self.held = None
+# A failed attempt renews the retry budget only if it moved this many bytes
+# (or the rest of its range).
+MIN_CREDIT_BYTES = 1 << 20
 
 
 @dataclass
@@ -139,7 +102,7 @@ class Puller:
         self.cond = threading.Condition()
         self.local = threading.local()
         self.pool = ThreadPoolExecutor(max_workers=config.max_streams, thread_name_prefix="chunkpull")
-        self.monitor = StreamMonitor(stall_s=config.stall_timeout_s)
+        self.monitor = StreamMonitor(stall_s=config.stall_timeout_s, min_rate_bps=config.min_rate_bps)
         self.pieces: PiecePool | None = None  # made for the first chunked blob
         # One thread advances every chunked blob's in-order hash, so workers
         # never stop reading their sockets to hash other chunks' pieces.
@@ -257,10 +220,10 @@ class Puller:
             # and starve the pool: stop streaming it.
             raise ChunkpullError(f"blob {blob.key} failed; stream dropped")
 
-    def _buffer(self) -> _Reused:
+    def _buffer(self) -> ReusedBuffer:
         buf = getattr(self.local, "buf", None)
         if buf is None:
-            buf = self.local.buf = _Reused(aligned_buffer(self.config.buffer_size))
+            buf = self.local.buf = ReusedBuffer(aligned_buffer(self.config.buffer_size))
         return buf
 
     # -- the one range-streaming loop -----------------------------------------
@@ -271,7 +234,7 @@ class Puller:
         url: str,
         start: int,
         end: int,
-        buffers: _Reused | _Pieces,
+        buffers: ReusedBuffer | PoolPieces,
         sink: Callable[[int, memoryview], None],
         *,
         label: object,
@@ -292,6 +255,7 @@ class Puller:
             and whatever sink raises.
         """
         pos = start
+        credited = start  # how far the retry budget counts this transfer as having got
 
         def deliver(offset: int, view: memoryview) -> None:
             nonlocal pos
@@ -302,11 +266,12 @@ class Puller:
                 self.report(Progress(blob.key, blob.layer.size, BYTES, new))
 
         def attempt() -> None:
-            nonlocal pos
+            nonlocal pos, credited
             if not resume:
                 pos = start
             if pos > end:
                 return
+            before = pos
             try:
                 self.transport.read_range(
                     url, pos, end, buffers, deliver, verify_tls=self.source.verify_tls, auth=self.source.auth, stream=stream
@@ -319,11 +284,17 @@ class Puller:
                 raise ShortReadError(f"{url}: cannot resume (Range ignored); starting over", 0) from None
             finally:
                 buffers.drop()
+                # An attempt the monitor cut (stalled, dripping, straggling)
+                # or one that moved less than MIN_CREDIT_BYTES does not renew
+                # the retry budget: a registry that sends a little and then
+                # stalls, on every connection, fails within the budget.
+                if not stream.aborted and pos - before >= min(MIN_CREDIT_BYTES, end + 1 - before):
+                    credited = pos
 
-        stream = self.monitor.stream(label)
+        stream = self.monitor.stream(label, self.cancel)
         try:
             # Progress renews the retry budget only where a retry keeps it.
-            self.transport.retry(attempt, url, cancel=self.cancel, position=(lambda: pos) if resume else None)
+            self.transport.retry(attempt, url, cancel=self.cancel, position=(lambda: credited) if resume else None)
         finally:
             self.monitor.done(stream)
 
@@ -461,7 +432,7 @@ class Puller:
         check = self.config.verify == "chunks" and s.digest is not None
         # Pieces go out with O_DIRECT only if every one starts on a page.
         aligned = chunk.start % ALIGN == 0
-        pieces = _Pieces(self.pieces, lambda: blob.assembler.is_next(i), self.cancel)
+        pieces = PoolPieces(self.pieces, lambda: blob.assembler.is_next(i), self.cancel)
         for _ in range(MAX_INTEGRITY_ATTEMPTS):
             hasher = ChunkHasher(s.digest.algorithm) if check else None
 
@@ -476,7 +447,12 @@ class Puller:
                     hasher.update(view)  # before deliver: the hash may release the piece
                 blob.assembler.deliver(i, offset, view, piece.release, aligned=aligned)
 
-            self._stream(blob, blob.chunk_url(i), chunk.start, chunk.end, pieces, sink, label=(blob.key, i))
+            url = blob.chunk_url(i)
+            try:
+                self._stream(blob, url, chunk.start, chunk.end, pieces, sink, label=(blob.key, i))
+            except TransportError as err:
+                # Say which bytes of which blob could not be had; the cause names the registry.
+                raise TransportError(f"chunk {i} (bytes {chunk}) of blob {blob.key}: {err}") from err
             if hasher is None or hasher.digest() == s.digest.raw:
                 return
             blob.assembler.reset_chunk(i)  # unhash the bad bytes before fetching again

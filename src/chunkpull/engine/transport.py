@@ -33,7 +33,7 @@ import requests.auth
 import urllib3
 
 from ..errors import PullCancelledError, RegistryError, TransportError
-from .monitor import Stream
+from .monitor import Stream, StreamMonitor
 
 __all__ = ["Transport", "Backoff", "Response", "RangeIgnoredError", "ShortReadError", "join_url", "parse_error", "new_session"]
 
@@ -48,6 +48,12 @@ DEFAULT_TIMEOUT_S = (10.0, 30.0)
 READ_SLICE = 4 << 20
 # Control-plane bodies (manifests, chunksums, errors) are buffered: cap them.
 MAX_BODY_BYTES = 16 << 20
+# Control-plane bodies are read in pieces of this size, and their monitor is checked this often.
+_CONTROL_PIECE = 64 << 10
+_CONTROL_TICK_S = 0.1
+# However much each attempt moves a transfer forward, it gets at most this
+# many times the backoff's attempts in all.
+MAX_ATTEMPTS_FACTOR = 3
 
 
 def new_session(max_streams: int, *, verify_tls: bool = True) -> requests.Session:
@@ -145,6 +151,7 @@ class Transport:
         timeout_s: tuple[float, float] = DEFAULT_TIMEOUT_S,
         sleep: Callable[[float], None] = time.sleep,
         rng: Callable[[], float] = random.random,
+        stall_s: float = 5.0,
     ) -> None:
         self.max_streams = max_streams
         self._factory = session_factory or new_session
@@ -154,6 +161,12 @@ class Transport:
         self.rng = rng
         self._sessions: dict[bool, requests.Session] = {}
         self._lock = threading.Lock()
+        # Control-plane bodies (manifests, chunksums) are watched like chunks
+        # by a monitor of their own, ticked by a thread that runs only while
+        # one is in flight: none may hang on a registry that drips or stalls.
+        self.stall_s = stall_s
+        self._control = StreamMonitor(stall_s=stall_s, max_aborts=0)
+        self._ticker: threading.Thread | None = None
 
     def session(self, verify_tls: bool = True) -> requests.Session:
         with self._lock:
@@ -189,11 +202,20 @@ class Transport:
         Raises:
             RegistryError, TransportError.
         """
-        return self.retry(lambda: self._get_once(url, verify_tls, auth, headers, ok, max_bytes), url, cancel=cancel)
+        return self.retry(lambda: self._get_once(url, verify_tls, auth, headers, ok, max_bytes, cancel), url, cancel=cancel)
 
-    def _get_once(self, url: str, verify_tls: bool, auth, headers: dict[str, str] | None, ok: tuple[int, ...], max_bytes: int) -> Response:
+    def _get_once(
+        self, url: str, verify_tls: bool, auth, headers: dict[str, str] | None, ok: tuple[int, ...], max_bytes: int, cancel: threading.Event | None
+    ) -> Response:
         with self.session(verify_tls).get(url, headers=headers, auth=auth, timeout=self.timeout_s, stream=True, **_tls_kw(verify_tls)) as r:
-            body = r.raw.read(max_bytes + 1, decode_content=True)
+            stream = self._control.stream(url, cancel)
+            stream.attach(r)
+            self._tick()
+            try:
+                body = self._read_body(r, max_bytes + 1, stream, url)
+            finally:
+                stream.detach()
+                self._control.done(stream)
             if len(body) > max_bytes:
                 raise RegistryError(r.status_code, "", f"response body is larger than the {max_bytes}-byte limit", url)
             if r.status_code not in ok:
@@ -201,6 +223,42 @@ class Transport:
                 err.retry_after_s = _retry_after_s(r.headers.get("Retry-After"))
                 raise err
             return Response(r.status_code, body, dict(r.headers), r.url)
+
+    @staticmethod
+    def _read_body(r: requests.Response, limit: int, stream: Stream, url: str) -> bytes:
+        """Read up to limit bytes of a (small) body in pieces, so a cut by the monitor ends it at once."""
+        parts, n = [], 0
+        try:
+            while n < limit:
+                piece = r.raw.read(min(_CONTROL_PIECE, limit - n), decode_content=True)
+                if not piece:
+                    break
+                parts.append(piece)
+                n += len(piece)
+                stream.advance(len(piece))
+        except (OSError, urllib3.exceptions.HTTPError) as err:
+            if stream.aborted:
+                raise _aborted(stream, url, n) from err
+            raise
+        if stream.aborted:
+            raise _aborted(stream, url, n)
+        return b"".join(parts)
+
+    def _tick(self) -> None:
+        """Make sure the control-plane monitor is being checked (one thread, only while a body is in flight)."""
+        with self._lock:
+            if self._ticker is None:
+                self._ticker = threading.Thread(target=self._tick_loop, name="chunkpull-control-monitor", daemon=True)
+                self._ticker.start()
+
+    def _tick_loop(self) -> None:
+        while True:
+            with self._lock:
+                if not len(self._control):
+                    self._ticker = None
+                    return
+            self._control.check()
+            time.sleep(_CONTROL_TICK_S)
 
     def request(
         self, method: str, url: str, *, verify_tls: bool = True, auth: requests.auth.AuthBase | None = None, data=None, headers: dict[str, str] | None = None
@@ -226,9 +284,9 @@ class Transport:
         """Call attempt() until it succeeds or a non-retryable error; bounded by ``backoff``.
 
         ``position()``, when given, says how far the work has got (bytes):
-        a failed attempt that still moved it forward does not use up an
-        attempt (a long chunk over a flaky link keeps going), within a hard
-        cap of ten times the attempts.
+        a failed attempt that moved it forward does not use up an attempt
+        (a long chunk over a flaky link keeps going), within a hard cap of
+        ``MAX_ATTEMPTS_FACTOR`` times the attempts.
 
         Raises:
             RegistryError: a non-retryable status, or retries exhausted on one.
@@ -239,7 +297,7 @@ class Transport:
         last: BaseException | None = None
         n = 0  # failures without progress
         where = position() if position else 0
-        for total in range(self.backoff.attempts * 10):
+        for total in range(self.backoff.attempts * MAX_ATTEMPTS_FACTOR):
             if n >= self.backoff.attempts:
                 break
             if total:
@@ -254,6 +312,10 @@ class Transport:
                 last = err
             except requests.exceptions.SSLError as err:
                 raise TransportError(f"request error {url}: {describe(err)}") from err  # retrying cannot help
+            except (requests.exceptions.TooManyRedirects, requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
+                    requests.exceptions.MissingSchema, requests.exceptions.InvalidHeader) as err:
+                # The registry (or a redirect it sent) is unusable as it is: say so, do not retry.
+                raise TransportError(f"request error {url}: {describe(err)}") from err
             except _RETRYABLE_EXC as err:
                 last = err
             now = position() if position else 0
@@ -316,6 +378,11 @@ class Transport:
                 # Skipping to our offset on every chunk would move O(n²)
                 # bytes; tell the caller to switch to one stream instead.
                 raise RangeIgnoredError(f"{url}: the registry ignored the Range header (answered 200)")
+            encoding = r.headers.get("Content-Encoding", "identity").strip().lower()
+            if encoding not in ("identity", ""):
+                # We asked for identity: encoded bytes would be written as
+                # they are and only caught by the digest.  Refuse them here.
+                raise ShortReadError(f"{url}: the registry sent a {encoding[:40]}-encoded body despite Accept-Encoding: identity", 0)
             if r.status_code == 206:
                 # A shorter answer than asked is read, then reported short:
                 # the caller resumes after it (or learns the blob is short).
@@ -356,6 +423,8 @@ class Transport:
                     stream.window = min(READ_SLICE, room - filled)
                 n = fp.readinto(piece[filled : filled + min(READ_SLICE, room - filled)])
                 if not n:
+                    if stream is not None and stream.aborted:
+                        return filled, _aborted(stream, url, got + filled, want)
                     return filled, ShortReadError(f"{url}: body ended after {got + filled} of {want} bytes", got + filled)
                 filled += n
                 if stream is not None:
@@ -365,10 +434,19 @@ class Transport:
             short.__cause__ = err
             return filled, short
         except OSError as err:
-            short = ShortReadError(f"{url}: connection lost after {got + filled} of {want} bytes: {err}", got + filled)
+            if stream is not None and stream.aborted:
+                short = _aborted(stream, url, got + filled, want)
+            else:
+                short = ShortReadError(f"{url}: connection lost after {got + filled} of {want} bytes: {err}", got + filled)
             short.__cause__ = err
             return filled, short
         return filled, None
+
+
+def _aborted(stream: Stream, url: str, got: int, want: int | None = None) -> ShortReadError:
+    """Return the error a read ends with when the monitor cut its connection (it says why)."""
+    of = f" of {want}" if want is not None else ""
+    return ShortReadError(f"{url}: cut, {stream.aborted}, after {got}{of} bytes", got)
 
 
 def _tls_kw(verify_tls: bool) -> dict[str, bool]:
@@ -390,6 +468,12 @@ def describe(err: BaseException) -> str:
         return "connection timed out"
     if isinstance(err, (requests.ReadTimeout, socket.timeout)):
         return "no response (read timed out)"
+    if isinstance(err, requests.exceptions.TooManyRedirects):
+        return "the registry redirects in a loop (more than 30 redirects)"
+    if isinstance(err, (requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema)):
+        return f"the registry redirected to a URL that is not http(s): {err}"
+    if isinstance(err, requests.exceptions.InvalidURL):
+        return f"not a usable URL: {err}"
     if isinstance(err, requests.ConnectionError):
         return f"cannot connect: {_root_reason(err)}"
     return str(err)

@@ -510,7 +510,7 @@ def _read_params(environ: dict) -> dict:
         OSError and anything else the input stream raises (a 500).
     """
     text = (environ.get("CONTENT_LENGTH") or "").strip()
-    if text and not text.isdigit():
+    if text and not (text.isascii() and text.isdigit()):
         raise HTTPError(400, "bad_request", f"invalid Content-Length {text!r}")
     length = int(text or 0)
     if length > MAX_BODY_BYTES:
@@ -523,6 +523,8 @@ def _read_params(environ: dict) -> dict:
         params = json.loads(data)
     except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8/16/32
         raise HTTPError(400, "bad_request", str(err)) from None
+    except RecursionError:  # [[[[…]]]]: nested deeper than the parser goes
+        raise HTTPError(400, "bad_request", "invalid request: JSON nested too deeply") from None
     if not isinstance(params, dict):
         raise HTTPError(400, "bad_request", f"invalid request: want a JSON object, not {type(params).__name__}")
     return params

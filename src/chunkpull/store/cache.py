@@ -177,6 +177,23 @@ class DiskCache:
             pass
         raise ModelNotFoundError(str(name))
 
+    def check_name(self, name: Name) -> None:
+        """Refuse a name whose manifest path this file system cannot hold (before any byte is fetched).
+
+        Raises:
+            InvalidNameError: not fully qualified, a part longer than the file
+                system's NAME_MAX, or a path longer than its PATH_MAX.
+        """
+        if not name.is_fully_qualified():
+            raise InvalidNameError(f'invalid or missing name: "{name}"')
+        name_max, path_max = _limits(self.root)
+        for part in name.path_parts():
+            if len(part.encode()) > name_max:
+                raise InvalidNameError(f"invalid name {str(name)!r}: {part[:40]!r}... is longer than the {name_max} bytes a file name may have under {self.root}")
+        path = self.manifests_dir.joinpath(*name.path_parts())
+        if len(str(path).encode()) >= path_max:
+            raise InvalidNameError(f"invalid name {str(name)!r}: its manifest path would be longer than the {path_max} bytes {self.root} allows")
+
     def has_manifest(self, name: Name) -> bool:
         """Say whether name has a manifest here (matching case-insensitively)."""
         path = self._manifest_path(name)
@@ -233,23 +250,72 @@ class DiskCache:
         now = time.time() if now is None else now
         with self.prune_lock(exclusive=True, blocking=False) as held:
             if not held:
+                if only:
+                    # A pull is running: its fresh blobs have no manifest yet,
+                    # so nothing can be judged now.  Note the candidates; the
+                    # last pull to end (or the next prune) removes them.
+                    self._defer(only)
                 return removed
             keep = self.referenced()
             if keep is None:
                 return removed
+            pending = self._pending()
             for entry in os.scandir(self.blobs_dir):
                 try:
                     d = Digest.parse(entry.name)
-                    if only is not None and d not in only:
+                    if only is not None and d not in only and d not in pending:
                         continue
-                    young = only is None and now - entry.stat().st_mtime < grace_s
+                    young = only is None and d not in pending and now - entry.stat().st_mtime < grace_s
                 except (ValueError, OSError):
                     continue
                 if d not in keep and not young:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)
                         removed.append(d)
+            with contextlib.suppress(FileNotFoundError):
+                self._pending_path.unlink()
             self._prune_ingest(now)
+        return removed
+
+    def prune_deferred(self) -> list[Digest]:
+        """Remove the blobs a removal during a pull left for later, if no pull is running now; return them."""
+        if not self._pending_path.exists():
+            return []
+        return self.prune(only=set())
+
+    @property
+    def _pending_path(self) -> Path:
+        return self.root / ".chunkpull" / "prune-pending"
+
+    def _defer(self, digests: set[Digest]) -> None:
+        # One write with O_APPEND: lines from concurrent writers never mix.
+        # Synced, so that a crash before the pull ends still leaves the note.
+        data = "".join(f"{d}\n" for d in sorted(digests)).encode()
+        fd = os.open(self._pending_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data)
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _pending(self) -> set[Digest]:
+        try:
+            text = self._pending_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return set()
+        out = set()
+        for line in text.split():
+            with contextlib.suppress(ValueError):
+                out.add(Digest.parse(line))
+        return out
+
+    def prune_partials(self) -> list[Path]:
+        """Remove every work file no pull holds now (and its record); return the work files removed."""
+        removed = []
+        for entry in os.scandir(self.ingest_dir):
+            if entry.name.endswith(".partial") and _remove_if_unlocked(entry.path):
+                removed.append(Path(entry.path))
         return removed
 
     def _prune_ingest(self, now: float) -> None:
@@ -261,16 +327,7 @@ class DiskCache:
             except OSError:
                 continue
             if entry.name.endswith(".partial") and age > INGEST_MAX_AGE_S:
-                fd = os.open(entry.path, os.O_RDWR)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a pull is using it
-                finally:
-                    os.close(fd)
-                for p in (entry.path, entry.path[: -len(".partial")] + ".state"):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(p)
+                _remove_if_unlocked(entry.path)
             elif entry.name.startswith(("tmp-", "import-")) or entry.name.endswith(".tmp"):
                 if age > 86400:
                     with contextlib.suppress(FileNotFoundError):
@@ -335,6 +392,35 @@ def mentioned_digests(manifest: bytes) -> set[Digest]:
     found = {Digest("sha256", hashlib.sha256(manifest).hexdigest())}
     found.update(Digest("sha256", h.decode()) for h in _DIGEST_TEXT.findall(manifest))
     return found
+
+
+def _remove_if_unlocked(partial: str) -> bool:
+    """Delete a work file and its record unless a pull holds its lock; return whether it went."""
+    try:
+        fd = os.open(partial, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # a pull is using it
+    else:
+        # Unlinked while locked: nobody can take it over in between.
+        for p in (partial, partial[: -len(".partial")] + ".state"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _limits(root: Path) -> tuple[int, int]:
+    """Return (NAME_MAX, PATH_MAX) of the file system under root (POSIX's minimums where it does not say)."""
+    probe = root if root.exists() else root.parent
+    try:
+        return os.pathconf(probe, "PC_NAME_MAX"), os.pathconf(probe, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        return 255, 4096
 
 
 def _find_casefold(directory: Path, part: str) -> Path | None:

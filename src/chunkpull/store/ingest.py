@@ -158,8 +158,14 @@ class Ingest:
 
     # -- resume record -------------------------------------------------------
 
-    def load_record(self, chunks_id: str) -> dict | None:
-        """Return the resume record if it is intact and describes this blob and chunk list."""
+    def load_record(self, chunks_id: str, hash_format: str = "") -> dict | None:
+        """Return the resume record if it is intact and describes this blob and chunk list.
+
+        A saved hash state in another ``hash_format`` than this build's (a
+        record written with another libcrypto, or by the pure-Python backend)
+        is dropped, the chunks it marks done are kept: they are hashed from
+        the work file instead.
+        """
         try:
             rec = json.loads(self.state_path.read_bytes())
         except (OSError, ValueError):
@@ -178,10 +184,16 @@ class Ingest:
             bytes.fromhex(state)
         except ValueError:
             return None
+        if state and (not hash_format or rec.get("hash_format") != hash_format):
+            rec = {**rec, "hash_state": "", "hashed": 0}
         return rec
 
-    def save_record(self, chunks_id: str, done: list[bool], hashed: int, hash_state: bytes | None) -> None:
-        """Atomically replace the resume record (see the class docstring for what is synced)."""
+    def save_record(self, chunks_id: str, done: list[bool], hashed: int, hash_state: bytes | None, hash_format: str = "") -> None:
+        """Atomically replace the resume record (see the class docstring for what is synced).
+
+        A record is only a shortcut: when the disk is full (or the quota
+        reached) it is skipped, not an error, and no temporary file stays.
+        """
         if self.committed or self.fd < 0:
             return  # the blob is final (or closed): a record now would be stale
         if hash_state is not None:
@@ -201,10 +213,17 @@ class Ingest:
             "done": bits.hex(),
             "hashed": hashed if hash_state is not None else 0,
             "hash_state": hash_state.hex() if hash_state is not None else "",
+            "hash_format": hash_format if hash_state is not None else "",
         }
         tmp = self.state_path.with_name(self.state_path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(rec))
-        os.replace(tmp, self.state_path)
+        try:
+            tmp.write_text(json.dumps(rec))
+            os.replace(tmp, self.state_path)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
 
     @staticmethod
     def record_done(rec: dict, n: int) -> list[bool]:

@@ -54,6 +54,15 @@ class Faults:
     - ``only_digest``: limit the blob faults above to this blob digest.
     - ``redirect_blobs``: base URL; blob GETs and HEADs answer 307 with
       ``Location: <redirect_blobs><path>`` (a CDN redirect).
+    - ``manifest_location``: manifest GETs answer 307 with this
+      ``Location`` (``{path}`` stands for the request's own path: a loop).
+    - ``drip_chunk``: chunk index -> bytes per second: every blob body
+      overlapping that chunk is sent at that rate (a registry that drips
+      one chunk, on every connection).
+    - ``drip_control_bps``: manifest and chunksums bodies are sent at this
+      many bytes per second.
+    - ``gzip_times``: the next ``gzip_times`` blob bodies are gzip-encoded
+      (``Content-Encoding: gzip``) although the client asked for identity.
     - ``content_range_shift`` / ``content_range_times``: the next
       ``content_range_times`` ranged answers send the bytes asked for but
       announce them in ``Content-Range`` as starting ``content_range_shift``
@@ -77,6 +86,10 @@ class Faults:
     redirect_blobs: str | None = None
     content_range_shift: int = 0
     content_range_times: int = 0
+    manifest_location: str | None = None
+    drip_chunk: dict[int, int] = dataclasses.field(default_factory=dict)
+    drip_control_bps: int | None = None
+    gzip_times: int = 0
     lock: threading.RLock = dataclasses.field(
         default_factory=threading.RLock, repr=False, compare=False
     )
@@ -150,6 +163,12 @@ class Faults:
             plan.flips.sort()
             if self.throttle_bps:
                 plan.throttle_bps = max(1, int(self.throttle_bps))
+            for index, bps in self.drip_chunk.items():
+                if index * chunk_size <= end and start < (index + 1) * chunk_size:
+                    plan.throttle_bps = max(1, min(plan.throttle_bps or bps, int(bps)))
+            if self.gzip_times > 0:
+                self.gzip_times -= 1
+                plan.gzip = True
         return plan
 
 
@@ -162,6 +181,7 @@ class Plan:
     stall_s: float = 0.0
     flips: list[int] = dataclasses.field(default_factory=list)
     throttle_bps: int | None = None
+    gzip: bool = False
 
     def is_clean(self) -> bool:
         return (
@@ -169,6 +189,7 @@ class Plan:
             and self.stall_at is None
             and not self.flips
             and self.throttle_bps is None
+            and not self.gzip
         )
 
 

@@ -12,6 +12,7 @@ The handler reaches its ``TestRegistry`` as ``self.server.registry``
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
@@ -206,6 +207,7 @@ class _Handler(_httpd.Handler):
         body: bytes,
         content_type: str = "application/json",
         headers: Iterable[tuple[str, str]] = (),
+        drip_bps: int | None = None,
     ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -214,9 +216,28 @@ class _Handler(_httpd.Handler):
             self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD" and body:
+            self._write_dripping(body, drip_bps if drip_bps is not None else None)
+
+    def _write_dripping(self, body: bytes, bps: int | None) -> None:
+        """Write body, at bps bytes per second when given (the ``drip_control_bps`` fault)."""
+        if not bps:
             self.wfile.write(body)
+            return
+        reg = self.server.registry
+        step = max(1, bps // 20)
+        started = time.monotonic()
+        for pos in range(0, len(body), step):
+            self.wfile.write(body[pos : pos + step])
+            self.wfile.flush()
+            delay = started + (pos + step) / bps - time.monotonic()
+            if delay > 0 and reg._stop.wait(delay):
+                raise ConnectionAbortedError("registry is stopping")
 
     def _get_manifest(self, reg: _Registry, ns: str, model: str, ref: str) -> None:
+        location = reg.faults.manifest_location
+        if location is not None:
+            self._send(307, b"", headers=[("Location", location.replace("{path}", self.path))])
+            return
         data: bytes | None = None
         if _DIGEST_RE.fullmatch(ref):
             try:
@@ -231,7 +252,7 @@ class _Handler(_httpd.Handler):
             self._send(404, _error_body("MANIFEST_UNKNOWN", "manifest unknown"))
             return
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        self._send(200, data, MANIFEST_MEDIA_TYPE, [("Docker-Content-Digest", digest)])
+        self._send(200, data, MANIFEST_MEDIA_TYPE, [("Docker-Content-Digest", digest)], drip_bps=reg.faults.drip_control_bps)
 
     def _get_blob(self, reg: _Registry, ref: str) -> None:
         if not _DIGEST_RE.fullmatch(ref):
@@ -270,6 +291,10 @@ class _Handler(_httpd.Handler):
                 return
             start, end = wanted if wanted is not None else (0, size - 1)
             length = end - start + 1
+            plan = faults.plan(digest, start, end, size, reg.chunk_size) if self.command == "GET" else Plan()
+            if plan.gzip:
+                self._send_gzip(fd, start, length, wanted is not None, size, digest)
+                return
             self.send_response(200 if wanted is None else 206)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(length))
@@ -281,7 +306,6 @@ class _Handler(_httpd.Handler):
             self.end_headers()
             if self.command == "HEAD":
                 return
-            plan = faults.plan(digest, start, end, size, reg.chunk_size)
             planned = length if plan.cut_at is None else plan.cut_at
             reg.stats._add_range(digest, start, end)
             reg.stats._add_bytes(planned)
@@ -293,6 +317,19 @@ class _Handler(_httpd.Handler):
                     reg.stats._add_bytes(self._body_sent - planned)
         finally:
             os.close(fd)
+
+    def _send_gzip(self, fd: int, start: int, length: int, ranged: bool, size: int, digest: str) -> None:
+        """Send bytes start..start+length-1 gzip-encoded (the ``gzip_times`` fault)."""
+        data = gzip.compress(os.pread(fd, length, start), compresslevel=1)
+        self.send_response(206 if ranged else 200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Docker-Content-Digest", digest)
+        if ranged:
+            self.send_header("Content-Range", f"bytes {start}-{start + length - 1}/{size}")
+        self.end_headers()
+        self.wfile.write(data)
 
     def _send_body(self, reg: _Registry, fd: int, offset: int, length: int, plan: Plan) -> None:
         sock = self.connection
@@ -387,7 +424,7 @@ class _Handler(_httpd.Handler):
                 return
         if location is None:
             location = reg.url + f"/v2/{ns}/{model}/blobs/{ref}"
-        self._send(200, body, "text/plain; charset=utf-8", [("Content-Location", location)])
+        self._send(200, body, "text/plain; charset=utf-8", [("Content-Location", location)], drip_bps=faults.drip_control_bps)
 
     # -- pushing --------------------------------------------------------
 
