@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -97,8 +98,11 @@ def run_child(models: Path, ref: str, env: dict, ending: str, rng: random.Random
     try:
         p.wait(deadline_s)
     except subprocess.TimeoutExpired:
+        dump = subprocess.run(["py-spy", "dump", "--pid", str(p.pid)], capture_output=True, text=True, check=False).stdout if shutil.which("py-spy") else ""
         p.kill()
         p.wait()
+        if dump:
+            print(f"hung child's threads:\n{dump}", file=sys.stderr)
         return "hung"
     if ending != "finish":
         return "killed" if p.returncode < 0 else ("stopped" if p.returncode else "finished")
@@ -118,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     outcomes: Counter = Counter()
     faults_used: Counter = Counter()
     wrong_total = dangling_total = 0
+    problems: list[dict] = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="chunkpull-chaos-") as tmp:
         up = Path(tmp) / "up"
@@ -133,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
                 server.faults.reset()
                 server.faults.set(**faults)
                 ending = rng.choice(ENDINGS)
-                outcomes[run_child(models, ref, env, ending, rng, 120)] += 1
+                outcome = run_child(models, ref, env, ending, rng, 120)
+                outcomes[outcome] += 1
+                if outcome == "hung" or outcome.startswith("failed"):
+                    problems.append({"round": r, "ending": ending, "faults": faults, "outcome": outcome})
                 server.faults.reset()
                 outcomes["resume " + run_child(models, ref, env, "finish", rng, 120)] += 1
                 wrong, dangling = audit(models)
@@ -141,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 dangling_total += dangling
     elapsed = time.monotonic() - started
     print(json.dumps({"rounds": args.rounds, "seed": args.seed, "seconds": round(elapsed, 1), "wrong_blobs": wrong_total,
-                      "dangling_manifest_refs": dangling_total, "outcomes": dict(outcomes), "faults": dict(faults_used)}, indent=1))
+                      "dangling_manifest_refs": dangling_total, "outcomes": dict(outcomes), "faults": dict(faults_used), "problems": problems}, indent=1, default=str))
     bad_resumes = sum(n for k, n in outcomes.items() if k.startswith("resume") and k != "resume ok")
     return 1 if wrong_total or dangling_total or bad_resumes or any("hung" in k for k in outcomes) else 0
 

@@ -82,3 +82,17 @@ def test_odd_content_length_is_a_bad_request(app, value):
     _up, local = app
     status, body = call(local, "POST", "/api/pull", b'{"model": "x"}', content_length=value)
     assert status == 400, (value, status, body)
+
+
+@pytest.mark.parametrize("value, status", [("\u00b2", 400), ("-1", 400), ("5, 5", 400), ("99999999999999999999", 413)])
+def test_odd_content_length_over_a_real_socket(app, value, status):
+    import socket
+
+    from chunkpull.serve import Server
+
+    _up, local = app
+    with Server(local, "127.0.0.1", 0) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(f"POST /api/pull HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {value}\r\n\r\n{{}}".encode())
+            first = sock.recv(200).split(b"\r\n")[0]
+    assert first.startswith(f"HTTP/1.1 {status} ".encode()), (value, first)

@@ -170,3 +170,22 @@ def test_prune_partials_removes_abandoned_work_files_only(upstream, make_registr
         assert not list(reg.cache.ingest_dir.glob(f"{partials[0].stem}*"))
     finally:
         held.discard()
+
+
+def test_a_chunk_that_stays_bad_keeps_the_good_ones(upstream, make_registry):
+    from chunkpull.errors import IntegrityError
+
+    up = upstream([3 * MIB], seed=67)
+    layer = _layer(up)
+    up.faults.set(corrupt_chunk={7: 100}, only_digest=layer)  # chunk 7 is always served corrupted
+    reg = make_registry(verify="blob")
+    with pytest.raises(IntegrityError, match="still fail their digests"):
+        reg.pull(up.ref())
+    assert not reg.cache.blob_path(Digest.parse(layer)).exists()
+    assert list(reg.cache.ingest_dir.glob("*.partial")), "the verified chunks were thrown away"
+    up.faults.reset()
+    up.stats.reset()
+    reg.pull(up.ref())
+    assert reg.cache.blob_path(Digest.parse(layer)).read_bytes() == up.blob(layer)
+    starts = sorted(s for d, s, _e in up.stats.ranges if d == layer)
+    assert starts == [7 * (256 << 10)], f"the next pull fetched {starts}, want only the bad chunk"

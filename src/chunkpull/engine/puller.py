@@ -58,9 +58,6 @@ __all__ = ["MAX_INTEGRITY_ATTEMPTS", "MAX_REPAIRS", "PullStats", "Puller"]
 # and a blob whose chunks fail after it completed is repaired at most this often.
 MAX_INTEGRITY_ATTEMPTS = 3
 MAX_REPAIRS = 2
-# A failed attempt renews the retry budget only if it moved this many bytes
-# (or the rest of its range).
-MIN_CREDIT_BYTES = 1 << 20
 
 
 @dataclass
@@ -127,6 +124,12 @@ class Puller:
             PullCancelledError, InsufficientSpaceError.
         """
         queue = deque(self.todo)
+        # The monitor has a thread of its own: it must go on cutting stalled
+        # (and, once cancelled, all) reads while this thread waits for the
+        # workers, also when Ctrl-C has broken it out of the loop below.
+        watching = threading.Event()
+        watcher = threading.Thread(target=self._watch, args=(watching,), name="chunkpull-monitor", daemon=True)
+        watcher.start()
         try:
             while True:
                 with self.cond:
@@ -137,12 +140,13 @@ class Puller:
                     if not self.pending and not queue:
                         break
                     self.cond.wait(self.config.monitor_interval_s)
-                self.monitor.check()  # outside the lock: it may shut sockets down
         except BaseException:
             self.cancel.set()  # e.g. Ctrl-C in the caller's thread: stop the workers too
             raise
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
+            watching.set()
+            watcher.join()
             self._stop_hasher()
             for blob in list(self.open_chunked):  # blobs whose queued chunks were cancelled
                 self._end_blob(blob, keep=True)
@@ -162,6 +166,11 @@ class Puller:
             raise real[0]
         if real:
             raise IncompletePullError(f"{len(real)} of {len(self.todo)} blobs failed; first: {real[0]}", errors=errors) from real[0]
+
+    def _watch(self, stop: threading.Event) -> None:
+        """The monitor thread: check the streams a few times a second until the pull has stopped."""
+        while not stop.wait(self.config.monitor_interval_s):
+            self.monitor.check()
 
     def _start(self, layer: Layer) -> None:
         """Count a blob in flight and queue its first unit of work; called with the lock held."""
@@ -285,10 +294,10 @@ class Puller:
             finally:
                 buffers.drop()
                 # An attempt the monitor cut (stalled, dripping, straggling)
-                # or one that moved less than MIN_CREDIT_BYTES does not renew
-                # the retry budget: a registry that sends a little and then
-                # stalls, on every connection, fails within the budget.
-                if not stream.aborted and pos - before >= min(MIN_CREDIT_BYTES, end + 1 - before):
+                # does not renew the retry budget: a registry that sends a
+                # little and then stalls, on every connection, fails within
+                # the budget.  A reset after some bytes does renew it.
+                if not stream.aborted and pos > before:
                     credited = pos
 
         stream = self.monitor.stream(label, self.cancel)
@@ -548,18 +557,23 @@ class Puller:
         self.report(Progress(blob.key, layer.size, VERIFYING))
         try:
             bad = blob.assembler.finish()
-            if bad and blob.repairs == MAX_REPAIRS:
-                raise IntegrityError(
-                    f"blob {layer.digest}: chunks {bad[:5]} still fail their digests after {blob.repairs} re-fetches",
-                    digest=blob.key,
-                )
         except IntegrityError:
+            # The chunk digests agree with the bytes but not with the layer
+            # digest: nothing in the work file can be trusted any more.
             self._end_blob(blob)
-            blob.ingest.discard()  # nothing in it can be trusted any more
+            blob.ingest.discard()
             raise
         except BaseException:
             self._end_blob(blob, keep=True)
             raise
+        if bad and blob.repairs == MAX_REPAIRS:
+            # The other chunks verified: keep them (the record no longer
+            # marks the bad ones done), so a later pull fetches only these.
+            self._end_blob(blob, keep=True)
+            raise IntegrityError(
+                f"blob {layer.digest}: chunks {bad[:5]} still fail their digests after {blob.repairs} re-fetches from {blob.url}",
+                digest=blob.key,
+            )
         if bad:
             blob.requeue(bad)
             for i in bad:
