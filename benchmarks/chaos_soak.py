@@ -8,9 +8,9 @@ Each round picks faults at random for the built-in registry (cut
 connections, corrupted bytes, stalls, 5xx and 429, a dripping chunk, gzip
 bodies, a wrong Content-Range), pulls one model in a child process, and
 either lets it finish, sends it SIGKILL, SIGTERM or SIGINT at a random
-moment; then it resumes the pull with no faults, which must succeed.  After every round it
-checks the whole models directory: every file under ``blobs/`` hashes to
-its name, and no manifest names a missing blob.  It prints the counts and
+moment; then it resumes the pull with no faults, which must succeed.  After
+each of the two pulls it checks the whole models directory: every file
+under ``blobs/`` hashes to its name, and no manifest names a missing blob.  It prints the counts and
 exits 1 if any wrong blob or dangling manifest was found.  Bounded: each
 child has a deadline, and the registry runs in this process.
 """
@@ -92,7 +92,7 @@ def audit(models: Path) -> tuple[int, int]:
 def run_child(models: Path, ref: str, env: dict, ending: str, rng: random.Random, deadline_s: float) -> str:
     p = subprocess.Popen([sys.executable, "-c", CHILD, str(models), ref], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if ending != "finish":
-        time.sleep(rng.uniform(0.05, 1.5))
+        time.sleep(rng.uniform(0.02, 0.6))
         if p.poll() is None:
             p.send_signal(getattr(signal, ending))
     try:
@@ -132,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             ref = f"{server.url}/library/chaos:latest"
             layer = next(p.name for p in (up / "blobs").iterdir() if p.stat().st_size == args.size).replace("-", ":", 1)
             for r in range(args.rounds):
-                models = Path(tmp) / f"models{r % 4}"  # some rounds resume what earlier ones left
+                # A fresh models directory each round: a blob an earlier round
+                # committed would make this one a no-op.
+                models = Path(tmp) / f"models{r}"
                 faults = random_faults(rng, layer, args.size // chunk)
                 faults_used.update(k for k in faults if k != "only_digest")
                 server.faults.reset()
@@ -143,10 +145,15 @@ def main(argv: list[str] | None = None) -> int:
                 if outcome == "hung" or outcome.startswith("failed"):
                     problems.append({"round": r, "ending": ending, "faults": faults, "outcome": outcome})
                 server.faults.reset()
+                # The invariant holds after the faulty or killed pull too, not only after the resume.
+                wrong, dangling = audit(models)
+                wrong_total += wrong
+                dangling_total += dangling
                 outcomes["resume " + run_child(models, ref, env, "finish", rng, 120)] += 1
                 wrong, dangling = audit(models)
                 wrong_total += wrong
                 dangling_total += dangling
+                shutil.rmtree(models, ignore_errors=True)
     elapsed = time.monotonic() - started
     print(json.dumps({"rounds": args.rounds, "seed": args.seed, "seconds": round(elapsed, 1), "wrong_blobs": wrong_total,
                       "dangling_manifest_refs": dangling_total, "outcomes": dict(outcomes), "faults": dict(faults_used), "problems": problems}, indent=1, default=str))

@@ -3,7 +3,8 @@
 The port users expose runs on waitress, a maintained WSGI server, with
 every resource bounded: at most ``connection_limit`` connections (beyond
 that it stops accepting until one closes), idle connections closed after
-``channel_timeout_s``, request headers and bodies capped, a fixed pool of
+``channel_timeout_s`` (after a second when nine tenths of the limit are in
+use, so a flood of idle clients cannot lock new ones out), request headers and bodies capped, a fixed pool of
 worker threads, and an accept loop that backs off for a moment when the
 process is out of file descriptors instead of spinning on them.  A client
 that disconnects is noticed (``waitress.client_disconnected``, offered to
@@ -49,6 +50,11 @@ MAX_REQUEST_HEADER_BYTES = 64 << 10
 MAX_REQUEST_BODY_BYTES = 1 << 20  # API bodies are a few dozen bytes of JSON
 # Out of file descriptors: stop accepting for this long, then try again.
 ACCEPT_BACKOFF_S = 0.5
+# With this share of the connection limit in use, connections idle for
+# IDLE_UNDER_PRESSURE_S are closed (checked every CLEANUP_INTERVAL_S).
+PRESSURE = 0.9
+IDLE_UNDER_PRESSURE_S = 1.0
+CLEANUP_INTERVAL_S = 1
 _LOOP_TICK_S = 0.2
 
 
@@ -61,6 +67,16 @@ class _BoundedServer(TcpWSGIServer):
         if time.monotonic() < self.paused_until:
             return False  # the listening socket stays readable: do not spin on it
         return super().readable()
+
+    def maintenance(self, now: float) -> None:
+        # Near the connection limit, idle connections lose their grace: a
+        # flood of idle clients must not keep new ones waiting the full
+        # channel timeout (slowloris).
+        if len(self.active_channels) >= PRESSURE * self.adj.connection_limit:
+            for channel in list(self.active_channels.values()):
+                if not channel.requests and channel.last_activity < now - IDLE_UNDER_PRESSURE_S:
+                    channel.will_close = True
+        super().maintenance(now)
 
     def handle_accept(self) -> None:
         try:
@@ -118,7 +134,7 @@ class Server:
             threads=threads,
             connection_limit=connection_limit,
             channel_timeout=channel_timeout_s,
-            cleanup_interval=max(1, min(30, channel_timeout_s // 2)),
+            cleanup_interval=CLEANUP_INTERVAL_S,
             max_request_header_size=MAX_REQUEST_HEADER_BYTES,
             max_request_body_size=MAX_REQUEST_BODY_BYTES,
             # Keep reading while a request runs, so a client that leaves is noticed.
