@@ -255,6 +255,7 @@ def test_rm_removes_then_second_rm_fails(served, models, capsys):
         pytest.param(["pull", "x", "--streams", "many"], id="streams-not-a-number"),
         pytest.param(["pull", "x", "--verify", "none"], id="bad-verify"),
         pytest.param(["rm"], id="rm-without-name"),
+        pytest.param(["pull", "x", "--platform", "linux"], id="bad-platform"),
         pytest.param(["serve", "--port", "70000"], id="bad-port"),
         pytest.param(["registry"], id="registry-without-action"),
         pytest.param(["registry", "make"], id="registry-make-without-args"),

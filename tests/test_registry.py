@@ -435,7 +435,12 @@ def test_resolve_by_digest(upstream, make_registry):
     reg = make_registry()
     m = reg.resolve(f"{up.ref()}@{digest}")
     assert str(m.digest) == digest and m.data == up.manifest()
-    assert up.stats.log[-1][1] == f"/v2/library/smol/blobs/{digest}", "manifest by digest must GET the blob route"
+    assert up.stats.log[-1][1] == f"/v2/library/smol/manifests/{digest}", "a pin is fetched from /manifests/<digest> (distribution spec)"
+    # A registry that keeps manifests only as blobs (Ollama's) is asked there next.
+    up.faults.routes = {f"/v2/library/smol/manifests/{digest}": (404, b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"no"}]}')}
+    assert reg.resolve(f"{up.ref()}@{digest}").data == up.manifest()
+    assert up.stats.log[-1][1] == f"/v2/library/smol/blobs/{digest}", "the Ollama /blobs/ form is the fallback"
+    up.faults.routes = {}
     other = up.ref("registry.local/library/smol:other")
     reg.pull(f"{other}@{digest}")
     assert reg.cache.resolve(local_name(other)) == Digest.parse(digest)
@@ -449,7 +454,7 @@ def test_resolve_by_digest_rejects_other_bytes(upstream, make_registry):
     up = upstream(SIZES, seed=17)
     digest = up.digests[MODEL]
     other = "sha256:" + hashlib.sha256(b"x").hexdigest()
-    up.faults.routes = {f"/v2/library/smol/blobs/{other}": (200, up.manifest())}
+    up.faults.routes = {f"/v2/library/smol/manifests/{other}": (200, up.manifest())}
     reg = make_registry()
     with pytest.raises(IntegrityError):
         reg.resolve(f"{up.ref()}@{other}")
@@ -912,3 +917,37 @@ def test_invalid_names(make_registry, name):
 def test_bad_options(make_registry, kwargs):
     with pytest.raises(ValueError):
         make_registry(**kwargs)
+
+
+def test_manifest_bytes_are_checked_against_docker_content_digest(upstream, make_registry):
+    up = upstream(SIZES, seed=18)
+    up.faults.manifest_digest_header = "sha256:" + "0" * 64  # what a cache that served other bytes would say
+    reg = make_registry()
+    with pytest.raises(IntegrityError, match="hashes to"):
+        reg.pull(up.ref())
+    assert not list(reg.cache.manifests_dir.rglob("latest")), "a manifest was linked from bytes that failed their digest"
+    up.faults.manifest_digest_header = None
+    reg.pull(up.ref())
+
+
+def test_index_parsing_and_platform_choice():
+    from chunkpull.core.index import Index, Platform, is_index
+
+    entry = lambda d, plat: {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + d * 64, "size": 10, **plat}
+    doc = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
+        entry("a", {"platform": {"os": "linux", "architecture": "amd64"}}),
+        entry("b", {"platform": {"os": "linux", "architecture": "arm", "variant": "v7"}}),
+        entry("c", {"platform": {"os": "unknown", "architecture": "unknown"}}),
+    ]}
+    data = json.dumps(doc).encode()
+    assert is_index(data) and is_index(b"{}", "application/vnd.docker.distribution.manifest.list.v2+json")
+    assert not is_index(json.dumps({"layers": [], "config": {}}).encode())
+    idx = Index.parse(data)
+    assert idx.choose(Platform.parse("linux/amd64")).digest.hex == "a" * 64
+    assert idx.choose(Platform.parse("linux/arm/v7")).digest.hex == "b" * 64
+    assert idx.choose(Platform.parse("linux/arm")).digest.hex == "b" * 64  # no variant asked: any
+    with pytest.raises(ModelNotFoundError, match="linux/arm/v6"):
+        idx.choose(Platform.parse("linux/arm/v6"))
+    for bad in ("linux", "linux/", "a/b/c/d"):
+        with pytest.raises(ValueError):
+            Platform.parse(bad)

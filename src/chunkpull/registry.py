@@ -38,8 +38,9 @@ import time
 from collections.abc import Callable
 
 from . import _env
-from .core.digest import Digest
-from .core.manifest import MEDIA_TYPE_MANIFEST, Layer, Manifest
+from .core.digest import Digest, sha256_digest
+from .core.index import MANIFEST_ACCEPT, MEDIA_TYPE_DOCKER_MANIFEST, Index, Platform, is_index
+from .core.manifest import Layer, Manifest
 from .core.names import DEFAULT_MASK, Name, Ref, parse_ref
 from .core.progress import CACHED, START, Progress, ProgressCallback
 from .engine.config import (
@@ -100,6 +101,9 @@ class Registry:
         retry policy (6 attempts, n² × 10 ms, capped at 2 s, jittered),
         (connect, read) timeouts in seconds (10, 30), and how long a stream
         may send nothing before it is cut and retried elsewhere (5 s).
+    platform
+        ``os/arch[/variant]`` an image index is resolved for (this machine's
+        platform; an index with one entry gives that entry).
     sleep
         the backoff's sleep, injectable so tests never wait.
 
@@ -122,10 +126,13 @@ class Registry:
         backoff: Backoff | None = None,
         timeout_s: tuple[float, float] | None = None,
         stall_timeout_s: float | None = None,
+        platform: str | Platform | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.cache = cache if cache is not None else DiskCache.open()
         self.mask = mask or DEFAULT_MASK
+        # The entry an image index resolves to (None: this machine's platform).
+        self.platform = Platform.parse(platform) if isinstance(platform, str) else platform
         self.config = PullConfig(
             max_streams=max_streams if max_streams is not None else _env.max_streams(),
             chunking_threshold=DEFAULT_CHUNKING_THRESHOLD if chunking_threshold is None else chunking_threshold,
@@ -179,20 +186,46 @@ class Registry:
 
     def _resolve(self, ref: Ref, text: str, cancel: threading.Event | None) -> Manifest:
         if ref.digest is not None:
-            url = f"{ref.base_url}/blobs/{ref.digest}"
+            data, content_type = self._fetch_manifest(ref, text, ref.digest, cancel)
         else:
-            url = f"{ref.base_url}/manifests/{ref.name.tag}"
-        headers = {"Accept": MEDIA_TYPE_MANIFEST}
-        try:
-            resp = self.transport.get(url, verify_tls=ref.verify_tls, headers=headers, max_bytes=MAX_MANIFEST_BYTES, cancel=cancel)
-        except RegistryError as err:
-            if err.code.upper() == "MANIFEST_UNKNOWN" or (ref.digest is not None and err.status == 404):
-                raise ModelNotFoundError(text) from err
-            raise
-        m = Manifest.parse(resp.body)
-        if ref.digest is not None and m.digest != ref.digest:
-            raise IntegrityError(f"manifest from {url} hashes to {m.digest}, not {ref.digest}", digest=str(ref.digest), expected=str(ref.digest), got=str(m.digest))
-        return m
+            data, content_type = self._fetch_manifest(ref, text, ref.name.tag, cancel)
+        if is_index(data, content_type):
+            # A multi-platform (or artifact) index: pull this platform's manifest.
+            entry = Index.parse(data).choose(self.platform)
+            data, content_type = self._fetch_manifest(ref, text, entry.digest, cancel)
+            if is_index(data, content_type):
+                raise InvalidManifestError(f"invalid manifest: the index entry {entry.digest} of {text} is itself an index")
+        return Manifest.parse(data)
+
+    def _fetch_manifest(self, ref: Ref, text: str, reference: str | Digest, cancel: threading.Event | None) -> tuple[bytes, str]:
+        """GET one manifest (or index) by tag or digest; return its bytes and Content-Type, their digest checked.
+
+        A digest is asked for at ``/manifests/<digest>`` (the distribution
+        spec), then at ``/blobs/<digest>`` (Ollama's registry keeps
+        manifests as blobs).  The bytes must hash to the digest asked for,
+        or to the registry's ``Docker-Content-Digest`` when it sends one.
+        """
+        pin = reference if isinstance(reference, Digest) else None
+        urls = [f"{ref.base_url}/manifests/{reference}"] + ([f"{ref.base_url}/blobs/{pin}"] if pin else [])
+        for n, url in enumerate(urls):
+            try:
+                resp = self.transport.get(url, verify_tls=ref.verify_tls, headers={"Accept": MANIFEST_ACCEPT}, max_bytes=MAX_MANIFEST_BYTES, cancel=cancel)
+                break
+            except RegistryError as err:
+                unknown = err.status == 404 or err.code.upper() in ("MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN")
+                if not unknown:
+                    raise
+                if n == len(urls) - 1:
+                    raise ModelNotFoundError(text) from err
+        got = sha256_digest(resp.body)
+        want = pin
+        if want is None:
+            header = resp.headers.get("Docker-Content-Digest", "").strip()
+            with contextlib.suppress(ValueError):
+                want = Digest.parse(header) if header.startswith("sha256:") else None
+        if want is not None and got != want:
+            raise IntegrityError(f"manifest from {url} hashes to {got}, not {want}", digest=str(want), expected=str(want), got=str(got))
+        return resp.body, resp.headers.get("Content-Type", "")
 
     def resolve_local(self, name: str) -> Manifest:
         """Return the manifest of a model in the local cache (see ``local_name``).
@@ -329,7 +362,7 @@ class Registry:
         for b in m.blobs():
             self._push_blob(ref, b.digest, self.cache.blob_path(b.digest))
         url = f"{ref.base_url}/manifests/{ref.name.tag}"
-        r = self.transport.request("PUT", url, verify_tls=ref.verify_tls, data=m.data, headers={"Content-Type": MEDIA_TYPE_MANIFEST})
+        r = self.transport.request("PUT", url, verify_tls=ref.verify_tls, data=m.data, headers={"Content-Type": MEDIA_TYPE_DOCKER_MANIFEST})
         if r.status_code >= 300:
             raise _parse_error(r, url)
 

@@ -34,6 +34,7 @@ import time
 from .._env import MAX_MAX_STREAMS
 from .._hashio import BACKEND
 from .._version import __version__
+from ..core.index import Platform
 from ..core.units import format_age, format_bytes, format_rate, plural
 from ..display import Figures, pull_with_progress
 from ..errors import ChunkpullError, ModelNotFoundError
@@ -82,6 +83,7 @@ def _open_registry(args: argparse.Namespace, *, create: bool = True) -> Registry
         DiskCache.open(args.models, create=create),
         max_streams=getattr(args, "streams", None),
         verify=getattr(args, "verify", None),
+        platform=getattr(args, "platform", None),
     )
 
 
@@ -217,6 +219,13 @@ def _streams(text: str) -> int:
     return n
 
 
+def _platform(text: str) -> Platform:
+    try:
+        return Platform.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _port(text: str) -> int:
     try:
         n = int(text)
@@ -243,6 +252,8 @@ def _parser() -> argparse.ArgumentParser:
     pull.add_argument("--models", metavar="DIR", help=models_help)
     pull.add_argument("--streams", type=_streams, metavar="N", help=streams_help)
     pull.add_argument("--verify", choices=VERIFY_MODES, help="blob: one whole-blob SHA-256 pass (default); chunks: also check every chunk as it arrives")
+    pull.add_argument("--platform", type=_platform, metavar="OS/ARCH[/VARIANT]",
+                      help="the entry of a multi-platform image index to pull (default: this machine's, e.g. linux/amd64)")
     pull.add_argument("-q", "--quiet", action="store_true", help="no progress display; only the summary line")
     pull.set_defaults(run=_cmd_pull)
 

@@ -54,6 +54,8 @@ class Faults:
     - ``only_digest``: limit the blob faults above to this blob digest.
     - ``redirect_blobs``: base URL; blob GETs and HEADs answer 307 with
       ``Location: <redirect_blobs><path>`` (a CDN redirect).
+    - ``manifest_digest_header``: sent as manifests' ``Docker-Content-Digest``
+      instead of their real digest.
     - ``manifest_location``: manifest GETs answer 307 with this
       ``Location`` (``{path}`` stands for the request's own path: a loop).
     - ``drip_chunk``: chunk index -> bytes per second: every blob body
@@ -87,6 +89,7 @@ class Faults:
     content_range_shift: int = 0
     content_range_times: int = 0
     manifest_location: str | None = None
+    manifest_digest_header: str | None = None
     drip_chunk: dict[int, int] = dataclasses.field(default_factory=dict)
     drip_control_bps: int | None = None
     gzip_times: int = 0

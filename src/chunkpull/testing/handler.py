@@ -251,7 +251,7 @@ class _Handler(_httpd.Handler):
         if data is None:
             self._send(404, _error_body("MANIFEST_UNKNOWN", "manifest unknown"))
             return
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        digest = reg.faults.manifest_digest_header or "sha256:" + hashlib.sha256(data).hexdigest()
         self._send(200, data, MANIFEST_MEDIA_TYPE, [("Docker-Content-Digest", digest)], drip_bps=reg.faults.drip_control_bps)
 
     def _get_blob(self, reg: _Registry, ref: str) -> None:
