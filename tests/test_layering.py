@@ -36,10 +36,11 @@ ALLOWED: dict[str, set[str]] = {
     "core": {"errors"},
     "store": {"core", "errors", "_env"},
     "engine": {"core", "store", "errors", "_hashio"},
-    "registry": {"core", "store", "engine", "errors", "_env"},
+    "auth": {"errors"},
+    "registry": {"core", "store", "engine", "errors", "_env", "auth"},
     "display": {"registry", "core"},
     "serve": {"registry", "core", "errors", "_httpd", "_version"},
-    "cli": {"registry", "store", "core", "errors", "_env", "_hashio", "_version", "display", "serve", "testing", "bench"},
+    "cli": {"registry", "store", "core", "errors", "_env", "_hashio", "_version", "display", "serve", "testing", "bench", "auth"},
     # The double the client is tested against never runs the client's code.
     "testing": {"core", "_httpd"},
     "bench": {"registry", "store", "engine", "core", "errors", "_env", "_hashio", "_version", "testing", "display"},

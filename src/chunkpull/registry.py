@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable
 
 from . import _env
+from .auth import RegistryAuth, find_credentials
 from .core.digest import Digest, sha256_digest
 from .core.index import MANIFEST_ACCEPT, MEDIA_TYPE_DOCKER_MANIFEST, Index, Platform, is_index
 from .core.manifest import Layer, Manifest
@@ -101,6 +102,8 @@ class Registry:
         retry policy (6 attempts, n² × 10 ms, capped at 2 s, jittered),
         (connect, read) timeouts in seconds (10, 30), and how long a stream
         may send nothing before it is cut and retried elsewhere (5 s).
+    credentials
+        ``{host: (user, password)}``, before the credential files (see ``chunkpull.auth``).
     platform
         ``os/arch[/variant]`` an image index is resolved for (this machine's
         platform; an index with one entry gives that entry).
@@ -127,12 +130,17 @@ class Registry:
         timeout_s: tuple[float, float] | None = None,
         stall_timeout_s: float | None = None,
         platform: str | Platform | None = None,
+        credentials: dict[str, tuple[str, str]] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.cache = cache if cache is not None else DiskCache.open()
         self.mask = mask or DEFAULT_MASK
         # The entry an image index resolves to (None: this machine's platform).
         self.platform = Platform.parse(platform) if isinstance(platform, str) else platform
+        # One auth hook per registry host (and TLS mode), so its tokens serve every pull.
+        self.credentials = dict(credentials or {})
+        self._auths: dict[tuple[str, bool], RegistryAuth] = {}
+        self._auths_lock = threading.Lock()
         self.config = PullConfig(
             max_streams=max_streams if max_streams is not None else _env.max_streams(),
             chunking_threshold=DEFAULT_CHUNKING_THRESHOLD if chunking_threshold is None else chunking_threshold,
@@ -153,6 +161,16 @@ class Registry:
     @property
     def max_streams(self) -> int:
         return self.config.max_streams
+
+    def auth_for(self, ref: Ref) -> RegistryAuth:
+        """Return the auth hook of ref's registry host (made, with its credentials looked up, on first use)."""
+        key = (ref.name.host.lower(), ref.verify_tls)
+        with self._auths_lock:
+            auth = self._auths.get(key)
+            if auth is None:
+                creds = find_credentials(ref.name.host, self.credentials)
+                auth = self._auths[key] = RegistryAuth(ref.name.host, creds, verify_tls=ref.verify_tls)
+            return auth
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -209,7 +227,9 @@ class Registry:
         urls = [f"{ref.base_url}/manifests/{reference}"] + ([f"{ref.base_url}/blobs/{pin}"] if pin else [])
         for n, url in enumerate(urls):
             try:
-                resp = self.transport.get(url, verify_tls=ref.verify_tls, headers={"Accept": MANIFEST_ACCEPT}, max_bytes=MAX_MANIFEST_BYTES, cancel=cancel)
+                resp = self.transport.get(
+                    url, verify_tls=ref.verify_tls, auth=self.auth_for(ref), headers={"Accept": MANIFEST_ACCEPT}, max_bytes=MAX_MANIFEST_BYTES, cancel=cancel
+                )
                 break
             except RegistryError as err:
                 unknown = err.status == 404 or err.code.upper() in ("MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN")
@@ -345,7 +365,7 @@ class Registry:
                     report(Progress(str(b.digest), b.size, START))
                     todo.append(b)
             if todo:
-                Puller(self.config, self.transport, self.cache, _source(ref), todo, report, cancel).run()
+                Puller(self.config, self.transport, self.cache, Source(ref.base_url, ref.verify_tls, self.auth_for(ref)), todo, report, cancel).run()
             self.cache.put(m.digest, m.data)
             self.cache.link(ref.name, m.digest)
 
@@ -362,13 +382,13 @@ class Registry:
         for b in m.blobs():
             self._push_blob(ref, b.digest, self.cache.blob_path(b.digest))
         url = f"{ref.base_url}/manifests/{ref.name.tag}"
-        r = self.transport.request("PUT", url, verify_tls=ref.verify_tls, data=m.data, headers={"Content-Type": MEDIA_TYPE_DOCKER_MANIFEST})
+        r = self.transport.request("PUT", url, verify_tls=ref.verify_tls, auth=self.auth_for(ref), data=m.data, headers={"Content-Type": MEDIA_TYPE_DOCKER_MANIFEST})
         if r.status_code >= 300:
             raise _parse_error(r, url)
 
     def _push_blob(self, ref: Ref, d: Digest, path) -> None:
         url = f"{ref.base_url}/blobs/uploads/?digest={d}"
-        r = self.transport.request("POST", url, verify_tls=ref.verify_tls)
+        r = self.transport.request("POST", url, verify_tls=ref.verify_tls, auth=self.auth_for(ref))
         if r.status_code >= 300:
             raise _parse_error(r, url)
         location = r.headers.get("Location")
@@ -376,13 +396,9 @@ class Registry:
             return  # the registry has the blob already
         upload = join_url(ref.base_url, location)
         with open(path, "rb") as f:
-            r = self.transport.request("PUT", upload, verify_tls=ref.verify_tls, data=f, headers={"Content-Type": "application/octet-stream"})
+            r = self.transport.request("PUT", upload, verify_tls=ref.verify_tls, auth=self.auth_for(ref), data=f, headers={"Content-Type": "application/octet-stream"})
         if r.status_code >= 300:
             raise _parse_error(r, upload)
-
-
-def _source(ref: Ref) -> Source:
-    return Source(ref.base_url, verify_tls=ref.verify_tls)
 
 
 def _parse_error(r, url: str) -> RegistryError:

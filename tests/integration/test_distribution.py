@@ -40,7 +40,8 @@ DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 class Distribution:
     """A running docker-registry on 127.0.0.1 with filesystem storage; its access log is kept."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, extra: str = "", auth: tuple[str, str] | None = None) -> None:
+        self.auth = auth  # what the pushes authenticate with (an htpasswd user)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -49,7 +50,7 @@ class Distribution:
         config.write_text(
             "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: false\n"
             f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n"
+            f"http:\n  addr: 127.0.0.1:{self.port}\n" + extra
         )
         self.log_path = root / "registry.log"
         self._log = open(self.log_path, "wb")
@@ -57,7 +58,7 @@ class Distribution:
         deadline = time.monotonic() + 30
         while True:
             try:
-                if requests.get(self.url + "/v2/", timeout=2).status_code == 200:
+                if requests.get(self.url + "/v2/", auth=self.auth, timeout=2).status_code == 200:
                     break
             except requests.RequestException:
                 pass
@@ -82,18 +83,18 @@ class Distribution:
 
     def push_blob(self, repo: str, data: bytes) -> dict:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        r = requests.post(f"{self.url}/v2/{repo}/blobs/uploads/", timeout=30)
+        r = requests.post(f"{self.url}/v2/{repo}/blobs/uploads/", auth=self.auth, timeout=30)
         assert r.status_code == 202, r.text
         location = r.headers["Location"]
         location = location if location.startswith("http") else self.url + location
         sep = "&" if "?" in location else "?"
-        r = requests.put(f"{location}{sep}digest={digest}", data=data, headers={"Content-Type": "application/octet-stream"}, timeout=60)
+        r = requests.put(f"{location}{sep}digest={digest}", data=data, headers={"Content-Type": "application/octet-stream"}, auth=self.auth, timeout=60)
         assert r.status_code == 201, r.text
         return {"digest": digest, "size": len(data)}
 
     def push_manifest(self, repo: str, reference: str, doc: dict, media_type: str) -> str:
         data = json.dumps(doc).encode()
-        r = requests.put(f"{self.url}/v2/{repo}/manifests/{reference}", data=data, headers={"Content-Type": media_type}, timeout=30)
+        r = requests.put(f"{self.url}/v2/{repo}/manifests/{reference}", data=data, headers={"Content-Type": media_type}, auth=self.auth, timeout=30)
         assert r.status_code == 201, r.text
         return "sha256:" + hashlib.sha256(data).hexdigest()
 

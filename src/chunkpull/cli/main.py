@@ -168,6 +168,22 @@ def _cmd_rm(args: argparse.Namespace) -> int:
         registry.close()
 
 
+def _cmd_login(args: argparse.Namespace) -> int:
+    from ..auth import save_docker_login
+
+    if args.password_stdin:
+        secret = sys.stdin.readline().rstrip("\r\n")
+    else:
+        import getpass
+
+        secret = getpass.getpass(f"password for {args.username}@{args.host}: ")
+    if not secret:
+        raise ChunkpullError("no password given")
+    path = save_docker_login(args.host, args.username, secret)
+    print(f"saved credentials for {args.host} in {path}", flush=True)
+    return EXIT_OK
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     # Imported here: the API server is only needed by this command.
     from ..serve import server
@@ -266,6 +282,14 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("--partials", action="store_true", help="also remove interrupted downloads no pull is resuming now")
     rm.add_argument("--models", metavar="DIR", help=models_help)
     rm.set_defaults(run=_cmd_rm)
+
+    login = sub.add_parser("login", help="save credentials for a registry (Docker's config.json)",
+                           description="Save credentials for a registry host in $DOCKER_CONFIG/config.json (default ~/.docker/config.json), "
+                           "as docker login does; pulls from that host then use them.")
+    login.add_argument("host", metavar="HOST[:PORT]", help="the registry host, e.g. ghcr.io or 127.0.0.1:5000")
+    login.add_argument("-u", "--username", required=True)
+    login.add_argument("--password-stdin", action="store_true", help="read the password (or token) from standard input")
+    login.set_defaults(run=_cmd_login)
 
     serve = sub.add_parser("serve", help="serve the Ollama-compatible local API", description="Serve the Ollama-compatible local API (/api/pull, /api/delete, ...).")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")

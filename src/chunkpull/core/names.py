@@ -278,6 +278,15 @@ def parse_ref(s: str, mask: str | Name = DEFAULT_MASK) -> Ref:
             f"unsupported scheme {_quote(scheme)} in {_quote(s)} (want one of {', '.join(SCHEMES)})"
         )
 
+    head = rest.split("/", 1)[0]
+    if "@" in head and "/" in rest:
+        # user[:password]@host/…: credentials never travel in a name (they
+        # would end up in logs and shell history), and are never echoed.
+        shown = f"{scheme}://***@{rest.split('@', 1)[1]}" if sep else "***@" + rest.split("@", 1)[1]
+        raise InvalidNameError(
+            f"invalid name {_quote(shown)}: credentials in a name are not accepted; "
+            "use chunkpull login, REGISTRY_AUTH_FILE or Docker's config.json"
+        )
     # A digest never contains "@", so the last one separates it.
     text, at, digest_text = rest.rpartition("@")
     digest = None

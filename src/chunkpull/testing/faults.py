@@ -209,12 +209,14 @@ class Stats:
     - ``ranges``: ``(digest, start, end)`` (inclusive end) of every blob body
       served, in order; a whole-blob answer is ``(digest, 0, size - 1)``.
     - ``log``: ``(method, path, status)`` of every response, in order.
+    - ``auth``: ``(path, Authorization header)`` of every request, in order.
     """
 
     requests: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     blob_bytes_sent: int = 0
     ranges: list[tuple[str, int, int]] = dataclasses.field(default_factory=list)
     log: list[tuple[str, str, int]] = dataclasses.field(default_factory=list)
+    auth: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     lock: threading.Lock = dataclasses.field(
         default_factory=threading.Lock, repr=False, compare=False
     )
@@ -223,9 +225,14 @@ class Stats:
         """Set every counter back to zero."""
         with self.lock:
             self.requests = collections.Counter()
+            self.auth = []
             self.blob_bytes_sent = 0
             self.ranges = []
             self.log = []
+
+    def _add_auth(self, path: str, header: str) -> None:
+        with self.lock:
+            self.auth.append((path, header))
 
     def _count(self, kind: str) -> None:
         with self.lock:

@@ -144,6 +144,39 @@ class _Handler(_httpd.Handler):
             else:
                 self._send(500, _error_body("INTERNAL", f"{type(exc).__name__}: {exc}"))
 
+    def _authorized(self, reg: _Registry) -> bool:
+        """Check the request's credentials against the registry's auth mode; answer 401 if they fail."""
+        mode = reg.auth
+        header = self.headers.get("Authorization", "")
+        reg.stats._add_auth(self.path, header)
+        if mode is None:
+            return True
+        if self.path.startswith("/token"):
+            return True  # the token realm checks its own credentials
+        if mode.scheme == "basic":
+            if mode.accepts_basic(header):
+                return True
+            challenge = 'Basic realm="chunkpull-test"'
+        else:
+            if header.startswith("Bearer ") and mode.accepts_token(header[7:]):
+                return True
+            m = _ROUTE_RE.match(urlsplit(self.path).path)
+            scope = f"repository:{m.group(1)}/{m.group(2)}:pull" if m else ""
+            challenge = f'Bearer realm="{reg.url}/token",service="chunkpull-test"' + (f',scope="{scope}"' if scope else "")
+        self._send(401, _error_body("UNAUTHORIZED", "authentication required"), headers=[("WWW-Authenticate", challenge)])
+        return False
+
+    def _token(self, reg: _Registry) -> None:
+        mode = reg.auth
+        if mode is None or mode.scheme != "bearer":
+            self._send(404, _error_body("NOT_FOUND", "no token realm here"))
+            return
+        token = mode.issue(self.headers.get("Authorization", ""))
+        if token is None:
+            self._send(401, _error_body("UNAUTHORIZED", "bad credentials"))
+            return
+        self._send(200, json.dumps({"token": token, "expires_in": mode.ttl_s}).encode())
+
     def _route(self, reg: _Registry) -> None:
         split = urlsplit(self.path)
         path = split.path
@@ -157,6 +190,13 @@ class _Handler(_httpd.Handler):
         else:
             kind = "other"
         reg.stats._count(kind)
+        if path == "/token":
+            self._drain_body()
+            self._token(reg)
+            return
+        if not self._authorized(reg):
+            self._drain_body()
+            return
 
         with reg.faults.lock:
             canned = reg.faults.routes.get(path) or reg.faults.routes.get(self.path)

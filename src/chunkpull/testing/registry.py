@@ -22,9 +22,10 @@ from pathlib import Path
 
 from .. import _httpd
 from .faults import Faults, Stats
+from .auth import RegistryAuthMode
 from .handler import RegistryServer
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "TestRegistry"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "RegistryAuthMode", "TestRegistry"]
 
 # The chunk size of the chunksums this server serves (``--chunk-size``).  It
 # is the registry's choice, not the client's: chunkpull follows whatever
@@ -66,6 +67,7 @@ class TestRegistry:
         chunk_digest: str = "sha256",
         certfile: str | os.PathLike[str] | None = None,
         keyfile: str | os.PathLike[str] | None = None,
+        auth: RegistryAuthMode | None = None,
     ) -> None:
         if int(chunk_size) <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
@@ -79,6 +81,7 @@ class TestRegistry:
         self.chunk_digest = chunk_digest
         self.faults = Faults()
         self.stats = Stats()
+        self.auth = auth  # None: no auth at all
         self._port = port
         self._ssl_context: ssl.SSLContext | None = None
         if certfile is not None:
