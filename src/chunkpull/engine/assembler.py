@@ -19,6 +19,7 @@ import errno
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 from blake3 import blake3 as _Blake3
 
@@ -28,7 +29,7 @@ from ..core.digest import Digest
 from ..errors import IntegrityError
 from .pieces import ALIGN
 
-__all__ = ["BlobAssembler", "ChunkHasher", "hash_file_range"]
+__all__ = ["BlobAssembler", "ChunkHasher", "PullStats", "hash_file_range"]
 
 
 class ChunkHasher:
@@ -423,3 +424,17 @@ def hash_file_range(algorithm: str, fd: int, offset: int, n: int, buf: memoryvie
     except OSError:
         return b""
     return h.digest()
+
+
+@dataclass
+class PullStats:
+    """What one pull's data path did with the bytes of its chunked blobs (summed when each blob ends)."""
+
+    direct_bytes: int = 0  # written with O_DIRECT
+    buffered_bytes: int = 0  # written through the page cache
+    read_back_bytes: int = 0  # read back from work files to hash them (0 in the normal case)
+
+    def add(self, assembler: BlobAssembler) -> None:
+        self.direct_bytes += assembler.direct_bytes
+        self.buffered_bytes += assembler.buffered_bytes
+        self.read_back_bytes += assembler.read_back_bytes

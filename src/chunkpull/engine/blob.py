@@ -49,6 +49,10 @@ class BlobPull:
         self.layer = layer
         self.key = str(layer.digest)
         self.set_chunks(url, sums)
+        # Where ``url`` redirects to (a CDN's signed URL), resolved once and
+        # again when it stops answering; None when it does not redirect.
+        self.target: str | None = None
+        self.resolves = 0
         self.ingest: Ingest | None = None
         self.assembler: BlobAssembler | None = None
         # One-stream blobs only: the running hash of the bytes before the stream's position.
@@ -83,8 +87,8 @@ class BlobPull:
         return self.error is not None
 
     def chunk_url(self, index: int) -> str:
-        """Return the URL chunk index is fetched from."""
-        return self.url
+        """Return the URL chunk index is fetched from: the redirect target when there is one (a CDN), else the registry's."""
+        return self.target or self.url
 
     def open_chunks(self, ingest: Ingest, wake: Callable[[], None] | None) -> None:
         """Take the work file, resume from its record, and work out which chunks are left."""

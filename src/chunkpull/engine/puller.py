@@ -37,15 +37,14 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from .._hashio import RunningSha256
 from ..core.chunks import ChunkSum, parse_chunksums, split
 from ..core.manifest import Layer
 from ..core.progress import BYTES, DONE, ERROR, RESUMED, VERIFYING, Progress, ProgressCallback
-from ..errors import ChunkpullError, IncompletePullError, InsufficientSpaceError, IntegrityError, PullCancelledError, TransportError
+from ..errors import ChunkpullError, IncompletePullError, InsufficientSpaceError, IntegrityError, PullCancelledError, RegistryError, TransportError
 from ..store.cache import DiskCache
-from .assembler import BlobAssembler, ChunkHasher
+from .assembler import ChunkHasher, PullStats
 from .blob import BlobPull
 from .config import PullConfig, Source
 from .monitor import StreamMonitor
@@ -58,20 +57,8 @@ __all__ = ["MAX_INTEGRITY_ATTEMPTS", "MAX_REPAIRS", "PullStats", "Puller"]
 # and a blob whose chunks fail after it completed is repaired at most this often.
 MAX_INTEGRITY_ATTEMPTS = 3
 MAX_REPAIRS = 2
-
-
-@dataclass
-class PullStats:
-    """What one pull's data path did with the bytes of its chunked blobs (summed when each blob ends)."""
-
-    direct_bytes: int = 0  # written with O_DIRECT
-    buffered_bytes: int = 0  # written through the page cache
-    read_back_bytes: int = 0  # read back from work files to hash them (0 in the normal case)
-
-    def add(self, assembler: BlobAssembler) -> None:
-        self.direct_bytes += assembler.direct_bytes
-        self.buffered_bytes += assembler.buffered_bytes
-        self.read_back_bytes += assembler.read_back_bytes
+# A chunk whose redirect target refuses it is asked of the registry again at most this often.
+MAX_RESOLVES = 4
 
 
 class Puller:
@@ -249,8 +236,8 @@ class Puller:
         label: object,
         resume: bool = True,
         restart: Callable[[], None] | None = None,
-    ) -> None:
-        """Stream bytes start..end (inclusive) of url into sink(offset, view), retrying until done.
+    ) -> str:
+        """Stream bytes start..end (inclusive) of url into sink(offset, view), retrying until done; return the URL that answered.
 
         A retry resumes where the last attempt stopped (the sink has every
         byte before it), unless ``resume`` is False (a registry that ignores
@@ -265,6 +252,7 @@ class Puller:
         """
         pos = start
         credited = start  # how far the retry budget counts this transfer as having got
+        answered = url
 
         def deliver(offset: int, view: memoryview) -> None:
             nonlocal pos
@@ -275,14 +263,14 @@ class Puller:
                 self.report(Progress(blob.key, blob.layer.size, BYTES, new))
 
         def attempt() -> None:
-            nonlocal pos, credited
+            nonlocal pos, credited, answered
             if not resume:
                 pos = start
             if pos > end:
                 return
             before = pos
             try:
-                self.transport.read_range(
+                answered = self.transport.read_range(
                     url, pos, end, buffers, deliver, verify_tls=self.source.verify_tls, auth=self.source.auth, stream=stream
                 )
             except RangeIgnoredError:
@@ -306,6 +294,7 @@ class Puller:
             self.transport.retry(attempt, url, cancel=self.cancel, position=(lambda: credited) if resume else None)
         finally:
             self.monitor.done(stream)
+        return answered
 
     # -- one-stream blobs -------------------------------------------------------
 
@@ -386,6 +375,13 @@ class Puller:
             self._submit(blob, self._run_chunk, blob, i)
         return True
 
+    def _drop_target(self, blob: BlobPull, stale: str) -> None:
+        """Forget a redirect target that refused the blob (a signed URL expired): the next range asks the registry again."""
+        with blob.lock:
+            blob.resolves += 1
+            if blob.target == stale:
+                blob.target = None
+
     def _chunksums(self, layer: Layer) -> tuple[str, list[ChunkSum]]:
         """Return (URL of the bytes, chunk list) for a blob: the registry's, or our own split."""
         blob_url = self.source.blob_url(layer.digest)
@@ -456,12 +452,27 @@ class Puller:
                     hasher.update(view)  # before deliver: the hash may release the piece
                 blob.assembler.deliver(i, offset, view, piece.release, aligned=aligned)
 
-            url = blob.chunk_url(i)
-            try:
-                self._stream(blob, url, chunk.start, chunk.end, pieces, sink, label=(blob.key, i))
-            except TransportError as err:
-                # Say which bytes of which blob could not be had; the cause names the registry.
-                raise TransportError(f"chunk {i} (bytes {chunk}) of blob {blob.key}: {err}") from err
+            refusals = 0
+            while True:
+                url = blob.chunk_url(i)
+                try:
+                    answered = self._stream(blob, url, chunk.start, chunk.end, pieces, sink, label=(blob.key, i))
+                    if answered != url and blob.target is None:
+                        # The registry redirected (a CDN): send the next ranges there directly.
+                        blob.target = answered
+                    break
+                except RegistryError as err:
+                    # A redirect target (a CDN's signed URL) refused: it expired
+                    # or was revoked, so ask the registry again, a few times.
+                    if err.status not in (401, 403, 410) or (url != blob.target and err.url == url):
+                        raise
+                    refusals += 1
+                    if refusals >= MAX_RESOLVES:
+                        raise TransportError(f"request error {blob.url}: the redirect target keeps refusing chunk {i} ({refusals} times)") from err
+                    self._drop_target(blob, url)
+                except TransportError as err:
+                    # Say which bytes of which blob could not be had; the cause names the registry.
+                    raise TransportError(f"chunk {i} (bytes {chunk}) of blob {blob.key}: {err}") from err
             if hasher is None or hasher.digest() == s.digest.raw:
                 return
             blob.assembler.reset_chunk(i)  # unhash the bad bytes before fetching again

@@ -348,8 +348,11 @@ class Transport:
         verify_tls: bool = True,
         auth: requests.auth.AuthBase | None = None,
         stream: Stream | None = None,
-    ) -> None:
-        """GET bytes start..end (inclusive) of url once, handing each piece to sink(offset, view).
+    ) -> str:
+        """GET bytes start..end (inclusive) of url once, handing each piece to sink(offset, view); return the URL that answered.
+
+        The URL that answered differs from url when the registry redirected
+        (a CDN): the caller may send the next ranges there directly.
 
         Pieces are read into buf: one buffer reused for every piece (sink
         must be done with a piece when it returns), or a callable returning
@@ -370,7 +373,8 @@ class Transport:
             stream.attach(r)
         try:
             if r.status_code not in (200, 206):
-                err = parse_error(r.status_code, r.raw.read(MAX_BODY_BYTES, decode_content=True), url)
+                # Named by the URL that answered: after a redirect, that is the target's.
+                err = parse_error(r.status_code, r.raw.read(MAX_BODY_BYTES, decode_content=True), r.url or url)
                 err.retry_after_s = _retry_after_s(r.headers.get("Retry-After"))
                 raise err
             if r.status_code == 200 and start:
@@ -406,6 +410,7 @@ class Transport:
                     raise short
             if got < want:
                 raise ShortReadError(f"{url}: the registry sent bytes {start}-{start + got - 1} of {start}-{end}", got)
+            return r.url
         finally:
             if stream is not None:
                 stream.detach()
