@@ -58,3 +58,14 @@ def io_mode() -> str:
     if value not in ("auto", "direct", "buffered"):
         raise ValueError(f"CHUNKPULL_IO={value!r}: want one of auto, direct, buffered")
     return value
+
+
+def ca_cert() -> str | None:
+    """Return the CA certificates to verify registries with: ``$SSL_CERT_FILE``, else ``$SSL_CERT_DIR``, else None (the system's store)."""
+    for var in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
+        value = os.environ.get(var, "").strip()
+        if value:
+            if not Path(value).exists():
+                raise ValueError(f"{var}={value!r}: no such file or directory")
+            return value
+    return None

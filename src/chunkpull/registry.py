@@ -33,6 +33,7 @@ Imports core, store and engine; never serve, cli, testing or bench.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -104,6 +105,10 @@ class Registry:
         may send nothing before it is cut and retried elsewhere (5 s).
     credentials
         ``{host: (user, password)}``, before the credential files (see ``chunkpull.auth``).
+    ca_cert
+        CA certificates (a PEM file or a hashed directory) to verify
+        registries with (``$SSL_CERT_FILE``, ``$SSL_CERT_DIR``; else the
+        operating system's trust store).
     platform
         ``os/arch[/variant]`` an image index is resolved for (this machine's
         platform; an index with one entry gives that entry).
@@ -131,6 +136,7 @@ class Registry:
         stall_timeout_s: float | None = None,
         platform: str | Platform | None = None,
         credentials: dict[str, tuple[str, str]] | None = None,
+        ca_cert: str | os.PathLike[str] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.cache = cache if cache is not None else DiskCache.open()
@@ -155,7 +161,7 @@ class Registry:
         kwargs = {"timeout_s": timeout_s} if timeout_s else {}
         self.transport = Transport(
             max_streams=self.config.max_streams, session_factory=session_factory, backoff=backoff, sleep=sleep,
-            stall_s=self.config.stall_timeout_s, **kwargs,
+            stall_s=self.config.stall_timeout_s, ca_cert=str(ca_cert) if ca_cert else _env.ca_cert(), **kwargs,
         )
 
     @property

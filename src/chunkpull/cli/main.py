@@ -84,6 +84,7 @@ def _open_registry(args: argparse.Namespace, *, create: bool = True) -> Registry
         max_streams=getattr(args, "streams", None),
         verify=getattr(args, "verify", None),
         platform=getattr(args, "platform", None),
+        ca_cert=getattr(args, "ca_cert", None),
     )
 
 
@@ -270,6 +271,8 @@ def _parser() -> argparse.ArgumentParser:
     pull.add_argument("--verify", choices=VERIFY_MODES, help="blob: one whole-blob SHA-256 pass (default); chunks: also check every chunk as it arrives")
     pull.add_argument("--platform", type=_platform, metavar="OS/ARCH[/VARIANT]",
                       help="the entry of a multi-platform image index to pull (default: this machine's, e.g. linux/amd64)")
+    pull.add_argument("--ca-cert", metavar="FILE", help="CA certificates (PEM) to verify the registry with (default: $SSL_CERT_FILE, "
+                      "$SSL_CERT_DIR, else the system's trust store)")
     pull.add_argument("-q", "--quiet", action="store_true", help="no progress display; only the summary line")
     pull.set_defaults(run=_cmd_pull)
 

@@ -22,6 +22,7 @@ import json
 import random
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 import requests
 import requests.adapters
 import requests.auth
+import truststore
 import urllib3
 
 from ..errors import PullCancelledError, RegistryError, TransportError
@@ -56,16 +58,30 @@ _CONTROL_TICK_S = 0.1
 MAX_ATTEMPTS_FACTOR = 3
 
 
-def new_session(max_streams: int, *, verify_tls: bool = True) -> requests.Session:
-    """Return a Session whose connection pools hold max_streams keep-alive connections."""
+class _SystemTrustAdapter(requests.adapters.HTTPAdapter):
+    """An adapter that verifies certificates against the operating system's trust store (truststore)."""
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["ssl_context"] = truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        return super().init_poolmanager(*args, **kwargs)
+
+
+def new_session(max_streams: int, *, verify_tls: bool = True, ca_cert: str | None = None) -> requests.Session:
+    """Return a Session whose connection pools hold max_streams keep-alive connections.
+
+    Certificates are checked against ``ca_cert`` (a PEM file, or a directory
+    of hashed certificates) when given, else against the operating system's
+    trust store, where a private CA installed on the machine is found.
+    """
     s = requests.Session()
     # requests' default pool keeps 10 connections per host; more streams than
     # that would open and drop connections on every chunk.  Room for four
     # pulls at once, as `chunkpull serve` may run (one Session per Registry).
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=4 * max(max_streams, 4) + 2, max_retries=0)
+    kind = _SystemTrustAdapter if verify_tls and not ca_cert else requests.adapters.HTTPAdapter
+    adapter = kind(pool_connections=4, pool_maxsize=4 * max(max_streams, 4) + 2, max_retries=0)
     s.mount("http://", adapter)
     s.mount("https://", adapter)
-    s.verify = verify_tls
+    s.verify = (ca_cert or True) if verify_tls else False
     s.headers["User-Agent"] = USER_AGENT
     if not verify_tls:
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
@@ -152,9 +168,11 @@ class Transport:
         sleep: Callable[[float], None] = time.sleep,
         rng: Callable[[], float] = random.random,
         stall_s: float = 5.0,
+        ca_cert: str | None = None,
     ) -> None:
         self.max_streams = max_streams
         self._factory = session_factory or new_session
+        self.ca_cert = ca_cert
         self.backoff = backoff or Backoff()
         self.timeout_s = timeout_s
         self.sleep = sleep
@@ -168,11 +186,19 @@ class Transport:
         self._control = StreamMonitor(stall_s=stall_s, max_aborts=0)
         self._ticker: threading.Thread | None = None
 
+    def _tls(self, verify_tls: bool) -> dict:
+        """Per-request TLS arguments: explicit, so REQUESTS_CA_BUNDLE cannot override a chosen CA (see _tls_kw)."""
+        if verify_tls and self.ca_cert:
+            return {"verify": self.ca_cert}
+        return _tls_kw(verify_tls)
+
     def session(self, verify_tls: bool = True) -> requests.Session:
         with self._lock:
             s = self._sessions.get(verify_tls)
             if s is None:
-                s = self._sessions[verify_tls] = self._factory(self.max_streams, verify_tls=verify_tls)
+                # A custom factory (a test seam) gets the CA per request only (see _tls).
+                kwargs = {"ca_cert": self.ca_cert} if self.ca_cert and verify_tls and self._factory is new_session else {}
+                s = self._sessions[verify_tls] = self._factory(self.max_streams, verify_tls=verify_tls, **kwargs)
             return s
 
     def close(self) -> None:
@@ -207,7 +233,7 @@ class Transport:
     def _get_once(
         self, url: str, verify_tls: bool, auth, headers: dict[str, str] | None, ok: tuple[int, ...], max_bytes: int, cancel: threading.Event | None
     ) -> Response:
-        with self.session(verify_tls).get(url, headers=headers, auth=auth, timeout=self.timeout_s, stream=True, **_tls_kw(verify_tls)) as r:
+        with self.session(verify_tls).get(url, headers=headers, auth=auth, timeout=self.timeout_s, stream=True, **self._tls(verify_tls)) as r:
             stream = self._control.stream(url, cancel)
             stream.attach(r)
             self._tick()
@@ -269,7 +295,7 @@ class Transport:
             TransportError.
         """
         try:
-            return self.session(verify_tls).request(method, url, data=data, headers=headers, auth=auth, timeout=self.timeout_s, **_tls_kw(verify_tls))
+            return self.session(verify_tls).request(method, url, data=data, headers=headers, auth=auth, timeout=self.timeout_s, **self._tls(verify_tls))
         except requests.RequestException as err:
             raise TransportError(f"request error {url}: {err}") from err
 
@@ -367,7 +393,7 @@ class Transport:
         want = end - start + 1
         offered = want  # bytes this answer carries (a 206 may carry fewer)
         headers = {"Range": f"bytes={start}-{end}", "Accept-Encoding": "identity"}
-        r = self.session(verify_tls).get(url, headers=headers, auth=auth, timeout=self.timeout_s, stream=True, **_tls_kw(verify_tls))
+        r = self.session(verify_tls).get(url, headers=headers, auth=auth, timeout=self.timeout_s, stream=True, **self._tls(verify_tls))
         got = 0
         if stream is not None:
             stream.attach(r)
@@ -468,7 +494,11 @@ def _tls_kw(verify_tls: bool) -> dict[str, bool]:
 def describe(err: BaseException) -> str:
     """Say what went wrong on the network in a few words (requests' own text is a nest of reprs)."""
     if isinstance(err, requests.exceptions.SSLError):
-        return f"TLS handshake failed ({_root_reason(err)}); if the registry speaks plain HTTP, use an http:// name"
+        reason = _root_reason(err)
+        if "certificate" in reason.lower():
+            return (f"TLS handshake failed ({reason}); if the registry's certificate comes from a private CA, "
+                    "give that CA with --ca-cert FILE (or SSL_CERT_FILE / SSL_CERT_DIR), or install it in the system's trust store")
+        return f"TLS handshake failed ({reason}); if the registry speaks plain HTTP, use an http:// name"
     if isinstance(err, requests.ConnectTimeout):
         return "connection timed out"
     if isinstance(err, (requests.ReadTimeout, socket.timeout)):
