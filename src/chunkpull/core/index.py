@@ -5,7 +5,7 @@ platform (``linux/amd64``, ``linux/arm64/v8``, ...), or for model artifacts
 often a single entry with no platform at all.  ``Index.choose`` picks the
 entry to pull; the registry client then fetches that manifest by digest.
 
-Imports core.digest and errors only.
+Imports core.digest, core.manifest and errors only.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import json
 import platform as _platform
 from dataclasses import dataclass
 
-from ..errors import InvalidDigestError, InvalidManifestError, ModelNotFoundError
+from ..errors import InvalidManifestError, ModelNotFoundError
 from .digest import Digest, sha256_digest
+from .manifest import parse_descriptor
 
 __all__ = [
     "INDEX_MEDIA_TYPES",
@@ -112,20 +113,12 @@ class Index:
             raise InvalidManifestError("invalid index: no manifests")
         entries = []
         for i, x in enumerate(raw):
-            if not isinstance(x, dict):
-                raise InvalidManifestError(f"invalid index: entry {i} is not an object")
-            try:
-                digest = Digest.parse(x.get("digest"))
-            except InvalidDigestError as err:
-                raise InvalidManifestError(f"invalid index: entry {i}: {err}") from None
-            size = x.get("size")
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise InvalidManifestError(f"invalid index: entry {i}: size must be a non-negative integer")
+            d = parse_descriptor(x, f"invalid index: entry {i}")
             p = x.get("platform")
             plat = None
             if isinstance(p, dict) and p.get("os") and p.get("architecture"):
                 plat = Platform(str(p["os"]).lower(), str(p["architecture"]).lower(), str(p.get("variant") or "").lower())
-            entries.append(IndexEntry(digest, size, str(x.get("mediaType") or ""), plat))
+            entries.append(IndexEntry(d.digest, d.size, d.media_type, plat))
         return cls(bytes(data), sha256_digest(data), tuple(entries))
 
     def choose(self, want: Platform | None = None) -> IndexEntry:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from .digest import Digest, sha256_digest
 from ..errors import InvalidDigestError, InvalidManifestError
 
-__all__ = ["Manifest", "Layer", "MEDIA_TYPE_MANIFEST"]
+__all__ = ["Manifest", "Layer", "MEDIA_TYPE_MANIFEST", "parse_descriptor"]
 
 MEDIA_TYPE_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 
@@ -75,13 +75,22 @@ class Manifest:
 
 
 def _parse_layer(x: object, what: str) -> Layer:
+    return parse_descriptor(x, f"invalid manifest: {what}")
+
+
+def parse_descriptor(x: object, where: str) -> Layer:
+    """Parse an OCI descriptor (``digest``, ``size``, ``mediaType``) found at ``where`` (the error's prefix).
+
+    Raises:
+        InvalidManifestError: not an object, or without a valid digest and size.
+    """
     if not isinstance(x, dict):
-        raise InvalidManifestError(f"invalid manifest: {what} is null or not an object")
+        raise InvalidManifestError(f"{where} is null or not an object")
     try:
         digest = Digest.parse(x.get("digest"))
     except InvalidDigestError as err:
-        raise InvalidManifestError(f"invalid manifest: {what}: {err}") from None
+        raise InvalidManifestError(f"{where}: {err}") from None
     size = x.get("size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise InvalidManifestError(f"invalid manifest: {what}: size must be a non-negative integer")
+        raise InvalidManifestError(f"{where}: size must be a non-negative integer")
     return Layer(digest, size, str(x.get("mediaType") or ""))
