@@ -192,7 +192,6 @@ class RegistryAuth(requests.auth.AuthBase):
         self._scheme: str | None = None  # what the host asked for: "basic" or "bearer"
         self._challenge: dict[str, str] = {}
         self._tokens: dict[str, tuple[str, float]] = {}  # scope -> (token, expires at)
-        self.token_requests = 0
 
     def _mine(self, url: str) -> bool:
         return urlsplit(url).netloc.lower() == self.host
@@ -236,7 +235,6 @@ class RegistryAuth(requests.auth.AuthBase):
             params.update(grant_type="refresh_token", refresh_token=c.identity_token)
         elif c is not None and c.username:
             auth = (c.username, c.secret)
-        self.token_requests += 1
         try:
             r = requests.get(realm, params=params, auth=auth, timeout=self.timeout_s, verify=self.verify_tls)
         except requests.RequestException as err:

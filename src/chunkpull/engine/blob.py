@@ -49,10 +49,9 @@ class BlobPull:
         self.layer = layer
         self.key = str(layer.digest)
         self.set_chunks(url, sums)
-        # Where ``url`` redirects to (a CDN's signed URL), resolved once and
-        # again when it stops answering; None when it does not redirect.
+        # Where ``url`` redirected (a CDN's signed URL), learnt from the first
+        # range and dropped when it refuses; None when it does not redirect.
         self.target: str | None = None
-        self.resolves = 0
         self.ingest: Ingest | None = None
         self.assembler: BlobAssembler | None = None
         # One-stream blobs only: the running hash of the bytes before the stream's position.

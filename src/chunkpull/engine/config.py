@@ -4,7 +4,7 @@ The registry façade turns user settings and the environment into these two
 values; the engine reads nothing else, so it never reaches back into the
 façade.
 
-Imports errors only (and ``requests`` for the type of per-request credentials).
+Imports ``engine.monitor`` (its rate floor) and ``requests`` (the type of per-request credentials).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import requests.auth
+
+from .monitor import MIN_RATE_BPS
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
@@ -36,7 +38,7 @@ DEFAULT_MEMORY_BUDGET = 32 << 20
 # Our own split of a blob when the registry has no chunksums.
 DEFAULT_SPLIT_CHUNK_SIZE = 8 << 20
 DEFAULT_STALL_TIMEOUT_S = 5.0
-DEFAULT_MIN_RATE_BPS = 8 << 10
+DEFAULT_MIN_RATE_BPS = MIN_RATE_BPS  # the stream monitor's floor
 VERIFY_MODES = ("blob", "chunks")
 IO_MODES = ("auto", "direct", "buffered")
 

@@ -378,7 +378,6 @@ class Puller:
     def _drop_target(self, blob: BlobPull, stale: str) -> None:
         """Forget a redirect target that refused the blob (a signed URL expired): the next range asks the registry again."""
         with blob.lock:
-            blob.resolves += 1
             if blob.target == stale:
                 blob.target = None
 

@@ -182,7 +182,6 @@ class Transport:
         # Control-plane bodies (manifests, chunksums) are watched like chunks
         # by a monitor of their own, ticked by a thread that runs only while
         # one is in flight: none may hang on a registry that drips or stalls.
-        self.stall_s = stall_s
         self._control = StreamMonitor(stall_s=stall_s, max_aborts=0)
         self._ticker: threading.Thread | None = None
 
