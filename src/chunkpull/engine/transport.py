@@ -186,10 +186,17 @@ class Transport:
         self._ticker: threading.Thread | None = None
 
     def _tls(self, verify_tls: bool) -> dict:
-        """Per-request TLS arguments: explicit, so REQUESTS_CA_BUNDLE cannot override a chosen CA (see _tls_kw)."""
-        if verify_tls and self.ca_cert:
-            return {"verify": self.ca_cert}
-        return _tls_kw(verify_tls)
+        """Per-request TLS arguments: ``verify=False`` for https+insecure, the chosen CA, or nothing.
+
+        Explicit per request because requests replaces an unset per-request
+        verify with REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE when set
+        (psf/requests#3829): Session.verify alone would neither turn
+        verification off nor keep a chosen CA.  With no CA chosen, verifying
+        requests pass nothing, so a session_factory's own settings apply.
+        """
+        if not verify_tls:
+            return {"verify": False}
+        return {"verify": self.ca_cert} if self.ca_cert else {}
 
     def session(self, verify_tls: bool = True) -> requests.Session:
         with self._lock:
@@ -477,17 +484,6 @@ def _aborted(stream: Stream, url: str, got: int, want: int | None = None) -> Sho
     """Return the error a read ends with when the monitor cut its connection (it says why)."""
     of = f" of {want}" if want is not None else ""
     return ShortReadError(f"{url}: cut, {stream.aborted}, after {got}{of} bytes", got)
-
-
-def _tls_kw(verify_tls: bool) -> dict[str, bool]:
-    """Per-request TLS arguments: ``verify=False`` for https+insecure.
-
-    Session.verify = False alone is not enough: with REQUESTS_CA_BUNDLE or
-    CURL_CA_BUNDLE set, requests replaces an unset per-request verify with
-    that bundle (psf/requests#3829) and verifies anyway.  Verifying requests
-    pass nothing, so a session_factory's own CA bundle still applies.
-    """
-    return {} if verify_tls else {"verify": False}
 
 
 def describe(err: BaseException) -> str:
