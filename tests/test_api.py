@@ -424,7 +424,7 @@ def test_cached_layers_are_reported(app: Local) -> None:
 
 
 def test_invalid_name_stream_starts_first(app: Local) -> None:
-    lines = send(app, "POST", "/api/pull", '{"model": "a/b/c/d/e"}').lines()
+    lines = send(app, "POST", "/api/pull", '{"model": "a/b//d/e"}').lines()
     assert lines[0] == {"status": "pulling manifest"}
     assert "invalid or missing name" in lines[-1]["error"]
 

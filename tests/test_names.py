@@ -31,7 +31,8 @@ FULL = Name("registry.ollama.ai", "library", "smol", "latest")
             Name("127.0.0.1:5000", "library", "smol", "latest"),
             id="spec-example-without-scheme",
         ),
-        pytest.param("a/b/c/d/e", Name("a/b/c", "d", "e", ""), id="extra-slashes-stay-in-host"),
+        pytest.param("a/b/c/d/e", Name("a", "b/c/d", "e", ""), id="nested-namespace"),
+        pytest.param("h:5000/team/vision/detector:v2", Name("h:5000", "team/vision", "detector", "v2"), id="nested-with-port-and-tag"),
         pytest.param("model:a:b", Name("", "", "model:a", "b"), id="last-colon-is-tag"),
         pytest.param("model:", Name(model="model"), id="empty-tag"),
         pytest.param(":tag", Name(tag="tag"), id="tag-only"),
@@ -83,7 +84,8 @@ PART_CASES = [
     ("namespace", "a", True), ("namespace", "Z", True), ("namespace", "0", True), ("namespace", "_", True),
     ("namespace", "-a", False), ("namespace", ".a", False),
     ("namespace", "a_b-C9", True),
-    ("namespace", "a.b", False), ("namespace", "a:b", False), ("namespace", "a/b", False),
+    ("namespace", "a.b", False), ("namespace", "a:b", False), ("namespace", "a/b", True),
+    ("namespace", "a/", False), ("namespace", "a/../b", False), ("namespace", "/".join("n" * 8), True), ("namespace", "/".join("n" * 9), False),
     ("namespace", "a b", False), ("namespace", "naïve", False),
     ("namespace", "a" * 80, True), ("namespace", "a" * 81, False),
     # model: first alnum or _, then alnum _ - ., max 80
@@ -323,7 +325,9 @@ def test_parse_ref_default_mask():
         pytest.param('a"b', 'invalid or missing name: "a\\"b"', id="go-quoting-quote"),
         pytest.param("a\nb", 'invalid or missing name: "a\\nb"', id="go-quoting-newline"),
         pytest.param("host:5000/smol", 'invalid or missing name: "host:5000/smol"', id="port-needs-namespace"),
-        pytest.param("a/b/c/d", 'invalid or missing name: "a/b/c/d"', id="too-many-parts"),
+        pytest.param("h/a//b/m", 'invalid or missing name: "h/a//b/m"', id="empty-namespace-level"),
+        pytest.param("h/a/-b/m", 'invalid or missing name: "h/a/-b/m"', id="bad-namespace-level"),
+        pytest.param("h/" + "n/" * 9 + "m", 'invalid or missing name', id="too-many-namespace-levels"),
         pytest.param("http://-x/y/z", 'invalid or missing name: "-x/y/z"', id="quotes-name-part"),
     ],
 )
@@ -388,7 +392,7 @@ def test_traversal_not_fully_qualified(s):
 
 
 # Inputs that look hostile but parse to harmless, fully qualified names.
-HARMLESS = ["/etc/passwd", "a..b", "h..io/ns/m:t", "x.:y.", "_/_/_:_", "host:5000//m", "x:a/b/c"]
+HARMLESS = ["/etc/passwd", "a..b", "h..io/ns/m:t", "x.:y.", "_/_/_:_", "host:5000//m", "x:a/b/c", "h/team/vision/detector:v2"]
 
 
 @pytest.mark.parametrize("s", TRAVERSAL + HARMLESS, ids=[repr(s) for s in TRAVERSAL + HARMLESS])
@@ -419,7 +423,9 @@ def test_harmless_lookalikes_are_accepted(s):
         pytest.param(Name("/etc", "ns", "m", "t"), id="absolute-host"),
         pytest.param(Name("h", "ns", "m", "a/b"), id="slash-in-tag"),
         pytest.param(Name("h", "ns", "m", "../../x"), id="traversal-in-tag"),
-        pytest.param(Name("h", "a/b", "m", "t"), id="slash-in-namespace"),
+        pytest.param(Name("h", "a/../b", "m", "t"), id="traversal-in-namespace"),
+        pytest.param(Name("h", "a//b", "m", "t"), id="empty-namespace-level"),
+        pytest.param(Name("h", "/a", "m", "t"), id="absolute-namespace"),
         pytest.param(Name("h", "ns", "m/../x", "t"), id="slash-in-model"),
         pytest.param(Name("h", "ns", "m", ""), id="missing-tag"),
     ],
@@ -428,6 +434,15 @@ def test_path_parts_rejects_unsafe(n):
     with pytest.raises(InvalidNameError, match="invalid or missing name"):
         got = n.path_parts()
         pytest.fail(f"{n!r}.path_parts() = {got!r}, want InvalidNameError")
+
+
+def test_nested_namespace_is_one_directory_per_level():
+    n = Name.parse("h:5000/team/vision/detector:v2")
+    assert n.path_parts() == ("h:5000", "team", "vision", "detector", "v2")
+    assert parse_ref("http://h:5000/team/vision/detector:v2").base_url == "http://h:5000/v2/team/vision/detector"
+    # Without its host a nested name would read as host/namespace, so ls keeps the host.
+    assert n.display_shortest("h:5000/team/_:v2") == "h:5000/team/vision/detector"
+    assert Name.parse(n.display_shortest()).merge(DEFAULT_MASK) == n
 
 
 def test_path_parts_fully_qualified():

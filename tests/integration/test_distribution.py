@@ -217,3 +217,20 @@ def test_unknown_repository_and_tag_are_not_found(distribution, make_registry):
     distribution.push_image("library/sometags", "v1", [b"x" * 100], oci=True)
     with pytest.raises(ModelNotFoundError):
         reg.pull(f"http://127.0.0.1:{distribution.port}/library/sometags:v2")
+
+
+def test_nested_repository_path(distribution, make_registry):
+    # GitLab, Harbor, ECR and Artifactory name repositories team/vision/detector.
+    repo = "team/vision/detector"
+    weights = _pseudo(MIB, 40)
+    digest, descs = distribution.push_image(repo, "v2", [weights], oci=True)
+    reg = make_registry()
+    name = f"http://127.0.0.1:{distribution.port}/{repo}:v2"
+    m = reg.pull(name)
+    assert str(m.digest) == digest and _blob(reg, descs[0]["digest"]) == weights
+    stored = reg.cache.manifests_dir / f"127.0.0.1:{distribution.port}" / "team" / "vision" / "detector" / "v2"
+    assert stored.is_file()
+    listed = [str(n) for n, _m in reg.list_local()]
+    assert listed == [f"127.0.0.1:{distribution.port}/{repo}:v2"]
+    assert reg.unlink(listed[0])
+    assert not stored.exists()

@@ -8,8 +8,9 @@ compare case-insensitively but keep the casing they were written with.
 ``parse_ref`` reads the extended form ``[scheme://]name[@digest]`` that the
 registry client and the API accept.  Because every valid part starts with an
 ASCII letter, digit or ``_`` and contains no ``/``, a fully qualified name can
-never yield ``.``, ``..``, an absolute path or a nested path when its parts
-become directories under ``manifests/``.  This module imports only the
+never yield ``.``, ``..`` or an absolute path when its parts become
+directories under ``manifests/``; a nested namespace (``team/vision``) is
+one directory per level, each checked on its own.  This module imports only the
 standard library, ``chunkpull.errors`` and ``chunkpull.digest``; it must not
 import the cache, the registry or anything that does I/O.
 """
@@ -67,7 +68,14 @@ def _quote(s: str) -> str:
     return "".join(out)
 
 
+# A nested namespace (``team/vision``) has at most this many levels.
+MAX_NAMESPACE_LEVELS = 8
+
+
 def _is_valid_part(kind: str, value: str) -> bool:
+    if kind == "namespace":
+        levels = value.split("/")
+        return len(levels) <= MAX_NAMESPACE_LEVELS and all(_PART_RE[kind].fullmatch(level) for level in levels)
     return _PART_RE[kind].fullmatch(value) is not None
 
 
@@ -112,7 +120,11 @@ class Name:
         if colon > s.rfind("/"):
             rest, tag = s[:colon], s[colon + 1 :]
         rest, _, model = rest.rpartition("/")
-        host, _, namespace = rest.rpartition("/")
+        # With more than one "/" left, the first part is the host and the rest a
+        # nested namespace (``host/team/vision/detector``), as OCI registries allow.
+        host, slash, namespace = rest.partition("/")
+        if not slash:
+            host, namespace = "", rest
         return cls(host, namespace, model, tag)
 
     def merge(self, mask: str | Name) -> Name:
@@ -146,19 +158,20 @@ class Name:
         """Return whether all four parts are present and valid."""
         return all(_is_valid_part(kind, value) for kind, value in self._parts_by_kind())
 
-    def path_parts(self) -> tuple[str, str, str, str]:
-        """Return ``(host, namespace, model, tag)`` as path components under ``manifests/``.
+    def path_parts(self) -> tuple[str, ...]:
+        """Return ``(host, *namespace levels, model, tag)`` as path components under ``manifests/``.
 
-        The parts keep their casing.  Only fully qualified names are
-        accepted, which guarantees that no component is empty, ``.``, ``..``,
-        absolute or contains a separator.
+        The parts keep their casing; a nested namespace gives one directory
+        per level.  Only fully qualified names are accepted, which
+        guarantees that no component is empty, ``.``, ``..``, absolute or
+        contains a separator.
 
         Raises:
             InvalidNameError: the name is not fully qualified.
         """
         if not self.is_fully_qualified():
             raise InvalidNameError(f"invalid or missing name: {_quote(str(self))}")
-        return (self.host, self.namespace, self.model, self.tag)
+        return (self.host, *self.namespace.split("/"), self.model, self.tag)
 
     def display_shortest(self, mask: str | Name = DEFAULT_MASK) -> str:
         """Return the shortest text that ``merge(mask)`` turns back into this name.
@@ -174,7 +187,8 @@ class Name:
         def differs(value: str, default: str) -> bool:
             return value != "" and value.lower() != default.lower()
 
-        if differs(self.host, m.host):
+        if differs(self.host, m.host) or "/" in self.namespace:
+            # A nested namespace without its host would read as host/namespace.
             text = f"{self.host}/{self.namespace}/"
         elif differs(self.namespace, m.namespace):
             text = f"{self.namespace}/"

@@ -212,10 +212,11 @@ class DiskCache:
         root = self.manifests_dir
         for dirpath, _dirs, files in os.walk(root):
             rel = Path(dirpath).relative_to(root).parts
-            if len(rel) != 3:
+            if len(rel) < 3:
                 continue
+            # host / namespace levels (one or more) / model / tag
             for tag in files:
-                name = Name(rel[0], rel[1], rel[2], tag)
+                name = Name(rel[0], "/".join(rel[1:-1]), rel[-1], tag)
                 if name.is_fully_qualified():
                     yield name, Path(dirpath) / tag
 
