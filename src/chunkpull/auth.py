@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -181,17 +182,27 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
 class RegistryAuth(requests.auth.AuthBase):
     """Answer one registry host's auth challenges (see the module docstring); thread-safe, shared by a pull's workers."""
 
-    def __init__(self, host: str, credentials: Credentials | None, *, verify_tls: bool = True, timeout_s: tuple[float, float] = (10.0, 30.0),
-                 clock=time.monotonic) -> None:
+    def __init__(self, host: str, credentials: Credentials | None, *, timeout_s: tuple[float, float] = (10.0, 30.0),
+                 get: Callable[..., requests.Response] = requests.get, clock=time.monotonic) -> None:
         self.host = _host_key(host)
         self.credentials = credentials
-        self.verify_tls = verify_tls
         self.timeout_s = timeout_s
+        # How the token realm is asked: the pull's transport passes a GET with
+        # its own TLS trust (private CAs) and proxy settings.
+        self._get = get
         self._clock = clock
         self._lock = threading.Lock()
         self._scheme: str | None = None  # what the host asked for: "basic" or "bearer"
         self._challenge: dict[str, str] = {}
         self._tokens: dict[str, tuple[str, float]] = {}  # scope -> (token, expires at)
+
+    def refusal_hint(self) -> str:
+        """Say what to do about a final 401/403 from this host."""
+        if self.credentials is None:
+            return (f"no credentials for {self.host} were found: run `chunkpull login {self.host}`, "
+                    "or add them to REGISTRY_AUTH_FILE or Docker's config.json")
+        who = f"user {self.credentials.username!r}" if self.credentials.username else "the stored token"
+        return f"the registry refused {who} for {self.host}: check the credentials and that they grant pull access"
 
     def _mine(self, url: str) -> bool:
         return urlsplit(url).netloc.lower() == self.host
@@ -236,7 +247,7 @@ class RegistryAuth(requests.auth.AuthBase):
         elif c is not None and c.username:
             auth = (c.username, c.secret)
         try:
-            r = requests.get(realm, params=params, auth=auth, timeout=self.timeout_s, verify=self.verify_tls)
+            r = self._get(realm, params=params, auth=auth, timeout=self.timeout_s)
         except requests.RequestException as err:
             raise RegistryError(0, "UNAUTHORIZED", f"cannot reach the token server: {type(err).__name__}", realm.split("?", 1)[0]) from None
         if r.status_code != 200:

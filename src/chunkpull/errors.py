@@ -72,6 +72,7 @@ class RegistryError(ChunkpullError):
     """
 
     retry_after_s: float | None = None  # from a Retry-After header, when sent
+    hint: str = ""  # what the user can do about it (e.g. how to give credentials), shown after the message
 
     def __init__(self, status: int, code: str = "", message: str = "", url: str = "") -> None:
         self.status = status
@@ -85,6 +86,10 @@ class RegistryError(ChunkpullError):
             detail += f": {message}"
         self.detail = detail
         super().__init__(f"request error {url}: {detail}" if url else detail)
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"{text}; {self.hint}" if self.hint else text
 
     @property
     def retryable(self) -> bool:

@@ -33,6 +33,7 @@ Imports core, store and engine; never serve, cli, testing or bench.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -175,7 +176,7 @@ class Registry:
             auth = self._auths.get(key)
             if auth is None:
                 creds = find_credentials(ref.name.host, self.credentials)
-                auth = self._auths[key] = RegistryAuth(ref.name.host, creds, verify_tls=ref.verify_tls)
+                auth = self._auths[key] = RegistryAuth(ref.name.host, creds, get=functools.partial(self.transport.get_plain, verify_tls=ref.verify_tls))
             return auth
 
     def close(self) -> None:
@@ -238,6 +239,9 @@ class Registry:
                 )
                 break
             except RegistryError as err:
+                if err.status in (401, 403):
+                    err.hint = self.auth_for(ref).refusal_hint()
+                    raise
                 unknown = err.status == 404 or err.code.upper() in ("MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN")
                 if not unknown:
                     raise

@@ -156,12 +156,9 @@ HTPASSWD = "alice:$2b$05$uY9/BUkBM/ut5r4BM8aEzujsaLtMpyag7XJX4o4pOyXWZnhlDUAha\n
 
 
 def test_distribution_with_htpasswd(tmp_path_factory, make_registry):
-    from test_distribution import BINARY, Distribution
+    from realregistries import Distribution, require_distribution
 
-    if not os.access(BINARY, os.X_OK):
-        if os.environ.get("CI"):
-            pytest.fail("CI must run these tests: .ci/run installs docker-registry")
-        pytest.skip("Debian's docker-registry is not installed")
+    require_distribution()
     root = tmp_path_factory.mktemp("htpasswd")
     (root / "htpasswd").write_text(HTPASSWD)
     server = Distribution(root, extra=f"auth:\n  htpasswd:\n    realm: chunkpull-test\n    path: {root / 'htpasswd'}\n", auth=("alice", SECRET))

@@ -11,14 +11,7 @@ package; where it is missing these tests are skipped with that reason.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import socket
-import subprocess
-import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -29,101 +22,12 @@ from chunkpull.errors import ModelNotFoundError
 
 pytestmark = pytest.mark.integration
 
-BINARY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
-MIB = 1 << 20
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-
-
-class Distribution:
-    """A running docker-registry on 127.0.0.1 with filesystem storage; its access log is kept."""
-
-    def __init__(self, root: Path, *, extra: str = "", auth: tuple[str, str] | None = None) -> None:
-        self.auth = auth  # what the pushes authenticate with (an htpasswd user)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = root / "config.yml"
-        config.write_text(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: false\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n" + extra
-        )
-        self.log_path = root / "registry.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([BINARY, "serve", str(config)], stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(self.url + "/v2/", auth=self.auth, timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"docker-registry did not start: {self.log_path.read_text()[-2000:]}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
-
-    def blob_gets(self, repo: str, digest: str) -> int:
-        """How many GETs of this blob the access log shows."""
-        return sum(1 for line in self.log_path.read_text(errors="replace").splitlines() if f'"GET /v2/{repo}/blobs/{digest} ' in line)
-
-    # -- pushing, as a registry client would --------------------------------------
-
-    def push_blob(self, repo: str, data: bytes) -> dict:
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        r = requests.post(f"{self.url}/v2/{repo}/blobs/uploads/", auth=self.auth, timeout=30)
-        assert r.status_code == 202, r.text
-        location = r.headers["Location"]
-        location = location if location.startswith("http") else self.url + location
-        sep = "&" if "?" in location else "?"
-        r = requests.put(f"{location}{sep}digest={digest}", data=data, headers={"Content-Type": "application/octet-stream"}, auth=self.auth, timeout=60)
-        assert r.status_code == 201, r.text
-        return {"digest": digest, "size": len(data)}
-
-    def push_manifest(self, repo: str, reference: str, doc: dict, media_type: str) -> str:
-        data = json.dumps(doc).encode()
-        r = requests.put(f"{self.url}/v2/{repo}/manifests/{reference}", data=data, headers={"Content-Type": media_type}, auth=self.auth, timeout=30)
-        assert r.status_code == 201, r.text
-        return "sha256:" + hashlib.sha256(data).hexdigest()
-
-    def push_image(self, repo: str, tag: str | None, layers: list[bytes], *, oci: bool, layer_type: str = "") -> tuple[str, list[dict]]:
-        """Push an image (config + layers) and its manifest; return (manifest digest, layer descriptors)."""
-        config = self.push_blob(repo, json.dumps({"architecture": "amd64", "os": "linux"}).encode())
-        descs = [self.push_blob(repo, data) for data in layers]
-        if oci:
-            lt = layer_type or "application/vnd.oci.image.layer.v1.tar"
-            doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
-                   "layers": [{"mediaType": lt, **d} for d in descs]}
-            media = OCI_MANIFEST
-        else:
-            lt = layer_type or "application/vnd.docker.image.rootfs.diff.tar.gzip"
-            doc = {"schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "config": {"mediaType": "application/vnd.docker.container.image.v1+json", **config},
-                   "layers": [{"mediaType": lt, **d} for d in descs]}
-            media = DOCKER_MANIFEST
-        data = json.dumps(doc).encode()
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        self.push_manifest(repo, tag or digest, doc, media)
-        return digest, descs
+from realregistries import DOCKER_LIST, DOCKER_MANIFEST, MIB, OCI_INDEX, OCI_MANIFEST, Distribution, require_distribution
 
 
 @pytest.fixture(scope="module")
 def distribution(tmp_path_factory):
-    if not os.access(BINARY, os.X_OK):
-        if os.environ.get("CI"):
-            pytest.fail("CI must run these tests: .ci/run installs docker-registry")
-        pytest.skip("Debian's docker-registry is not installed (apt-get install docker-registry)")
+    require_distribution()
     server = Distribution(tmp_path_factory.mktemp("distribution"))
     yield server
     server.stop()

@@ -10,13 +10,12 @@ the openssl command line.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 
 import pytest
 
 from chunkpull.core.digest import Digest
 from chunkpull.errors import TransportError
+from realregistries import make_pki
 
 pytestmark = pytest.mark.integration
 
@@ -25,18 +24,7 @@ MIB = 1 << 20
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl command not found")
-    d = tmp_path_factory.mktemp("pki")
-    run = lambda *args: subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=chunkpull test CA")
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext")
-    (d / "cadir").mkdir()
-    shutil.copy(d / "ca.pem", d / "cadir" / "ca.pem")
-    run("rehash", str(d / "cadir"))
-    return d
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture

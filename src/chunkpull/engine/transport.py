@@ -36,6 +36,7 @@ import urllib3
 
 from ..errors import PullCancelledError, RegistryError, TransportError
 from .monitor import Stream, StreamMonitor
+from .proxy import proxy_for, redact_userinfo
 
 __all__ = ["Transport", "Backoff", "Response", "RangeIgnoredError", "ShortReadError", "join_url", "parse_error", "new_session"]
 
@@ -185,27 +186,38 @@ class Transport:
         self._control = StreamMonitor(stall_s=stall_s, max_aborts=0)
         self._ticker: threading.Thread | None = None
 
-    def _tls(self, verify_tls: bool) -> dict:
-        """Per-request TLS arguments: ``verify=False`` for https+insecure, the chosen CA, or nothing.
+    def request_args(self, url: str, verify_tls: bool) -> dict:
+        """Per-request TLS and proxy arguments for requests.
 
+        TLS: ``verify=False`` for https+insecure, the chosen CA, or nothing.
         Explicit per request because requests replaces an unset per-request
         verify with REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE when set
         (psf/requests#3829): Session.verify alone would neither turn
         verification off nor keep a chosen CA.  With no CA chosen, verifying
         requests pass nothing, so a session_factory's own settings apply.
+        Proxy: decided by ``engine.proxy`` (curl's rules, NO_PROXY with
+        host:port); ``None`` values make requests go direct.
         """
+        proxy = proxy_for(url)
+        args: dict = {"proxies": {"http": proxy, "https": proxy, "all": proxy}}
         if not verify_tls:
-            return {"verify": False}
-        return {"verify": self.ca_cert} if self.ca_cert else {}
+            args["verify"] = False
+        elif self.ca_cert:
+            args["verify"] = self.ca_cert
+        return args
 
     def session(self, verify_tls: bool = True) -> requests.Session:
         with self._lock:
             s = self._sessions.get(verify_tls)
             if s is None:
-                # A custom factory (a test seam) gets the CA per request only (see _tls).
+                # A custom factory (a test seam) gets the CA per request only (see request_args).
                 kwargs = {"ca_cert": self.ca_cert} if self.ca_cert and verify_tls and self._factory is new_session else {}
                 s = self._sessions[verify_tls] = self._factory(self.max_streams, verify_tls=verify_tls, **kwargs)
             return s
+
+    def get_plain(self, url: str, *, verify_tls: bool = True, **kwargs) -> requests.Response:
+        """One GET with this transport's TLS trust and proxy choice and no retries (token realms)."""
+        return self.session(verify_tls).get(url, **self.request_args(url, verify_tls), **kwargs)
 
     def close(self) -> None:
         with self._lock:
@@ -239,7 +251,7 @@ class Transport:
     def _get_once(
         self, url: str, verify_tls: bool, auth, headers: dict[str, str] | None, ok: tuple[int, ...], max_bytes: int, cancel: threading.Event | None
     ) -> Response:
-        with self.session(verify_tls).get(url, headers=headers, auth=auth, timeout=self.timeout_s, stream=True, **self._tls(verify_tls)) as r:
+        with self.session(verify_tls).get(url, headers=headers, auth=auth, timeout=self.timeout_s, stream=True, **self.request_args(url, verify_tls)) as r:
             stream = self._control.stream(url, cancel)
             stream.attach(r)
             self._tick()
@@ -301,7 +313,7 @@ class Transport:
             TransportError.
         """
         try:
-            return self.session(verify_tls).request(method, url, data=data, headers=headers, auth=auth, timeout=self.timeout_s, **self._tls(verify_tls))
+            return self.session(verify_tls).request(method, url, data=data, headers=headers, auth=auth, timeout=self.timeout_s, **self.request_args(url, verify_tls))
         except requests.RequestException as err:
             raise TransportError(f"request error {url}: {err}") from err
 
@@ -356,7 +368,7 @@ class Transport:
             n += 1
         if isinstance(last, RegistryError):
             raise last
-        raise TransportError(f"request error {url}: {describe(last)} (after {self.backoff.attempts} attempts)") from last
+        raise TransportError(f"request error {url}: {describe(last, proxy=proxy_for(url))} (after {self.backoff.attempts} attempts)") from last
 
     def _pause(self, delay: float, last: BaseException | None, cancel: threading.Event | None) -> None:
         hint = getattr(last, "retry_after_s", None)
@@ -399,7 +411,7 @@ class Transport:
         want = end - start + 1
         offered = want  # bytes this answer carries (a 206 may carry fewer)
         headers = {"Range": f"bytes={start}-{end}", "Accept-Encoding": "identity"}
-        r = self.session(verify_tls).get(url, headers=headers, auth=auth, timeout=self.timeout_s, stream=True, **self._tls(verify_tls))
+        r = self.session(verify_tls).get(url, headers=headers, auth=auth, timeout=self.timeout_s, stream=True, **self.request_args(url, verify_tls))
         got = 0
         if stream is not None:
             stream.attach(r)
@@ -486,8 +498,16 @@ def _aborted(stream: Stream, url: str, got: int, want: int | None = None) -> Sho
     return ShortReadError(f"{url}: cut, {stream.aborted}, after {got}{of} bytes", got)
 
 
-def describe(err: BaseException) -> str:
-    """Say what went wrong on the network in a few words (requests' own text is a nest of reprs)."""
+def describe(err: BaseException, *, proxy: str | None = None) -> str:
+    """Say what went wrong on the network in a few words (requests' own text is a nest of reprs).
+
+    ``proxy`` is the proxy the request went through, named (without its
+    credentials) when the failure is the proxy's.
+    """
+    if isinstance(err, requests.exceptions.ProxyError):
+        via = f"the proxy {redact_userinfo(proxy)}" if proxy else "the proxy"
+        return (f"cannot connect through {via}: {_root_reason(err)}; check HTTPS_PROXY / HTTP_PROXY, "
+                "or list this registry in NO_PROXY (host, host:port or CIDR) to connect directly")
     if isinstance(err, requests.exceptions.SSLError):
         reason = _root_reason(err)
         if "certificate" in reason.lower():
