@@ -95,6 +95,33 @@ def run_section(section: Section, *, quick: bool) -> dict:
     return doc
 
 
+CDN_FRONT = "cdn-front"  # benchmarks/cdn_front.py: docker-registry redirecting to nginx, against skopeo and curl
+
+
+def run_cdn_front(results: Path, *, quick: bool) -> None:
+    """Run ``benchmarks/cdn_front.py`` (1 GiB behind a redirecting front) into results/cdn-front.json."""
+    sys.path.insert(0, str(HERE))
+    import cdn_front
+
+    size, repeat = (64 << 20, 1) if quick else (1 << 30, 3)
+    print(f"run_compare: python benchmarks/cdn_front.py --size {size} --repeat {repeat}", file=sys.stderr, flush=True)
+    doc = cdn_front.run(size, repeat)
+    (results / f"{CDN_FRONT}.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+
+
+def cdn_front_line(doc: dict) -> str | None:
+    """One summary line: chunkpull behind the redirecting front, its registry round trips, and the two baselines."""
+    me = _row(doc, "chunkpull")
+    if not me or not me["gbps"]:
+        return None
+    others = [f"{r['method'].replace('curl+sha256sum', 'curl -L | sha256sum')} {r['gbps']:.2f} GB/s ({r['ratio']:.2f}x)"
+              for r in _rows(doc) if r["method"] != "chunkpull" and r["gbps"] and r["ratio"]]
+    rt = me.get("registry_round_trips_per_blob")
+    return (f"behind a redirecting front (docker-registry answering blob GETs with 307 to nginx; {doc['settings']['model'].split(',')[0]}, "
+            f"{doc['settings']['bytes'] / 2**30:.2f} GiB): chunkpull {me['gbps']:.2f} GB/s"
+            + (f", {rt:.1f} registry round trips per blob" if rt is not None else "") + (f"; {', '.join(others)}" if others else ""))
+
+
 def run_kernels(results: Path, *, quick: bool) -> None:
     """Run ``benchmarks/bench_hashio.py`` (native against hashlib + os.pwrite) into results/kernels.json."""
     out = results / "kernels.json"
@@ -215,7 +242,7 @@ def summary_lines(docs: dict[str, dict], kernels: dict | None = None) -> list[st
         return f"{label} {row['gbps']:.2f} GB/s, {_cpu_per_gb(doc, row):.2f} CPU-s/GB" if row else None
 
     tuning = []
-    sizes = {d["settings"]["model"] for k, d in docs.items() if not k.startswith("compare")}
+    sizes = {d["settings"]["model"] for k, d in docs.items() if not k.startswith("compare") and k != CDN_FRONT}
     if sizes:
         tuning.append(f"tuning runs: {', '.join(sorted(sizes))}; medians of 3")
     if "streams" in docs:
@@ -236,6 +263,8 @@ def summary_lines(docs: dict[str, dict], kernels: dict | None = None) -> list[st
         ratios = [line.split("|")[-2].strip() for line in kernel_lines(kernels)[2:] if line.startswith("| sha256")]
         if ratios:
             tuning.append(f"kernels (`bench_hashio.py`, SHA-256 hash+write, native over hashlib + os.pwrite): {min(ratios)} to {max(ratios)}")
+    if CDN_FRONT in docs and (cdn := cdn_front_line(docs[CDN_FRONT])):
+        tuning.append(cdn)
     out += [f"- {t}" for t in tuning]
     return out
 
@@ -264,6 +293,16 @@ def render(docs: dict[str, dict], kernels: dict | None = None) -> str:
             continue
         doc = docs[s.key]
         parts += [f"## {s.title}", "", s.what, "", f"    {doc['command']}", "", markdown_table(doc), ""]
+    if CDN_FRONT in docs:
+        doc = docs[CDN_FRONT]
+        parts += [
+            "## Behind a redirecting front", "",
+            "Debian's docker-registry (CNCF distribution) with its `redirect` storage middleware answers every blob GET with a 307 "
+            "to nginx, which serves the registry's files (as a CDN serves a registry's object store). One OCI image with one "
+            "pseudo-random layer; chunkpull, `skopeo copy docker://… dir:…` and `curl -L | sha256sum` take turns. "
+            "`registry RT/blob` counts chunkpull's blob requests that reached the registry itself.", "",
+            f"    {doc['command']}", "", markdown_table(doc), "",
+        ]
     if kernels is not None:
         parts += [
             "## Kernels", "",
@@ -289,7 +328,7 @@ def update_readme(docs: dict[str, dict], path: Path = README, kernels: dict | No
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", metavar="KEY[,KEY...]", help=f"run only these sections: {', '.join(s.key for s in SECTIONS)}, kernels")
+    p.add_argument("--only", metavar="KEY[,KEY...]", help=f"run only these sections: {', '.join(s.key for s in SECTIONS)}, kernels, {CDN_FRONT}")
     p.add_argument("--quick", action="store_true", help="64 MiB, one run each, written to a scratch directory (an end-to-end check)")
     p.add_argument("--render-only", action="store_true", help="measure nothing: render from the saved JSON documents")
     p.add_argument("--results", type=Path, default=RESULTS_DIR, help=f"where the JSON documents live (default {RESULTS_DIR})")
@@ -298,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick and args.results == RESULTS_DIR:
         raise SystemExit("run_compare: --quick needs --results DIR (and --out FILE): its figures must not replace the real ones")
-    only = set(args.only.split(",")) if args.only else {s.key for s in SECTIONS} | {"kernels"}
+    only = set(args.only.split(",")) if args.only else {s.key for s in SECTIONS} | {"kernels", CDN_FRONT}
     args.results.mkdir(parents=True, exist_ok=True)
     if not args.render_only:
         for s in SECTIONS:
@@ -307,7 +346,10 @@ def main(argv: list[str] | None = None) -> int:
                 (args.results / f"{s.key}.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
         if "kernels" in only:
             run_kernels(args.results, quick=args.quick)
-    docs = {s.key: json.loads((args.results / f"{s.key}.json").read_text()) for s in SECTIONS if (args.results / f"{s.key}.json").exists()}
+        if CDN_FRONT in only:
+            run_cdn_front(args.results, quick=args.quick)
+    keys = [s.key for s in SECTIONS] + [CDN_FRONT]
+    docs = {k: json.loads((args.results / f"{k}.json").read_text()) for k in keys if (args.results / f"{k}.json").exists()}
     if not docs:
         raise SystemExit(f"run_compare: no results in {args.results}")
     kernels_path = args.results / "kernels.json"

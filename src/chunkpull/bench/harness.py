@@ -76,7 +76,7 @@ __all__ = ["BenchError", "bench_main", "machine_info", "parse_options", "run_ben
 
 PROG = "chunkpull bench"
 DEFAULT_SIZE = 1 << 30
-BASELINES = ("single+sha256", "curl+sha256sum", "python-threads", "python-threads-direct", "aria2c", "hf_transfer", "hf_transfer-raw")
+BASELINES = ("single+sha256", "curl+sha256sum", "python-threads", "python-threads-direct", "aria2c", "hf_transfer", "hf_transfer-raw", "skopeo")
 # Fixed by the baselines' own command lines (the issue's settings), not swept.
 ARIA2C_STREAMS = 16
 ARIA2C_SPLIT = 8 << 20
@@ -234,8 +234,8 @@ def _missing(method: str) -> str | None:
     if method == "curl+sha256sum":
         absent = [tool for tool in ("curl", "sha256sum") if shutil.which(tool) is None]
         return f"{' and '.join(absent)} not installed" if absent else None
-    if method == "aria2c":
-        return None if shutil.which("aria2c") else "aria2c not installed"
+    if method in ("aria2c", "skopeo"):
+        return None if shutil.which(method) else f"{method} not installed"
     if method.startswith("hf_transfer"):
         return None if importlib.util.find_spec("hf_transfer") else "hf_transfer not installed (pip install hf_transfer)"
     return None  # single+sha256 and python-threads need only Python and requests
@@ -274,6 +274,8 @@ def _plan(opts: Options, chunk_size: int | None, first: bool, available: list[st
         elif first:  # independent of the registry's chunk size: once is enough
             if method == "aria2c":
                 plan.append(Config(method, ARIA2C_STREAMS, ARIA2C_SPLIT, "after"))
+            elif method == "skopeo":
+                plan.append(Config(method, 1, None, "stream"))  # one stream per layer, digest checked as it copies
             else:
                 plan.append(Config(method, 1, None, "after"))
     return plan
@@ -294,6 +296,9 @@ def run_benchmark(opts: Options) -> Report:
     available, skipped = [], []
     for method in opts.baselines:
         why = _missing(method)
+        if method == "skopeo" and not opts.name:
+            # containers/image refuses Ollama's layer media types in a Docker manifest.
+            why = "skopeo only reads container images: give a registry's image name"
         if why:
             skipped.append({"method": method, "reason": why})
         else:

@@ -57,6 +57,7 @@ class Row:
     chunk_p50_ms: float | None = None
     chunk_p90_ms: float | None = None
     chunk_p99_ms: float | None = None
+    registry_round_trips_per_blob: float | None = None
     note: str = ""
 
 
@@ -82,7 +83,7 @@ def aggregate(runs: list[dict], *, default_streams: int = _env.DEFAULT_MAX_STREA
             row.peak_rss_mib = _median([r["peak_rss_mib"] for r in good])
             lat = [r["latency"] for r in good if r.get("latency")]
             if lat:
-                for key in ("ttfb_ms", "chunk_p50_ms", "chunk_p90_ms", "chunk_p99_ms"):
+                for key in ("ttfb_ms", "chunk_p50_ms", "chunk_p90_ms", "chunk_p99_ms", "registry_round_trips_per_blob"):
                     setattr(row, key, _median([x.get(key) for x in lat]))
         failures = [r["error"] for r in rs if not (r["ok"] and r["verified"])]
         if failures:
@@ -162,7 +163,7 @@ def table_cells(report: Report) -> list[list[str]]:
     head = ["method", "GB/s"] + (["min-max"] if repeat else []) + ["wall s", "CPU s", "CPU s/GB", "peak RSS MiB", "streams", "chunk", "verify", "backend", "chunkpull x"]
     gb = report.settings.get("bytes", 0) / 1e9
     if remote:
-        head += ["TTFB ms", "p50 ms", "p90 ms", "p99 ms"]
+        head += ["TTFB ms", "p50 ms", "p90 ms", "p99 ms", "registry RT/blob"]
     head.append("note")
     body = []
     for r in rows:
@@ -175,7 +176,7 @@ def table_cells(report: Report) -> list[list[str]]:
             f"{r.ratio:.2f}x" if r.ratio else "",
         ]
         if remote:
-            line += [_num(r.ttfb_ms, 0), _num(r.chunk_p50_ms, 0), _num(r.chunk_p90_ms, 0), _num(r.chunk_p99_ms, 0)]
+            line += [_num(r.ttfb_ms, 0), _num(r.chunk_p50_ms, 0), _num(r.chunk_p90_ms, 0), _num(r.chunk_p99_ms, 0), _num(r.registry_round_trips_per_blob, 1)]
         line.append(r.note)
         body.append(line)
     for s in report.skipped:
@@ -209,7 +210,10 @@ def footnotes(report: Report) -> list[str]:
             "streams, chunk size and verify mode" + (f"; the others with {', '.join(refs)}." if refs else ".")
         )
     if report.rows and any(r.method != "chunkpull" for r in report.rows):
-        notes.append("verify 'after' = the tool's own SHA-256 pass over the finished file (aria2c --checksum; a hashlib or sha256sum pass); 'none' = not verified at all.")
+        notes.append("verify 'after' = the tool's own SHA-256 pass over the finished file (aria2c --checksum; a hashlib or sha256sum pass); "
+                     "'stream' = digest checked as the bytes arrive (skopeo); 'none' = not verified at all.")
+    if any(r.registry_round_trips_per_blob is not None for r in report.rows):
+        notes.append("registry RT/blob = blob requests (chunksums, ranges, the registry hop of a redirect) that reached the registry's host, per blob pulled.")
     return notes
 
 

@@ -52,6 +52,10 @@ class BlobPull:
         # Where ``url`` redirected (a CDN's signed URL), learnt from the first
         # range and dropped when it refuses; None when it does not redirect.
         self.target: str | None = None
+        # Whether the route is known: None (ask), "probing" (one range is
+        # asking; the rest wait on _routed), "direct" or "redirected".
+        self._route: str | None = None
+        self._routed = threading.Event()
         self.ingest: Ingest | None = None
         self.assembler: BlobAssembler | None = None
         # One-stream blobs only: the running hash of the bytes before the stream's position.
@@ -88,6 +92,45 @@ class BlobPull:
     def chunk_url(self, index: int) -> str:
         """Return the URL chunk index is fetched from: the redirect target when there is one (a CDN), else the registry's."""
         return self.target or self.url
+
+    # -- where the bytes come from: the registry, or where it redirects ---------
+
+    def claim_route(self) -> bool:
+        """Return True when the caller's range is to find out the route (it must call ``route_probe_ended``)."""
+        with self.lock:
+            if self._route is None:
+                self._route = "probing"
+                self._routed.clear()
+                return True
+            return False
+
+    def wait_route(self, cancel: threading.Event | None) -> None:
+        """Wait while another range finds out the route (bounded by its own timeouts); return early on cancel."""
+        while not self._routed.wait(0.05):
+            if cancel is not None and cancel.is_set():
+                return
+
+    def learn_route(self, asked: str, answered: str) -> None:
+        """Record where a request for ``asked`` was answered (the headers are in) and release the waiting ranges."""
+        with self.lock:
+            if answered != asked:
+                self.target, self._route = answered, "redirected"
+            else:
+                self._route = "direct"
+        self._routed.set()
+
+    def route_probe_ended(self) -> None:
+        """The probing range ended: without an answer, the next range asks again."""
+        with self.lock:
+            if self._route == "probing":
+                self._route = None
+        self._routed.set()
+
+    def forget_target(self, stale: str) -> None:
+        """Drop a redirect target that refused (a signed URL expired): the next range asks the registry again."""
+        with self.lock:
+            if self.target == stale:
+                self.target, self._route = None, None
 
     def open_chunks(self, ingest: Ingest, wake: Callable[[], None] | None) -> None:
         """Take the work file, resume from its record, and work out which chunks are left."""

@@ -236,6 +236,7 @@ class Puller:
         label: object,
         resume: bool = True,
         restart: Callable[[], None] | None = None,
+        on_answer: Callable[[str], None] | None = None,
     ) -> str:
         """Stream bytes start..end (inclusive) of url into sink(offset, view), retrying until done; return the URL that answered.
 
@@ -271,7 +272,7 @@ class Puller:
             before = pos
             try:
                 answered = self.transport.read_range(
-                    url, pos, end, buffers, deliver, verify_tls=self.source.verify_tls, auth=self.source.auth, stream=stream
+                    url, pos, end, buffers, deliver, verify_tls=self.source.verify_tls, auth=self.source.auth, stream=stream, on_answer=on_answer
                 )
             except RangeIgnoredError:
                 if restart is None:
@@ -375,12 +376,6 @@ class Puller:
             self._submit(blob, self._run_chunk, blob, i)
         return True
 
-    def _drop_target(self, blob: BlobPull, stale: str) -> None:
-        """Forget a redirect target that refused the blob (a signed URL expired): the next range asks the registry again."""
-        with blob.lock:
-            if blob.target == stale:
-                blob.target = None
-
     def _chunksums(self, layer: Layer) -> tuple[str, list[ChunkSum]]:
         """Return (URL of the bytes, chunk list) for a blob: the registry's, or our own split."""
         blob_url = self.source.blob_url(layer.digest)
@@ -453,12 +448,15 @@ class Puller:
 
             refusals = 0
             while True:
+                # One range finds out whether the registry redirects (a CDN);
+                # the blob's other ranges wait for its answer, then go there.
+                probing = blob.claim_route()
+                if not probing:
+                    blob.wait_route(self.cancel)
                 url = blob.chunk_url(i)
                 try:
-                    answered = self._stream(blob, url, chunk.start, chunk.end, pieces, sink, label=(blob.key, i))
-                    if answered != url and blob.target is None:
-                        # The registry redirected (a CDN): send the next ranges there directly.
-                        blob.target = answered
+                    self._stream(blob, url, chunk.start, chunk.end, pieces, sink, label=(blob.key, i),
+                                 on_answer=(lambda where, asked=url: blob.learn_route(asked, where)) if probing else None)
                     break
                 except RegistryError as err:
                     # A redirect target (a CDN's signed URL) refused: it expired
@@ -468,10 +466,13 @@ class Puller:
                     refusals += 1
                     if refusals >= MAX_RESOLVES:
                         raise TransportError(f"request error {blob.url}: the redirect target keeps refusing chunk {i} ({refusals} times)") from err
-                    self._drop_target(blob, url)
+                    blob.forget_target(url)
                 except TransportError as err:
                     # Say which bytes of which blob could not be had; the cause names the registry.
                     raise TransportError(f"chunk {i} (bytes {chunk}) of blob {blob.key}: {err}") from err
+                finally:
+                    if probing:
+                        blob.route_probe_ended()
             if hasher is None or hasher.digest() == s.digest.raw:
                 return
             blob.assembler.reset_chunk(i)  # unhash the bad bytes before fetching again

@@ -392,11 +392,14 @@ class Transport:
         verify_tls: bool = True,
         auth: requests.auth.AuthBase | None = None,
         stream: Stream | None = None,
+        on_answer: Callable[[str], None] | None = None,
     ) -> str:
         """GET bytes start..end (inclusive) of url once, handing each piece to sink(offset, view); return the URL that answered.
 
         The URL that answered differs from url when the registry redirected
         (a CDN): the caller may send the next ranges there directly.
+        ``on_answer(url that answered)`` is called as soon as a usable answer's
+        headers are in, before its body, so other ranges need not wait for it.
 
         Pieces are read into buf: one buffer reused for every piece (sink
         must be done with a piece when it returns), or a callable returning
@@ -437,6 +440,8 @@ class Transport:
                 offered = _check_content_range(r.headers.get("Content-Range", ""), start, end, url)
             else:
                 offered = want
+            if on_answer is not None:
+                on_answer(r.url or url)
             fp = _raw_reader(r)
             next_buf = buf if callable(buf) else lambda: buf
             while got < offered:
