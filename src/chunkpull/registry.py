@@ -38,6 +38,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from . import _env
 from .auth import RegistryAuth, find_credentials
@@ -53,16 +54,22 @@ from .engine.config import (
     DEFAULT_STALL_TIMEOUT_S,
     IO_MODES,
     VERIFY_MODES,
+    BlobJob,
     PullConfig,
     Source,
 )
 from .engine.puller import Puller
+from .engine.ratelimit import RateLimiter
+from .engine.sources import Mirror, Sources, SourceStats
 from .engine.transport import Backoff, Transport, join_url, parse_error
-from .errors import IntegrityError, InvalidManifestError, ModelNotFoundError, RegistryError
+from .errors import ChunkpullError, IntegrityError, InvalidManifestError, ModelNotFoundError, PullCancelledError, RegistryError
+from .hosts import mirrors_for, parse_mirror
 from .store.cache import DiskCache, mentioned_digests
 
 __all__ = [
     "Registry",
+    "PullReport",
+    "SourceStats",
     "Manifest",
     "Layer",
     "DEFAULT_CHUNKING_THRESHOLD",
@@ -73,6 +80,16 @@ __all__ = [
 
 # Real manifests are a few kB; a larger answer is refused rather than buffered.
 MAX_MANIFEST_BYTES = 4 << 20
+
+
+@dataclass
+class PullReport:
+    """What a pull's sources delivered (filled by ``Registry.pull(report=)`` / ``pull_many``, also when it fails)."""
+
+    sources: list[SourceStats] = field(default_factory=list)
+
+    def to_json(self) -> list[dict]:
+        return [s.to_json() for s in self.sources]
 
 
 class Registry:
@@ -113,6 +130,13 @@ class Registry:
     platform
         ``os/arch[/variant]`` an image index is resolved for (this machine's
         platform; an index with one entry gives that entry).
+    mirrors
+        mirror URLs for every origin, before ``$CHUNKPULL_MIRRORS`` and each
+        host's ``hosts.toml`` (see ``chunkpull.hosts``): chunk bytes may come
+        from them, verified against the origin's digests.
+    limit_rate
+        bytes per second for all of this Registry's pulls together, over
+        every stream and source (None: no cap).
     sleep
         the backoff's sleep, injectable so tests never wait.
 
@@ -138,6 +162,8 @@ class Registry:
         platform: str | Platform | None = None,
         credentials: dict[str, tuple[str, str]] | None = None,
         ca_cert: str | os.PathLike[str] | None = None,
+        mirrors: list[str] | None = None,
+        limit_rate: int | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.cache = cache if cache is not None else DiskCache.open()
@@ -146,6 +172,7 @@ class Registry:
         self.platform = Platform.parse(platform) if isinstance(platform, str) else platform
         # One auth hook per registry host (and TLS mode), so its tokens serve every pull.
         self.credentials = dict(credentials or {})
+        self.mirrors = [parse_mirror(m).root for m in mirrors or []]  # checked now: a typo fails before any pull
         self._auths: dict[tuple[str, bool], RegistryAuth] = {}
         self._auths_lock = threading.Lock()
         self.config = PullConfig(
@@ -162,7 +189,8 @@ class Registry:
         kwargs = {"timeout_s": timeout_s} if timeout_s else {}
         self.transport = Transport(
             max_streams=self.config.max_streams, session_factory=session_factory, backoff=backoff, sleep=sleep,
-            stall_s=self.config.stall_timeout_s, ca_cert=str(ca_cert) if ca_cert else _env.ca_cert(), **kwargs,
+            stall_s=self.config.stall_timeout_s, ca_cert=str(ca_cert) if ca_cert else _env.ca_cert(),
+            limiter=RateLimiter(limit_rate) if limit_rate else None, **kwargs,
         )
 
     @property
@@ -171,13 +199,20 @@ class Registry:
 
     def auth_for(self, ref: Ref) -> RegistryAuth:
         """Return the auth hook of ref's registry host (made, with its credentials looked up, on first use)."""
-        key = (ref.name.host.lower(), ref.verify_tls)
+        return self._auth(ref.name.host, ref.verify_tls)
+
+    def _auth(self, host: str, verify_tls: bool) -> RegistryAuth:
+        key = (host.lower(), verify_tls)
         with self._auths_lock:
             auth = self._auths.get(key)
             if auth is None:
-                creds = find_credentials(ref.name.host, self.credentials)
-                auth = self._auths[key] = RegistryAuth(ref.name.host, creds, get=functools.partial(self.transport.get_plain, verify_tls=ref.verify_tls))
+                creds = find_credentials(host, self.credentials)
+                auth = self._auths[key] = RegistryAuth(host, creds, get=functools.partial(self.transport.get_plain, verify_tls=verify_tls))
             return auth
+
+    def mirrors_for(self, ref: Ref) -> list[Mirror]:
+        """Return the mirrors of ref's origin host, each with its own auth hook (never the origin's credentials)."""
+        return [Mirror(m.root, m.verify_tls, self._auth(m.host, m.verify_tls)) for m in mirrors_for(ref.name.host, self.mirrors)]
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -333,14 +368,16 @@ class Registry:
 
     # -- pull ----------------------------------------------------------------
 
-    def pull(self, name: str, *, progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> Manifest:
+    def pull(self, name: str, *, progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
+             report: PullReport | None = None) -> Manifest:
         """Pull the named model into the cache and return its manifest.
 
         ``progress`` gets a ``start`` or ``cached`` event for every blob before
         any byte moves, then ``bytes`` deltas, ``verifying``, ``done`` (or
         ``error``); it is called from worker threads, must be thread-safe
         and must not block.  Setting ``cancel`` stops the pull soon after;
-        work files are kept so the next pull resumes.
+        work files are kept so the next pull resumes.  ``report``, when
+        given, is filled with what each source (origin, mirrors) delivered.
 
         Raises:
             InvalidNameError, ModelNotFoundError, InvalidManifestError,
@@ -350,34 +387,91 @@ class Registry:
         """
         ref = self.parse(name)
         self.cache.check_name(ref.name)  # a name the disk cannot store fails now, not after the download
-        report = progress or (lambda ev: None)
         cancel = cancel or threading.Event()
         m = self._resolve(ref, name, cancel)
+        results = self._pull_models([(name, ref, m)], progress or (lambda ev: None), cancel, report, raise_first=True)
+        return results[name]  # type: ignore[return-value]
+
+    def pull_many(self, names: list[str], *, progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
+                  report: PullReport | None = None) -> dict[str, Manifest | BaseException]:
+        """Pull several models under one stream budget and one memory budget; return each name's manifest or error.
+
+        A blob several models share is fetched once.  One model failing
+        (not found, a bad blob) does not stop the others; only cancelling
+        (``PullCancelledError``) ends them all.
+        """
+        cancel = cancel or threading.Event()
+        results: dict[str, Manifest | BaseException] = {}
+        resolved = []
+        for name in names:
+            if cancel.is_set():
+                raise PullCancelledError()
+            try:
+                ref = self.parse(name)
+                self.cache.check_name(ref.name)
+                resolved.append((name, ref, self._resolve(ref, name, cancel)))
+            except PullCancelledError:
+                raise
+            except ChunkpullError as err:
+                results[name] = err
+        results.update(self._pull_models(resolved, progress or (lambda ev: None), cancel, report, raise_first=False))
+        return {name: results[name] for name in names if name in results}
+
+    def _pull_models(self, models: list[tuple[str, Ref, Manifest]], report: ProgressCallback, cancel: threading.Event,
+                     summary: PullReport | None, *, raise_first: bool) -> dict[str, Manifest | BaseException]:
+        """Fetch every blob the models need in one Puller run, then write the manifests of the models that are complete."""
+        mirrors: list[Mirror] = []
+        jobs: dict[str, BlobJob] = {}
         try:
-            self._pull_blobs(ref, m, report, cancel)
+            with self.cache.prune_lock(exclusive=False):
+                for _name, ref, m in models:
+                    origin = Source(ref.base_url, ref.verify_tls, self.auth_for(ref))
+                    own = []
+                    for mirror in self.mirrors_for(ref):
+                        if mirror not in mirrors:
+                            mirrors.append(mirror)
+                        own.append(mirrors.index(mirror) + 1)
+                    for b in m.blobs():
+                        if str(b.digest) in jobs:
+                            continue  # shared with a model before it: fetched once
+                        info = self.cache.get(b.digest)
+                        # A blob of the wrong size (truncated by some other tool) is
+                        # fetched again; the commit then replaces it.
+                        if info is not None and info.size == b.size:
+                            report(Progress(str(b.digest), b.size, CACHED, b.size))
+                            continue
+                        report(Progress(str(b.digest), b.size, START))
+                        jobs[str(b.digest)] = BlobJob(b, origin, tuple(own))
+                sources = Sources(models[0][1].name.host if len({r.name.host for _n, r, _m in models}) == 1 else "origin", mirrors)
+                puller = Puller(self.config, self.transport, self.cache, list(jobs.values()), report, cancel, sources) if jobs else None
+                try:
+                    if puller is not None:
+                        puller.run()
+                    failed: dict[str, BaseException] = {}
+                except (PullCancelledError, KeyboardInterrupt):
+                    raise
+                except BaseException as err:
+                    if raise_first:
+                        raise
+                    failed = {b.key: b.error for b in puller.blobs if b.error is not None} or {"": err}
+                finally:
+                    if summary is not None:
+                        summary.sources = sources.snapshot()
+                results: dict[str, Manifest | BaseException] = {}
+                for name, ref, m in models:
+                    err = next((failed[str(b.digest)] for b in m.blobs() if str(b.digest) in failed), failed.get(""))
+                    if err is not None:
+                        results[name] = err
+                        continue
+                    self.cache.put(m.digest, m.data)
+                    self.cache.link(ref.name, m.digest)
+                    results[name] = m
+                return results
         finally:
             # Models removed while this pull ran: their blobs go now, unless
             # another pull is still running (then the last one to end does it).
             with contextlib.suppress(OSError):
                 self.cache.prune_deferred()
-        return m
-
-    def _pull_blobs(self, ref: Ref, m: Manifest, report: ProgressCallback, cancel: threading.Event) -> None:
-        with self.cache.prune_lock(exclusive=False):
-            todo = []
-            for b in m.blobs():
-                info = self.cache.get(b.digest)
-                # A blob of the wrong size (truncated by some other tool) is
-                # fetched again; the commit then replaces it.
-                if info is not None and info.size == b.size:
-                    report(Progress(str(b.digest), b.size, CACHED, b.size))
-                else:
-                    report(Progress(str(b.digest), b.size, START))
-                    todo.append(b)
-            if todo:
-                Puller(self.config, self.transport, self.cache, Source(ref.base_url, ref.verify_tls, self.auth_for(ref)), todo, report, cancel).run()
-            self.cache.put(m.digest, m.data)
-            self.cache.link(ref.name, m.digest)
 
     # -- push ----------------------------------------------------------------
 

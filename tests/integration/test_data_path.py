@@ -24,7 +24,7 @@ from conftest import child_env
 
 from chunkpull import _hashio
 from chunkpull.core.digest import Digest
-from chunkpull.engine import PullConfig, Puller, Source
+from chunkpull.engine import BlobJob, PullConfig, Puller, Source
 from chunkpull.errors import RegistryError
 from chunkpull.testing import build_model
 
@@ -38,7 +38,7 @@ def pull_with_engine(reg, name: str, **config) -> Puller:
     ref = reg.parse(name)
     manifest = reg.resolve(name)
     settings = {"max_streams": 4, "chunking_threshold": 1 << 20, "stall_timeout_s": 30.0, **config}
-    puller = Puller(PullConfig(**settings), reg.transport, reg.cache, Source(ref.base_url, ref.verify_tls), manifest.blobs(), lambda ev: None, _never())
+    puller = Puller(PullConfig(**settings), reg.transport, reg.cache, [BlobJob(b, Source(ref.base_url, ref.verify_tls)) for b in manifest.blobs()], lambda ev: None, _never())
     puller.run()
     return puller
 
@@ -210,7 +210,7 @@ def test_source_credentials_go_with_every_engine_request(upstream, make_registry
     manifest = reg.resolve(up.ref())
     auth = CountingAuth()
     config = PullConfig(max_streams=4, chunking_threshold=1 << 20)
-    Puller(config, reg.transport, reg.cache, Source(ref.base_url, ref.verify_tls, auth), manifest.blobs(), lambda ev: None, _never()).run()
+    Puller(config, reg.transport, reg.cache, [BlobJob(b, Source(ref.base_url, ref.verify_tls, auth)) for b in manifest.blobs()], lambda ev: None, _never()).run()
     assert_blobs_match(reg, up)
     blob_gets = [p for m, p, _s in up.stats.log if m == "GET" and "/blobs/" in p]
     chunksums = [p for m, p, _s in up.stats.log if m == "GET" and "/chunksums/" in p]

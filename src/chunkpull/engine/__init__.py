@@ -1,10 +1,12 @@
-"""One pull's data path: transport, stream monitor, piece pool, in-order assembler, puller.
+"""One pull's data path: transport, stream monitor, piece pool, in-order assembler, sources, puller.
 
-The engine is told what to do by a ``PullConfig`` and a ``Source`` and never
-imports the registry façade above it.
+The engine is told what to do by a ``PullConfig``, ``BlobJob``s (layer,
+origin ``Source``, mirrors) and ``Sources``; it never imports the registry
+façade above it.
 """
 
-from .config import PullConfig, Source
+from .config import BlobJob, PullConfig, Source
 from .puller import Puller
+from .sources import Mirror, Sources, SourceStats
 
-__all__ = ["PullConfig", "Puller", "Source"]
+__all__ = ["BlobJob", "Mirror", "PullConfig", "Puller", "Source", "SourceStats", "Sources"]

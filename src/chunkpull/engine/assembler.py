@@ -18,7 +18,7 @@ import contextlib
 import errno
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from blake3 import blake3 as _Blake3
@@ -361,15 +361,17 @@ class BlobAssembler:
             return ("file", self._pos, upto - self._pos)
         return None
 
-    def finish(self) -> list[int]:
+    def finish(self, suspects: Iterable[int] = ()) -> list[int]:
         """Finish the whole-blob hash; return [] when it matches, else the bad chunk indexes.
 
         Holds the hashing turn from the last byte to the verdict, so no other
-        thread can hash (or rewind) in between.
+        thread can hash (or rewind) in between.  ``suspects`` are chunks
+        without digests whose source is not trusted (a mirror's): when no
+        chunk digest fails, they are the ones returned as bad.
 
         Raises:
-            IntegrityError: the blob does not match its digest and the chunk
-                digests cannot say where (no chunk digests, or all chunks match).
+            IntegrityError: the blob does not match its digest and neither the
+                chunk digests nor the suspects can say where.
         """
         with self._turn():
             with self._cond:
@@ -386,6 +388,7 @@ class BlobAssembler:
                     self.read_back_bytes += s.chunk.size
                     if hash_file_range(s.digest.algorithm, self.fd, s.chunk.start, s.chunk.size, self._read_buf()) != s.digest.raw:
                         bad.append(i)
+            bad = bad or sorted(suspects)
             if not bad:
                 raise IntegrityError(
                     f"blob {self.digest} failed verification: its bytes hash to sha256:{got.hex()}; "

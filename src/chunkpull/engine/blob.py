@@ -21,10 +21,12 @@ from .. import _hashio
 from ..core.chunks import Chunk, ChunkSum
 from ..core.digest import sha256_digest
 from ..core.manifest import Layer
+from ..errors import IncompletePullError, PullCancelledError
 from ..store.ingest import Ingest
 from .assembler import BlobAssembler
+from .config import Source
 
-__all__ = ["BlobPull", "chunks_id"]
+__all__ = ["BlobPull", "chunks_id", "raise_failures"]
 
 
 def chunks_id(sums: list[ChunkSum]) -> str:
@@ -45,10 +47,17 @@ class BlobPull:
     # costs at most this much re-fetching, and the writes stay negligible.
     RECORD_EVERY_S = 0.5
 
-    def __init__(self, layer: Layer, url: str, sums: list[ChunkSum], *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, layer: Layer, source: Source, sums: list[ChunkSum], *, clock: Callable[[], float] = time.monotonic) -> None:
         self.layer = layer
         self.key = str(layer.digest)
-        self.set_chunks(url, sums)
+        self.source = source  # the origin: manifest, chunk list and digests come from it
+        self.set_chunks(source.blob_url(layer.digest), sums)
+        # Chunks a mirror sent without a chunk digest to check them by: the
+        # whole-blob digest vouches for them, or they are fetched again from
+        # the origin (then origin_only).
+        self.unchecked: set[int] = set()
+        self.origin_only = False
+        self.mirrors: tuple[int, ...] = ()  # the pull's mirrors that may serve this blob (see engine.sources)
         # Where ``url`` redirected (a CDN's signed URL), learnt from the first
         # range and dropped when it refuses; None when it does not redirect.
         self.target: str | None = None
@@ -73,9 +82,13 @@ class BlobPull:
         self._saved_at = float("-inf")  # the first record is written as soon as a chunk is done
 
     @classmethod
-    def one_stream(cls, layer: Layer, url: str) -> BlobPull:
-        """Return the state of a blob fetched in one GET, as one chunk without a digest."""
-        return cls(layer, url, [ChunkSum(Chunk(0, layer.size - 1), None)] if layer.size else [])
+    def one_stream(cls, layer: Layer, source: Source) -> BlobPull:
+        """Return the state of a blob fetched in one GET from its origin, as one chunk without a digest."""
+        return cls(layer, source, [ChunkSum(Chunk(0, layer.size - 1), None)] if layer.size else [])
+
+    def from_mirror_unchecked(self, index: int) -> None:
+        with self.lock:
+            self.unchecked.add(index)
 
     def set_chunks(self, url: str, sums: list[ChunkSum]) -> None:
         """Set where the bytes come from and the chunk list (known once the chunksums answered)."""
@@ -209,3 +222,17 @@ class BlobPull:
             self._saved_at = now
             hashed, hash_state = self.assembler.hashed_prefix()
             self.ingest.save_record(self.chunks_id, self.assembler.done_chunks(), hashed, hash_state, _hashio.SHA256_STATE_FORMAT)
+
+
+def raise_failures(blobs: list[BlobPull], total: int, *, cancelled: bool) -> None:
+    """Raise what a pull's blobs ended with: the one failure, IncompletePullError for several, or PullCancelledError."""
+    errors = {b.key: b.error for b in blobs if b.error is not None}
+    if cancelled and not errors:
+        raise PullCancelledError()
+    real = [e for e in errors.values() if not isinstance(e, PullCancelledError)]
+    if errors and not real:
+        raise next(iter(errors.values()))
+    if len(real) == 1:
+        raise real[0]
+    if real:
+        raise IncompletePullError(f"{len(real)} of {total} blobs failed; first: {real[0]}", errors=errors) from real[0]

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 import requests.auth
 
+from ..core.manifest import Layer
 from .monitor import MIN_RATE_BPS
 
 __all__ = [
+    "BlobJob",
     "DEFAULT_BUFFER_SIZE",
     "DEFAULT_CHUNKING_THRESHOLD",
     "DEFAULT_MEMORY_BUDGET",
@@ -119,3 +121,12 @@ class Source:
 
     def chunksums_url(self, digest: object) -> str:
         return f"{self.base_url}/chunksums/{digest}"
+
+
+@dataclass(frozen=True)
+class BlobJob:
+    """One blob to pull: its layer, its origin, and which of the pull's mirrors may serve it (indexes into ``Sources.mirrors``)."""
+
+    layer: Layer
+    source: Source
+    mirrors: tuple[int, ...] = ()

@@ -1,8 +1,9 @@
 """The pull engine: one pull's worker pool, its blobs, chunks and commits.
 
-``Registry.pull`` resolves the manifest and hands the blobs that are not
-cached to a ``Puller`` with a ``PullConfig`` and a ``Source``; it runs them
-on ``max_streams`` worker threads:
+``Registry.pull`` resolves the manifests and hands the blobs that are not
+cached to a ``Puller`` as ``BlobJob``s (layer, origin, mirrors) with a
+``PullConfig`` and the pull's ``Sources``; it runs them on ``max_streams``
+worker threads:
 
 - a blob below the chunking threshold comes in one streamed GET, hashed as
   it is written;
@@ -12,6 +13,9 @@ on ``max_streams`` worker threads:
   is written at its final offset in the blob's work file (``O_DIRECT`` when
   the file system allows it) and handed to the blob's in-order SHA-256
   (``BlobAssembler``), which releases it once hashed;
+- a chunk comes from the origin or a mirror (``engine.sources``); mirror
+  bytes are checked against the origin's digests, and a mirror that fails
+  is demoted and the chunk fetched elsewhere;
 - the blob is committed only when it hashes to its digest.
 
 All three ways of moving bytes (a small blob, a chunk, a whole blob from a
@@ -30,28 +34,30 @@ registry façade.
 
 from __future__ import annotations
 
-import errno
 import math
-import shutil
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .._hashio import RunningSha256
-from ..core.chunks import ChunkSum, parse_chunksums, split
-from ..core.manifest import Layer
 from ..core.progress import BYTES, DONE, ERROR, RESUMED, VERIFYING, Progress, ProgressCallback
-from ..errors import ChunkpullError, IncompletePullError, InsufficientSpaceError, IntegrityError, PullCancelledError, RegistryError, TransportError
+from ..errors import ChunkpullError, IntegrityError, PullCancelledError, RegistryError, TransportError
 from ..store.cache import DiskCache
+from ..store.ingest import as_disk_full
 from .assembler import ChunkHasher, PullStats
-from .blob import BlobPull
-from .config import PullConfig, Source
+from .blob import BlobPull, raise_failures
+from .chunklist import fetch_chunk_list
+from .config import BlobJob, PullConfig, Source
+from .hashing import HashThread
 from .monitor import StreamMonitor
 from .pieces import ALIGN, PiecePool, PoolPieces, ReusedBuffer, aligned_buffer
-from .transport import RangeIgnoredError, ShortReadError, Transport, join_url
+from .sources import Sources, why_demoted
+from .transport import RangeIgnoredError, ShortReadError, Transport
 
 __all__ = ["MAX_INTEGRITY_ATTEMPTS", "MAX_REPAIRS", "PullStats", "Puller"]
+
 
 # A chunk whose bytes keep failing their digest is fetched at most this often,
 # and a blob whose chunks fail after it completed is repaired at most this often.
@@ -69,16 +75,17 @@ class Puller:
         config: PullConfig,
         transport: Transport,
         cache: DiskCache,
-        source: Source,
-        todo: list[Layer],
+        todo: list[BlobJob],
         report: ProgressCallback,
         cancel: threading.Event,
+        sources: Sources | None = None,
     ) -> None:
         self.config = config
         self.transport = transport
         self.cache = cache
-        self.source = source
-        self.todo = todo
+        self.todo = todo  # each blob with its origin (a bulk pull mixes repositories)
+        # The origin and the mirrors, with what each delivered (shared by every blob of the pull).
+        self.sources = sources or Sources("origin", [])
         self.report = report
         self.cancel = cancel
         self.blobs: list[BlobPull] = []
@@ -90,9 +97,7 @@ class Puller:
         self.pieces: PiecePool | None = None  # made for the first chunked blob
         # One thread advances every chunked blob's in-order hash, so workers
         # never stop reading their sockets to hash other chunks' pieces.
-        self.hashing: list[BlobPull] = []
-        self.hash_wakeup = threading.Event()
-        self.hasher: threading.Thread | None = None
+        self.hasher = HashThread(self._hash_failed)
         # Blobs in flight are capped at max_streams, so open files (two
         # descriptors per work file) and reserved pieces stay bounded however
         # many layers a model has.
@@ -134,7 +139,7 @@ class Puller:
             self.pool.shutdown(wait=True, cancel_futures=True)
             watching.set()
             watcher.join()
-            self._stop_hasher()
+            self.hasher.stop()
             for blob in list(self.open_chunked):  # blobs whose queued chunks were cancelled
                 self._end_blob(blob, keep=True)
             if self.pieces is not None:
@@ -143,31 +148,24 @@ class Puller:
         # One directory fsync for every blob committed, before the manifest
         # (written by the caller) can name them.
         self.cache.sync_blobs_dir()
-        errors = {b.key: b.error for b in self.blobs if b.error is not None}
-        if self.cancel.is_set() and not errors:
-            raise PullCancelledError()
-        real = [e for e in errors.values() if not isinstance(e, PullCancelledError)]
-        if errors and not real:
-            raise next(iter(errors.values()))
-        if len(real) == 1:
-            raise real[0]
-        if real:
-            raise IncompletePullError(f"{len(real)} of {len(self.todo)} blobs failed; first: {real[0]}", errors=errors) from real[0]
+        raise_failures(self.blobs, len(self.todo), cancelled=self.cancel.is_set())
 
     def _watch(self, stop: threading.Event) -> None:
         """The monitor thread: check the streams a few times a second until the pull has stopped."""
         while not stop.wait(self.config.monitor_interval_s):
             self.monitor.check()
 
-    def _start(self, layer: Layer) -> None:
+    def _start(self, job: BlobJob) -> None:
         """Count a blob in flight and queue its first unit of work; called with the lock held."""
+        layer, source = job.layer, job.source
         self.blobs_in_flight += 1
         if layer.size < self.config.chunking_threshold or layer.size == 0:
-            blob = BlobPull.one_stream(layer, self.source.blob_url(layer.digest))
+            blob = BlobPull.one_stream(layer, source)
             work = self._fetch_one_stream
         else:
-            blob = BlobPull(layer, self.source.blob_url(layer.digest), [])
+            blob = BlobPull(layer, source, [])
             work = self._open_chunked
+        blob.mirrors = job.mirrors
         self.blobs.append(blob)
         self._submit(blob, work, blob)
 
@@ -197,10 +195,7 @@ class Puller:
             self.cond.notify_all()
 
     def _fail(self, blob: BlobPull, err: BaseException) -> None:
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC and not isinstance(err, InsufficientSpaceError):
-            # A file system without fallocate ran out mid-write.
-            free = shutil.disk_usage(self.cache.root).free
-            err = InsufficientSpaceError(errno.ENOSPC, f"disk full in {self.cache.root} while writing {blob.layer.digest.short()} ({free} bytes free)")
+        err = as_disk_full(err, self.cache.root, blob.layer.digest.short())
         with self.cond:
             first = blob.error is None
             if first:
@@ -237,6 +232,8 @@ class Puller:
         resume: bool = True,
         restart: Callable[[], None] | None = None,
         on_answer: Callable[[str], None] | None = None,
+        source: Source | None = None,
+        attempts: int | None = None,
     ) -> str:
         """Stream bytes start..end (inclusive) of url into sink(offset, view), retrying until done; return the URL that answered.
 
@@ -254,6 +251,7 @@ class Puller:
         pos = start
         credited = start  # how far the retry budget counts this transfer as having got
         answered = url
+        source = source or blob.source
 
         def deliver(offset: int, view: memoryview) -> None:
             nonlocal pos
@@ -272,7 +270,7 @@ class Puller:
             before = pos
             try:
                 answered = self.transport.read_range(
-                    url, pos, end, buffers, deliver, verify_tls=self.source.verify_tls, auth=self.source.auth, stream=stream, on_answer=on_answer
+                    url, pos, end, buffers, deliver, verify_tls=source.verify_tls, auth=source.auth, stream=stream, on_answer=on_answer
                 )
             except RangeIgnoredError:
                 if restart is None:
@@ -292,7 +290,7 @@ class Puller:
         stream = self.monitor.stream(label, self.cancel)
         try:
             # Progress renews the retry budget only where a retry keeps it.
-            self.transport.retry(attempt, url, cancel=self.cancel, position=(lambda: credited) if resume else None)
+            self.transport.retry(attempt, url, cancel=self.cancel, position=(lambda: credited) if resume else None, attempts=attempts)
         finally:
             self.monitor.done(stream)
         return answered
@@ -354,7 +352,7 @@ class Puller:
 
     def _open_chunked_work(self, blob: BlobPull) -> bool:
         layer = blob.layer
-        blob.set_chunks(*self._chunksums(layer))
+        blob.set_chunks(*fetch_chunk_list(self.transport, blob.source, layer, self.config.split_chunk_size, self.cancel))
         ingest = self.cache.ingest(layer.digest, layer.size, cancel=self.cancel, direct=self.config.io != "buffered")
         if ingest is None:  # another process committed it while we waited
             self.report(Progress(blob.key, layer.size, DONE))
@@ -363,7 +361,7 @@ class Puller:
             ingest.close()
             raise ChunkpullError(f"io=direct, but {self.cache.root} does not support O_DIRECT; use io=auto or buffered")
         try:
-            blob.open_chunks(ingest, wake=self.hash_wakeup.set)
+            blob.open_chunks(ingest, wake=self.hasher.wakeup.set)
         except BaseException:
             ingest.close()
             raise
@@ -375,27 +373,6 @@ class Puller:
         for i in blob.todo:
             self._submit(blob, self._run_chunk, blob, i)
         return True
-
-    def _chunksums(self, layer: Layer) -> tuple[str, list[ChunkSum]]:
-        """Return (URL of the bytes, chunk list) for a blob: the registry's, or our own split."""
-        blob_url = self.source.blob_url(layer.digest)
-        resp = self.transport.get(
-            self.source.chunksums_url(layer.digest), verify_tls=self.source.verify_tls, auth=self.source.auth, ok=(200, 404), cancel=self.cancel
-        )
-        if resp.status == 404:
-            # No chunksums endpoint: split the blob ourselves; only the
-            # whole-blob digest can verify it.
-            return blob_url, [ChunkSum(c, None) for c in split(layer.size, self.config.split_chunk_size)]
-        location = resp.headers.get("Content-Location", "").strip()
-        if not location:
-            location = blob_url
-        elif location.startswith("/"):
-            location = join_url(self.source.base_url, location)
-        elif not location.startswith(("http://", "https://")):
-            raise ChunkpullError(f"registry sent an unusable Content-Location {location[:200]!r} for {layer.digest}: want an http(s) URL")
-        # The bytes may come from another host (a CDN); requests drops the
-        # source's credentials on a request or redirect to another host.
-        return location, parse_chunksums(resp.body, layer.size)
 
     def _run_chunk(self, blob: BlobPull, i: int) -> None:
         """Fetch chunk i; whoever finishes a blob's last chunk verifies and commits it."""
@@ -425,17 +402,26 @@ class Puller:
                 self._fail(blob, err)
 
     def _fetch_chunk(self, blob: BlobPull, i: int) -> None:
-        """Stream chunk i through pool pieces into the assembler, checking its digest in chunks mode."""
+        """Stream chunk i through pool pieces into the assembler from the origin or a mirror, checking digests as needed.
+
+        Bytes from a mirror are always checked against the origin's chunk
+        digest (or, without one, marked for the whole-blob check); a mirror
+        that fails in any way is demoted and the chunk fetched again elsewhere.
+        """
         s = blob.sums[i]
         chunk = s.chunk
-        check = self.config.verify == "chunks" and s.digest is not None
         # Pieces go out with O_DIRECT only if every one starts on a page.
         aligned = chunk.start % ALIGN == 0
         pieces = PoolPieces(self.pieces, lambda: blob.assembler.is_next(i), self.cancel)
-        for _ in range(MAX_INTEGRITY_ATTEMPTS):
+        failures = 0
+        while True:
+            src = self.sources.choose(() if blob.origin_only else blob.mirrors)
+            check = s.digest is not None and (src or self.config.verify == "chunks")
             hasher = ChunkHasher(s.digest.algorithm) if check else None
+            got = 0
 
             def sink(offset: int, view: memoryview) -> None:
+                nonlocal got
                 piece = pieces.take()
                 try:
                     self._check(blob)
@@ -444,42 +430,75 @@ class Puller:
                     raise
                 if hasher is not None:
                     hasher.update(view)  # before deliver: the hash may release the piece
+                got += len(view)
                 blob.assembler.deliver(i, offset, view, piece.release, aligned=aligned)
 
-            refusals = 0
-            while True:
-                # One range finds out whether the registry redirects (a CDN);
-                # the blob's other ranges wait for its answer, then go there.
-                probing = blob.claim_route()
-                if not probing:
-                    blob.wait_route(self.cancel)
-                url = blob.chunk_url(i)
-                try:
-                    self._stream(blob, url, chunk.start, chunk.end, pieces, sink, label=(blob.key, i),
-                                 on_answer=(lambda where, asked=url: blob.learn_route(asked, where)) if probing else None)
-                    break
-                except RegistryError as err:
-                    # A redirect target (a CDN's signed URL) refused: it expired
-                    # or was revoked, so ask the registry again, a few times.
-                    if err.status not in (401, 403, 410) or (url != blob.target and err.url == url):
-                        raise
-                    refusals += 1
-                    if refusals >= MAX_RESOLVES:
-                        raise TransportError(f"request error {blob.url}: the redirect target keeps refusing chunk {i} ({refusals} times)") from err
-                    blob.forget_target(url)
-                except TransportError as err:
-                    # Say which bytes of which blob could not be had; the cause names the registry.
-                    raise TransportError(f"chunk {i} (bytes {chunk}) of blob {blob.key}: {err}") from err
-                finally:
-                    if probing:
-                        blob.route_probe_ended()
+            started = time.monotonic()
+            try:
+                if src:
+                    mirror = self.sources.source_for(src, blob.source)
+                    # One attempt: a mirror that fails is dropped, not retried.
+                    self._stream(blob, mirror.blob_url(blob.layer.digest), chunk.start, chunk.end, pieces, sink,
+                                 label=(blob.key, i), source=mirror, attempts=1)
+                else:
+                    self._fetch_from_origin(blob, i, pieces, sink)
+            except (RegistryError, TransportError, RangeIgnoredError, ShortReadError) as err:
+                self.sources.finished(src, started=started, nbytes=0, ok=False)
+                if not src:
+                    raise
+                self.sources.demote(src, why_demoted(err))
+                blob.assembler.reset_chunk(i)
+                continue
+            except BaseException:
+                self.sources.finished(src, started=started, nbytes=0, ok=False)
+                raise
             if hasher is None or hasher.digest() == s.digest.raw:
+                self.sources.finished(src, started=started, nbytes=got, ok=True)
+                if src and s.digest is None:
+                    blob.from_mirror_unchecked(i)
                 return
+            self.sources.finished(src, started=started, nbytes=0, ok=False)
             blob.assembler.reset_chunk(i)  # unhash the bad bytes before fetching again
-        raise IntegrityError(
-            f"chunk {chunk} of blob {blob.layer.digest} failed its digest {s.digest} {MAX_INTEGRITY_ATTEMPTS} times",
-            digest=blob.key, expected=str(s.digest),
-        )
+            if src:
+                self.sources.demote(src, "sent bytes that fail the origin's chunk digest", refused=True)
+                continue
+            failures += 1
+            if failures >= MAX_INTEGRITY_ATTEMPTS:
+                raise IntegrityError(
+                    f"chunk {chunk} of blob {blob.layer.digest} failed its digest {s.digest} {MAX_INTEGRITY_ATTEMPTS} times",
+                    digest=blob.key, expected=str(s.digest),
+                )
+
+    def _fetch_from_origin(self, blob: BlobPull, i: int, pieces: PoolPieces, sink: Callable[[int, memoryview], None]) -> None:
+        """Stream chunk i from the origin, or from where it redirects (a CDN), asking again when the target refuses."""
+        chunk = blob.sums[i].chunk
+        refusals = 0
+        while True:
+            # One range finds out whether the registry redirects (a CDN);
+            # the blob's other ranges wait for its answer, then go there.
+            probing = blob.claim_route()
+            if not probing:
+                blob.wait_route(self.cancel)
+            url = blob.chunk_url(i)
+            try:
+                self._stream(blob, url, chunk.start, chunk.end, pieces, sink, label=(blob.key, i),
+                             on_answer=(lambda where, asked=url: blob.learn_route(asked, where)) if probing else None)
+                return
+            except RegistryError as err:
+                # A redirect target (a CDN's signed URL) refused: it expired
+                # or was revoked, so ask the registry again, a few times.
+                if err.status not in (401, 403, 410) or (url != blob.target and err.url == url):
+                    raise
+                refusals += 1
+                if refusals >= MAX_RESOLVES:
+                    raise TransportError(f"request error {blob.url}: the redirect target keeps refusing chunk {i} ({refusals} times)") from err
+                blob.forget_target(url)
+            except TransportError as err:
+                # Say which bytes of which blob could not be had; the cause names the registry.
+                raise TransportError(f"chunk {i} (bytes {chunk}) of blob {blob.key}: {err}") from err
+            finally:
+                if probing:
+                    blob.route_probe_ended()
 
     def _fetch_whole_chunked(self, blob: BlobPull) -> None:
         """Fetch a chunked blob in one stream (for registries that ignore Range)."""
@@ -503,39 +522,14 @@ class Puller:
                 want = streams * (math.ceil(chunk / piece) + 1)
                 budget = max(streams + 2, self.config.memory_budget // piece)
                 self.pieces = PiecePool(max(4, min(want, budget)), piece)
-            self.hashing.append(blob)
             self.open_chunked.add(blob)
             self.pieces.set_reserve(len(self.open_chunked))
-            if self.hasher is None:
-                self.hasher = threading.Thread(target=self._hash_loop, name="chunkpull-hash", daemon=True)
-                self.hasher.start()
+        self.hasher.add(blob)
         blob.assembler.on_advance = self.pieces.wake
 
-    def _hash_loop(self) -> None:
-        """The hasher thread: drain every active blob's in-order hash as pieces arrive."""
-        while True:
-            self.hash_wakeup.wait(0.05)
-            self.hash_wakeup.clear()
-            with self.cond:
-                blobs = list(self.hashing)
-                if self.hasher is None:
-                    return
-            for blob in blobs:
-                try:
-                    blob.assembler.drain()
-                except BaseException as err:  # noqa: BLE001 - fails that blob only
-                    self._fail(blob, err)
-                    with self.cond:
-                        if blob in self.hashing:
-                            self.hashing.remove(blob)
-                    blob.assembler.release_all()
-
-    def _stop_hasher(self) -> None:
-        with self.cond:
-            t, self.hasher = self.hasher, None
-        if t is not None:
-            self.hash_wakeup.set()
-            t.join()
+    def _hash_failed(self, blob: BlobPull, err: BaseException) -> None:
+        self._fail(blob, err)
+        blob.assembler.release_all()
 
     def _end_blob(self, blob: BlobPull, *, keep: bool = False) -> None:
         """Retire a chunked blob once: stop its hash, free its pieces, count it out.
@@ -548,10 +542,9 @@ class Puller:
         # close() waits for the hashing turn: nobody reads the work file
         # through the assembler once it returns, so the fd may be closed.
         blob.assembler.close()
+        self.hasher.remove(blob)
         with self.cond:
             self.stats.add(blob.assembler)
-            if blob in self.hashing:
-                self.hashing.remove(blob)
             self.open_chunked.discard(blob)
             if self.pieces is not None:
                 self.pieces.set_reserve(max(1, len(self.open_chunked)))
@@ -567,7 +560,7 @@ class Puller:
         layer = blob.layer
         self.report(Progress(blob.key, layer.size, VERIFYING))
         try:
-            bad = blob.assembler.finish()
+            bad = blob.assembler.finish(suspects=blob.unchecked if not blob.origin_only else ())
         except IntegrityError:
             # The chunk digests agree with the bytes but not with the layer
             # digest: nothing in the work file can be trusted any more.
@@ -577,6 +570,12 @@ class Puller:
         except BaseException:
             self._end_blob(blob, keep=True)
             raise
+        if bad and blob.unchecked and not blob.origin_only:
+            # Mirror bytes nothing could check per chunk failed the blob's
+            # digest: fetch them again from the origin, the trust anchor.
+            for src in blob.mirrors:
+                self.sources.demote(src, "sent bytes that fail the origin's blob digest", refused=True)
+            blob.origin_only = True
         if bad and blob.repairs == MAX_REPAIRS:
             # The other chunks verified: keep them (the record no longer
             # marks the bad ones done), so a later pull fetches only these.

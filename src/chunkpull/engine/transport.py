@@ -36,7 +36,9 @@ import urllib3
 
 from ..errors import PullCancelledError, RegistryError, TransportError
 from .monitor import Stream, StreamMonitor
-from .proxy import proxy_for, redact_userinfo
+from .diagnose import describe
+from .proxy import proxy_for
+from .ratelimit import RateLimiter
 
 __all__ = ["Transport", "Backoff", "Response", "RangeIgnoredError", "ShortReadError", "join_url", "parse_error", "new_session"]
 
@@ -170,8 +172,10 @@ class Transport:
         rng: Callable[[], float] = random.random,
         stall_s: float = 5.0,
         ca_cert: str | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.max_streams = max_streams
+        self.limiter = limiter  # the process-wide bandwidth cap, shared by every stream
         self._factory = session_factory or new_session
         self.ca_cert = ca_cert
         self.backoff = backoff or Backoff()
@@ -324,8 +328,9 @@ class Transport:
         *,
         cancel: threading.Event | None = None,
         position: Callable[[], int] | None = None,
+        attempts: int | None = None,
     ):
-        """Call attempt() until it succeeds or a non-retryable error; bounded by ``backoff``.
+        """Call attempt() until it succeeds or a non-retryable error; bounded by ``backoff`` (or ``attempts``).
 
         ``position()``, when given, says how far the work has got (bytes):
         a failed attempt that moved it forward does not use up an attempt
@@ -341,8 +346,9 @@ class Transport:
         last: BaseException | None = None
         n = 0  # failures without progress
         where = position() if position else 0
-        for total in range(self.backoff.attempts * MAX_ATTEMPTS_FACTOR):
-            if n >= self.backoff.attempts:
+        limit = attempts or self.backoff.attempts
+        for total in range(limit * MAX_ATTEMPTS_FACTOR):
+            if n >= limit:
                 break
             if total:
                 self._pause(self.backoff.delay_s(n, self.rng), last, cancel)
@@ -368,7 +374,7 @@ class Transport:
             n += 1
         if isinstance(last, RegistryError):
             raise last
-        raise TransportError(f"request error {url}: {describe(last, proxy=proxy_for(url))} (after {self.backoff.attempts} attempts)") from last
+        raise TransportError(f"request error {url}: {describe(last, proxy=proxy_for(url))} (after {limit} attempts)") from last
 
     def _pause(self, delay: float, last: BaseException | None, cancel: threading.Event | None) -> None:
         hint = getattr(last, "retry_after_s", None)
@@ -468,6 +474,16 @@ class Transport:
             else:
                 r.close()
 
+    def _throttle(self, n: int, stream: Stream | None) -> None:
+        """Wait for the bandwidth cap; the wait is ours, not the network's, so the monitor does not count it."""
+        if stream is not None:
+            stream.pause()
+        try:
+            self.limiter.take(n, stream.cancel if stream is not None else None)
+        finally:
+            if stream is not None:
+                stream.resume()
+
     def _fill(self, fp, piece: memoryview, room: int, stream: Stream | None, url: str, got: int, want: int) -> tuple[int, ShortReadError | None]:
         """Read up to room bytes into piece, in slices so the monitor sees bytes move."""
         filled = 0
@@ -483,6 +499,8 @@ class Transport:
                 filled += n
                 if stream is not None:
                     stream.advance(n)
+                if self.limiter is not None:
+                    self._throttle(n, stream)
         except (socket.timeout, TimeoutError) as err:
             short = ShortReadError(f"{url}: no bytes for {self.timeout_s[1]:g} s after {got + filled} of {want}", got + filled)
             short.__cause__ = err
@@ -501,57 +519,6 @@ def _aborted(stream: Stream, url: str, got: int, want: int | None = None) -> Sho
     """Return the error a read ends with when the monitor cut its connection (it says why)."""
     of = f" of {want}" if want is not None else ""
     return ShortReadError(f"{url}: cut, {stream.aborted}, after {got}{of} bytes", got)
-
-
-def describe(err: BaseException, *, proxy: str | None = None) -> str:
-    """Say what went wrong on the network in a few words (requests' own text is a nest of reprs).
-
-    ``proxy`` is the proxy the request went through, named (without its
-    credentials) when the failure is the proxy's.
-    """
-    if isinstance(err, requests.exceptions.ProxyError):
-        via = f"the proxy {redact_userinfo(proxy)}" if proxy else "the proxy"
-        return (f"cannot connect through {via}: {_root_reason(err)}; check HTTPS_PROXY / HTTP_PROXY, "
-                "or list this registry in NO_PROXY (host, host:port or CIDR) to connect directly")
-    if isinstance(err, requests.exceptions.SSLError):
-        reason = _root_reason(err)
-        if "certificate" in reason.lower():
-            return (f"TLS handshake failed ({reason}); if the registry's certificate comes from a private CA, "
-                    "give that CA with --ca-cert FILE (or SSL_CERT_FILE / SSL_CERT_DIR), or install it in the system's trust store")
-        return f"TLS handshake failed ({reason}); if the registry speaks plain HTTP, use an http:// name"
-    if isinstance(err, requests.ConnectTimeout):
-        return "connection timed out"
-    if isinstance(err, (requests.ReadTimeout, socket.timeout)):
-        return "no response (read timed out)"
-    if isinstance(err, requests.exceptions.TooManyRedirects):
-        return "the registry redirects in a loop (more than 30 redirects)"
-    if isinstance(err, (requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema)):
-        return f"the registry redirected to a URL that is not http(s): {err}"
-    if isinstance(err, requests.exceptions.InvalidURL):
-        return f"not a usable URL: {err}"
-    if isinstance(err, requests.ConnectionError):
-        return f"cannot connect: {_root_reason(err)}"
-    return str(err)
-
-
-def _root_reason(err: BaseException) -> str:
-    """Return the innermost OS-level reason in an exception chain (e.g. "connection refused")."""
-    seen, todo = set(), [err]
-    found = None
-    while todo:
-        e = todo.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno and e.strerror:
-            found = e
-        for nxt in (getattr(e, "reason", None), e.__cause__, e.__context__, *[a for a in getattr(e, "args", ()) if isinstance(a, BaseException)]):
-            if isinstance(nxt, BaseException):
-                todo.append(nxt)
-    if found is not None:
-        return found.strerror[0].lower() + found.strerror[1:]
-    text = str(err)
-    return text.rsplit(": ", 1)[-1].strip(" ')\"") or text
 
 
 def _check_content_range(value: str, start: int, end: int, url: str) -> int:

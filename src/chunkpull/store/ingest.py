@@ -29,7 +29,7 @@ from ..core.digest import Digest
 from ..errors import ChunkpullError, InsufficientSpaceError, IntegrityError, PullCancelledError
 from .files import rename_into_place
 
-__all__ = ["BlobStore", "Ingest", "LOCK_STALE_S"]
+__all__ = ["BlobStore", "Ingest", "LOCK_STALE_S", "as_disk_full"]
 
 # How long to wait for another process's lock on a work file it no longer writes.
 LOCK_STALE_S = 120.0
@@ -317,3 +317,11 @@ def _lock_or_wait(fd: int, cancel, poll_s: float, *, stale_s: float = LOCK_STALE
             raise PullCancelledError("pull cancelled while another process held the blob's work file")
         if cancel is None:
             time.sleep(poll_s)
+
+
+def as_disk_full(err: BaseException, root: object, what: str) -> BaseException:
+    """Return ENOSPC met mid-write (a file system without fallocate) as InsufficientSpaceError naming the place; other errors as they are."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC and not isinstance(err, InsufficientSpaceError):
+        free = shutil.disk_usage(root).free
+        return InsufficientSpaceError(errno.ENOSPC, f"disk full in {root} while writing {what} ({free} bytes free)")
+    return err
