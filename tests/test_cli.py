@@ -88,7 +88,7 @@ def test_second_pull_reports_cached(served, models, capsys):
     assert main(["pull", _name(reg), "--models", str(models)]) == 0
     out, err = capsys.readouterr()
     assert "3 blobs (3 cached)" in out, out
-    assert f"pulled {_name(reg)}: 0 B in " in out, out
+    assert f"pulled {_name(reg)}: nothing to fetch (" in out, out  # not "0 B in 0.01 s (0.00 MB/s)"
     assert sum(line.endswith(": cached") for line in _lines(err)) == 3, err
     assert reg.stats.blob_bytes_sent == blob_bytes_before  # nothing fetched again
 
@@ -99,7 +99,7 @@ def test_pull_several_names_and_options(served, models, capsys):
     rc = main(["pull", _name(reg), _name(reg, "tiny"), "--models", str(models), "--streams", "2", "--verify", "chunks", "--quiet"])
     out, err = capsys.readouterr()
     assert rc == 0, err
-    assert [line.split(":", 1)[0] for line in _lines(out)] == ["pulled http", "pulled http"]
+    assert [line.split(":", 1)[0] for line in _lines(out)] == ["pulled http", "pulled http", "2 of 2 models pulled"]
     assert f"pulled {_name(reg, 'tiny')}: " in out
     assert err == "", "--quiet must not draw progress"
 

@@ -17,13 +17,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 from .core.progress import CACHED, DONE, Aggregator
 from .core.units import format_bytes, format_duration, format_rate
-from .registry import Registry
+from .registry import PullReport, Registry
 
-__all__ = ["Figures", "ProgressBar", "is_tty", "pull_with_progress"]
+__all__ = ["Figures", "ProgressBar", "is_tty", "pull_with_progress", "run_with_progress", "source_lines"]
+
+T = TypeVar("T")
 
 
 # A terminal bar is redrawn at most this often: faster is invisible and
@@ -291,14 +293,25 @@ def pull_with_progress(registry: Registry, name: str, label: str, *, quiet: bool
             (a second Ctrl-C stops waiting for it), so the next pull resumes.
         ChunkpullError: whatever ``registry.pull`` raised.
     """
+    aggregator, _ = run_with_progress(lambda progress, cancel: registry.pull(name, progress=progress, cancel=cancel),
+                                      label, quiet=quiet, stream=stream)
+    return aggregator
+
+
+def run_with_progress(work: Callable[[Aggregator, threading.Event], T], label: str, *, quiet: bool, stream: TextIO,
+                      on_tick: Callable[[Aggregator], None] | None = None) -> tuple[Aggregator, T]:
+    """Run ``work(progress, cancel)`` in a thread while this one draws the bar (and calls ``on_tick``); return (aggregator, its result).
+
+    Raises what ``work`` raised, and KeyboardInterrupt as ``pull_with_progress`` does.
+    """
     aggregator = Aggregator()
     bar = ProgressBar(aggregator, stream, is_tty=is_tty(stream), label=label)
     cancel = threading.Event()
-    outcome: dict[str, BaseException] = {}
+    outcome: dict[str, object] = {}
 
-    def work() -> None:
+    def run() -> None:
         try:
-            registry.pull(name, progress=aggregator, cancel=cancel)
+            outcome["result"] = work(aggregator, cancel)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             outcome["error"] = exc
 
@@ -306,13 +319,15 @@ def pull_with_progress(registry: Registry, name: str, label: str, *, quiet: bool
     # wait loop, and never in the middle of the registry's bookkeeping
     # (a commit or the manifest write); the pull then stops cleanly on
     # its cancel event.  Daemon, so a second Ctrl-C can abandon it.
-    worker = threading.Thread(target=work, name="chunkpull-pull", daemon=True)
+    worker = threading.Thread(target=run, name="chunkpull-pull", daemon=True)
     worker.start()
     try:
         while worker.is_alive():
             worker.join(_POLL_S)
             if not quiet:
                 bar.tick()
+            if on_tick is not None:
+                on_tick(aggregator)
     except KeyboardInterrupt:
         cancel.set()
         try:
@@ -328,5 +343,20 @@ def pull_with_progress(registry: Registry, name: str, label: str, *, quiet: bool
     if not quiet:
         bar.finish()
     if "error" in outcome:
-        raise outcome["error"]
-    return aggregator
+        raise outcome["error"]  # type: ignore[misc]
+    return aggregator, outcome["result"]  # type: ignore[return-value]
+
+
+def source_lines(report: PullReport) -> list[str]:
+    """Per-source summary lines (only when mirrors took part): bytes, rate, chunks, failures, refusals, demotion."""
+    if len(report.sources) < 2:
+        return []
+    out = []
+    for s in report.sources:
+        rate = f" at {format_rate(s.rate_bps)}" if s.rate_bps else ""
+        extra = [f"{s.failures} failed requests"] if s.failures else []
+        extra += [f"{s.refused_chunks} chunks refused (bad bytes)"] if s.refused_chunks else []
+        extra += [f"dropped: {s.demoted}"] if s.demoted else []
+        what = "origin" if s.origin else "mirror"
+        out.append(f"  {what} {s.name}: {format_bytes(s.bytes)}{rate}, {s.chunks} chunks" + (f"; {'; '.join(extra)}" if extra else ""))
+    return out

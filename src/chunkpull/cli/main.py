@@ -35,11 +35,11 @@ from .._env import MAX_MAX_STREAMS
 from .._hashio import BACKEND
 from .._version import __version__
 from ..core.index import Platform
-from ..core.units import format_age, format_bytes, format_rate, plural
-from ..display import Figures, pull_with_progress
+from ..core.units import format_age, format_bytes, parse_size, plural
 from ..errors import ChunkpullError, ModelNotFoundError
 from ..registry import VERIFY_MODES, Registry
 from ..store.cache import DiskCache
+from .pull import cmd_pull, read_names
 
 __all__ = ["main"]
 
@@ -85,41 +85,21 @@ def _open_registry(args: argparse.Namespace, *, create: bool = True) -> Registry
         verify=getattr(args, "verify", None),
         platform=getattr(args, "platform", None),
         ca_cert=getattr(args, "ca_cert", None),
+        mirrors=getattr(args, "mirror", None),
+        limit_rate=getattr(args, "limit_rate", None),
     )
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:
+    names = read_names(args)
     registry = _open_registry(args)
     try:
-        # Reject every bad name before moving a byte of any model.
-        labels = [registry.parse(name).name.display_shortest(registry.mask) for name in args.names]
-        for name, label in zip(args.names, labels):
-            code = _pull_one(registry, name, label, quiet=args.quiet)
-            if code != EXIT_OK:
-                return code
-        return EXIT_OK
-    finally:
-        registry.close()
-
-
-def _pull_one(registry: Registry, name: str, label: str, *, quiet: bool) -> int:
-    """Pull one model with a progress display; print its summary line."""
-    try:
-        aggregator = pull_with_progress(registry, name, label, quiet=quiet, stream=sys.stderr)
+        failed, _pulled = cmd_pull(registry, args, names)
     except KeyboardInterrupt as exc:
         return _stopped(exc, "; the next pull resumes")
-    # Bytes and rate count what this pull brought in, not cached blobs, so
-    # the rate is a real transfer rate (a fully cached pull shows 0 B);
-    # the model's size is what ``ls`` shows.
-    figures = Figures.read(aggregator)
-    elapsed_s = aggregator.elapsed_s()
-    rate = figures.fetched / elapsed_s if elapsed_s > 0 else 0.0
-    print(
-        f"pulled {name}: {format_bytes(figures.fetched)} in {elapsed_s:.2f} s ({format_rate(rate)}), "
-        f"{plural(figures.blobs, 'blob')} ({figures.cached} cached)",
-        flush=True,
-    )
-    return EXIT_OK
+    finally:
+        registry.close()
+    return EXIT_ERROR if failed else EXIT_OK
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
@@ -236,6 +216,16 @@ def _streams(text: str) -> int:
     return n
 
 
+def _rate(text: str) -> int:
+    try:
+        n = parse_size(text.removesuffix("/s"))
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"want a rate such as 500K, 20M or 1G (bytes per second), not {text!r}")
+    return n
+
+
 def _platform(text: str) -> Platform:
     try:
         return Platform.parse(text)
@@ -265,7 +255,13 @@ def _parser() -> argparse.ArgumentParser:
     streams_help = "concurrent connections per pull (default: $OLLAMA_REGISTRY_MAXSTREAMS, else 8)"
 
     pull = sub.add_parser("pull", help="pull models into the models directory", description="Pull models into the models directory.")
-    pull.add_argument("names", nargs="+", metavar="NAME", help="model name, e.g. llama3.2 or http://127.0.0.1:5000/library/smol:latest")
+    pull.add_argument("names", nargs="*", metavar="NAME", help="model name(s), e.g. llama3.2 or http://127.0.0.1:5000/library/smol:latest")
+    pull.add_argument("--from-file", metavar="FILE", help="also pull the names in FILE, one per line (- for stdin; # starts a comment)")
+    pull.add_argument("--mirror", action="append", metavar="URL",
+                      help="a mirror serving the same repositories (repeatable; also $CHUNKPULL_MIRRORS and hosts.toml): "
+                           "chunk bytes may come from it, verified against the origin's digests")
+    pull.add_argument("--limit-rate", type=_rate, metavar="RATE", help="cap the whole pull at RATE bytes/s, curl's syntax (20M = 20 MiB/s)")
+    pull.add_argument("--json", action="store_true", help="one JSON event per line on stdout (start, progress, sources, done/error, summary)")
     pull.add_argument("--models", metavar="DIR", help=models_help)
     pull.add_argument("--streams", type=_streams, metavar="N", help=streams_help)
     pull.add_argument("--verify", choices=VERIFY_MODES, help="blob: one whole-blob SHA-256 pass (default); chunks: also check every chunk as it arrives")
@@ -274,7 +270,7 @@ def _parser() -> argparse.ArgumentParser:
     pull.add_argument("--ca-cert", metavar="FILE", help="CA certificates (PEM) to verify the registry with (default: $SSL_CERT_FILE, "
                       "$SSL_CERT_DIR, else the system's trust store)")
     pull.add_argument("-q", "--quiet", action="store_true", help="no progress display; only the summary line")
-    pull.set_defaults(run=_cmd_pull)
+    pull.set_defaults(run=_cmd_pull, parser=pull)
 
     ls = sub.add_parser("ls", help="list local models", description="List the models in the models directory.")
     ls.add_argument("--models", metavar="DIR", help=models_help)
@@ -365,6 +361,8 @@ def _run(parser: argparse.ArgumentParser, argv: list[str]) -> int:
             parser.print_usage(sys.stderr)
             print("chunkpull: error: a command is required", file=sys.stderr)
             return EXIT_USAGE
+        if args.command == "pull" and not args.names and not args.from_file:
+            args.parser.error("give at least one NAME, or --from-file FILE")  # the subcommand's usage, exit 2
         return args.run(args)
     except SystemExit as exc:  # argparse (ours, or testregistry's) exits; main returns instead
         return _exit_code(exc)
