@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -145,6 +146,47 @@ def _cmd_rm(args: argparse.Namespace) -> int:
                 continue
             print(f"deleted {name}", flush=True)
         return status
+    finally:
+        registry.close()
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ..store.archive import write_archive
+
+    registry = _open_registry(args, create=False)
+    try:
+        models = [(registry.local_name(n), registry.resolve_local(n)) for n in args.names]  # all found before writing
+        if args.output == "-":
+            count, total = write_archive(registry.cache, models, sys.stdout.buffer)
+        else:
+            tmp = f"{args.output}.partial"
+            with open(tmp, "wb") as out:
+                count, total = write_archive(registry.cache, models, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, args.output)  # a half-written archive never has the final name
+        print(f"exported {plural(len(models), 'model')}, {plural(count, 'blob')} ({format_bytes(total)}) to {args.output}",
+              file=sys.stderr if args.output == "-" else sys.stdout, flush=True)
+        return EXIT_OK
+    finally:
+        registry.close()
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from ..store.archive import read_archive
+
+    registry = _open_registry(args)
+    try:
+        if args.archive == "-":
+            models = read_archive(registry.cache, sys.stdin.buffer)
+        else:
+            with open(args.archive, "rb") as src:
+                models = read_archive(registry.cache, src)
+        for name, m in models:
+            print(f"imported {name.display_shortest(registry.mask)} ({format_bytes(m.size)}, every blob verified)", flush=True)
+        if not models:
+            print("the archive holds no model", flush=True)
+        return EXIT_OK
     finally:
         registry.close()
 
@@ -281,6 +323,20 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("--partials", action="store_true", help="also remove interrupted downloads no pull is resuming now")
     rm.add_argument("--models", metavar="DIR", help=models_help)
     rm.set_defaults(run=_cmd_rm)
+
+    export = sub.add_parser("export", help="write models to a tar archive (for air-gapped sites)",
+                            description="Write local models (manifests and exactly their blobs, in Ollama's layout) to a tar archive.")
+    export.add_argument("names", nargs="+", metavar="NAME", help="model name as pulled or as ls shows it")
+    export.add_argument("-o", "--output", required=True, metavar="FILE", help="archive to write (- for stdout)")
+    export.add_argument("--models", metavar="DIR", help=models_help)
+    export.set_defaults(run=_cmd_export)
+
+    imp = sub.add_parser("import", help="read models from a tar archive, verifying every blob",
+                         description="Import models from an archive made by chunkpull export: every blob is verified against its digest "
+                                     "before it is committed, and a manifest is linked only once every blob it names is in.")
+    imp.add_argument("archive", metavar="FILE", help="archive to read (- for stdin)")
+    imp.add_argument("--models", metavar="DIR", help=models_help)
+    imp.set_defaults(run=_cmd_import)
 
     login = sub.add_parser("login", help="save credentials for a registry (Docker's config.json)",
                            description="Save credentials for a registry host in $DOCKER_CONFIG/config.json (default ~/.docker/config.json), "
