@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import mmap
 import threading
 from collections.abc import Callable
@@ -72,6 +73,13 @@ class Piece:
 
 class PiecePool:
     """A fixed set of ``count`` aligned pieces of ``size`` bytes; thread-safe."""
+
+    @classmethod
+    def sized_for(cls, streams: int, chunk: int, piece: int, memory_budget: int) -> PiecePool:
+        """A pool with enough pieces for every stream to park a whole chunk, within the memory budget."""
+        want = streams * (math.ceil(chunk / piece) + 1)
+        budget = max(streams + 2, memory_budget // piece)
+        return cls(max(4, min(want, budget)), piece)
 
     def __init__(self, count: int, size: int) -> None:
         if count < 2 or size <= 0 or size % ALIGN:

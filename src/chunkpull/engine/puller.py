@@ -34,7 +34,6 @@ registry façade.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import deque
@@ -319,6 +318,8 @@ class Puller:
             self._check(blob)
             blob.stream_hash.update_pwrite(ingest.fd, view, offset)  # hash and write in one pass
 
+        self.sources.choose()  # small blobs come from the origin; counted in its figures
+        started, ok = time.monotonic(), False
         try:
             for _ in range(MAX_INTEGRITY_ATTEMPTS):
                 restart()
@@ -333,9 +334,12 @@ class Puller:
                 )
             self.report(Progress(blob.key, layer.size, VERIFYING))
             ingest.commit(got, sync_dir=False)  # run() syncs blobs/ once
+            ok = True
         except BaseException:
             ingest.discard()  # a one-request blob has nothing worth resuming
             raise
+        finally:
+            self.sources.finished(0, started=started, nbytes=layer.size if ok else 0, ok=ok)
         self.report(Progress(blob.key, layer.size, DONE))
 
     # -- chunked blobs ------------------------------------------------------------
@@ -515,13 +519,8 @@ class Puller:
         """Size the piece pool on first use and keep one reserve piece per chunked blob in flight."""
         with self.cond:
             if self.pieces is None:
-                piece = self.config.buffer_size
-                chunk = max(s.chunk.size for s in blob.sums)
-                streams = self.config.max_streams
-                # Enough for every stream to park a whole chunk, within the budget.
-                want = streams * (math.ceil(chunk / piece) + 1)
-                budget = max(streams + 2, self.config.memory_budget // piece)
-                self.pieces = PiecePool(max(4, min(want, budget)), piece)
+                self.pieces = PiecePool.sized_for(self.config.max_streams, max(s.chunk.size for s in blob.sums),
+                                                  self.config.buffer_size, self.config.memory_budget)
             self.open_chunked.add(blob)
             self.pieces.set_reserve(len(self.open_chunked))
         self.hasher.add(blob)
