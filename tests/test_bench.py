@@ -309,3 +309,25 @@ def test_sizes_are_binary_units():
     assert bench.parse_options(["--size", "1G"]).size == 1 << 30
     assert bench.parse_options(["--chunk-size", "256KiB,1M"]).chunk_sizes == [256 << 10, 1 << 20]
     assert "GiB = 2^30" in " ".join(bench._parser().format_help().split())
+
+
+@pytest.mark.integration
+def test_bench_a_registry_model_with_a_mirror_reports_bytes_per_source(capsys, tmp_path):
+    from chunkpull.testing import TestRegistry, build_model
+
+    build_model(tmp_path / "up", "registry.local/library/m:latest", [4 << 20], seed=3)
+    with TestRegistry(tmp_path / "up", chunk_size=256 << 10) as origin, TestRegistry(tmp_path / "up", chunk_size=256 << 10) as mirror:
+        origin_host, mirror_url = origin.url.split("://")[1], mirror.url
+        doc = _run_json(capsys, [f"{origin.url}/library/m:latest", "--mirror", mirror_url, "--threshold", "1M", "-q", "--tmpdir", str(tmp_path)])
+    run = doc["runs"][0]
+    _good_run(run)
+    by = {s["source"]: s for s in run["sources"]}
+    assert set(by) == {origin_host, mirror_url}
+    assert sum(s["bytes"] for s in by.values()) >= 4 << 20
+    table = format_table(Report(doc["machine"], doc["settings"], doc["runs"], aggregate(doc["runs"]), doc["skipped"]))
+    assert "bytes by source" in table and mirror_url in table
+
+
+def test_mirror_needs_a_registry_name(capsys):
+    assert bench_main(["--mirror", "http://m:5000", "-q"]) == 1  # like the other option conflicts
+    assert "needs a registry NAME" in capsys.readouterr().err

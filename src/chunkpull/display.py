@@ -280,7 +280,8 @@ def is_tty(stream: TextIO) -> bool:
         return False
 
 
-def pull_with_progress(registry: Registry, name: str, label: str, *, quiet: bool, stream: TextIO) -> Aggregator:
+def pull_with_progress(registry: Registry, name: str, label: str, *, quiet: bool, stream: TextIO,
+                       report: PullReport | None = None) -> Aggregator:
     """Pull one model while this thread draws its progress bar on stream; return the pull's Aggregator.
 
     The bar is a terminal line when stream is a terminal, plain lines
@@ -293,7 +294,7 @@ def pull_with_progress(registry: Registry, name: str, label: str, *, quiet: bool
             (a second Ctrl-C stops waiting for it), so the next pull resumes.
         ChunkpullError: whatever ``registry.pull`` raised.
     """
-    aggregator, _ = run_with_progress(lambda progress, cancel: registry.pull(name, progress=progress, cancel=cancel),
+    aggregator, _ = run_with_progress(lambda progress, cancel: registry.pull(name, progress=progress, cancel=cancel, report=report),
                                       label, quiet=quiet, stream=stream)
     return aggregator
 

@@ -372,7 +372,7 @@ def percentile(sorted_values: list[float], p: float) -> float | None:
 
 def _prepare_chunkpull(spec: dict):
     """Import and build everything before the timed region; return the pull to time."""
-    from chunkpull.registry import Registry
+    from chunkpull.registry import PullReport, Registry
     from chunkpull.store.cache import DiskCache
 
     if spec.get("progress"):
@@ -386,21 +386,24 @@ def _prepare_chunkpull(spec: dict):
         verify=spec["verify"],
         chunking_threshold=spec.get("threshold"),
         session_factory=log.factory if log else None,
+        mirrors=spec.get("mirrors") or None,
     )
+    report = PullReport()
 
     def run(t0: float) -> dict:
         try:
             if spec.get("progress"):
                 # chunkpull pull's display, on the stderr the harness handed down.
-                pull_with_progress(registry, spec["name"], spec.get("label", "chunkpull"), quiet=False, stream=sys.stderr)
+                pull_with_progress(registry, spec["name"], spec.get("label", "chunkpull"), quiet=False, stream=sys.stderr, report=report)
             else:
-                registry.pull(spec["name"])
+                registry.pull(spec["name"], report=report)
         finally:
             registry.close()
+        extra = {"sources": report.to_json()} if len(report.sources) > 1 else {}
         if log is None:
-            return {}
+            return extra
         host = urlsplit(spec["blobs"][0]["url"]).netloc if spec["blobs"] else ""
-        return {"latency": log.summary(t0, host, len(spec["blobs"]))}
+        return {"latency": log.summary(t0, host, len(spec["blobs"])), **extra}
 
     return run
 

@@ -161,6 +161,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON document (one record per run) instead of the table")
     p.add_argument("--plot", metavar="FILE.png", help="plot throughput against streams and chunk size (needs matplotlib)")
     p.add_argument("--tmpdir", help="where runs write their temporary models directories (default: the system's)")
+    p.add_argument("--mirror", dest="mirrors", action="append", metavar="URL",
+                   help="a mirror chunkpull may take chunks from (repeatable; with a registry NAME); the table notes bytes per source")
     p.add_argument("--timeout", dest="timeout_s", type=float, default=DEFAULT_TIMEOUT_S, help=f"seconds before a run is killed (default {DEFAULT_TIMEOUT_S:g})")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display or status lines")
     return p
@@ -186,6 +188,7 @@ class Options:
     tmpdir: str | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
     quiet: bool = False
+    mirrors: list[str] | None = None
 
 
 def parse_options(argv: list[str]) -> Options:
@@ -205,6 +208,8 @@ def _options(args: argparse.Namespace) -> Options:
             raise BenchError(f"{', '.join(given)} only apply to the embedded model, not to {args.name}")
         if args.chunk_sizes and len(args.chunk_sizes) > 1:
             raise BenchError("a real registry's chunk size is its own: give one --chunk-size (for the baselines' split) or none")
+    if args.mirrors and not args.name:
+        raise BenchError("--mirror needs a registry NAME: the embedded model has no mirror")
     if args.size is not None and args.size < (args.layers or 1):
         raise BenchError(f"--size {args.size} is smaller than one byte per layer")
     if args.compare and not args.baselines:
@@ -380,6 +385,7 @@ def _measure_all(opts: Options, target: Target, chunk: int | None, plan: list[Co
                     "progress": cfg.method == "chunkpull" and not opts.quiet,
                     "label": cfg.method,  # the status line above has the settings
                     "instrument": target.remote and cfg.method == "chunkpull",
+                    "mirrors": opts.mirrors or [],
                     "verify_tls": target.verify_tls,
                 }
                 result = child.run_child(spec, workdir, timeout_s=opts.timeout_s)
@@ -421,6 +427,8 @@ def _record(cfg: Config, result: dict, problem: str | None, rep: int, machine: d
         )
         if result.get("latency"):
             record["latency"] = result["latency"]
+        if result.get("sources"):
+            record["sources"] = result["sources"]
     return record
 
 

@@ -12,6 +12,7 @@ import statistics
 
 from .. import _env
 from .._hashio import BACKEND
+from ..core.units import format_bytes
 from ..testing import DEFAULT_CHUNK_SIZE
 
 __all__ = ["Report", "Row", "aggregate", "footnotes", "format_size", "format_table", "table_cells", "write_plot"]
@@ -212,6 +213,17 @@ def footnotes(report: Report) -> list[str]:
     if report.rows and any(r.method != "chunkpull" for r in report.rows):
         notes.append("verify 'after' = the tool's own SHA-256 pass over the finished file (aria2c --checksum; a hashlib or sha256sum pass); "
                      "'stream' = digest checked as the bytes arrive (skopeo); 'none' = not verified at all.")
+    for r in report.rows:
+        runs = [x for x in report.runs if x.get("sources") and x["method"] == r.method and x["streams"] == r.streams and x["verify"] == r.verify]
+        if runs:
+            # Per source, summed over the row's runs.
+            total: dict[str, list[int]] = {}
+            for run in runs:
+                for src in run["sources"]:
+                    t = total.setdefault(src["source"], [0, 0, 0])
+                    t[0], t[1], t[2] = t[0] + src["bytes"], t[1] + src["failures"], t[2] + src["refused_chunks"]
+            parts = [f"{name} {format_bytes(b)}" + (f" ({f} failed requests, {c} chunks refused)" if f or c else "") for name, (b, f, c) in total.items()]
+            notes.append(f"{r.method} streams={r.streams}: bytes by source over {len(runs)} run(s): " + "; ".join(parts) + ".")
     if any(r.registry_round_trips_per_blob is not None for r in report.rows):
         notes.append("registry RT/blob = blob requests (chunksums, ranges, the registry hop of a redirect) that reached the registry's host, per blob pulled.")
     return notes

@@ -66,7 +66,7 @@ class Stream:
     not); it is cleared when the next attempt attaches its response.
     """
 
-    __slots__ = ("label", "cancel", "started", "last", "bytes", "window", "aborted", "_resp", "_lock", "_clock", "_paused_at",
+    __slots__ = ("label", "cancel", "started", "last", "bytes", "window", "aborted", "active_s", "_resp", "_lock", "_clock", "_paused_at",
                  "_tcp_base", "_history")
 
     def __init__(self, label: object, clock: Callable[[], float] = time.monotonic, cancel: threading.Event | None = None) -> None:
@@ -77,6 +77,7 @@ class Stream:
         self.bytes = 0
         self.window = 0  # size of the read in flight
         self.aborted: str | None = None
+        self.active_s = 0.0  # reading time of the attempts so far, pauses excluded (what a source's rate is measured on)
         self._resp: requests.Response | None = None
         self._lock = threading.Lock()
         self._paused_at: float | None = None
@@ -117,6 +118,7 @@ class Stream:
     def detach(self) -> None:
         with self._lock:
             self._resp = None
+            self.active_s += max(0.0, self.last - self.started)
 
     def advance(self, n: int) -> None:
         self.bytes += n

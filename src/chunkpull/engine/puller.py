@@ -233,6 +233,7 @@ class Puller:
         on_answer: Callable[[str], None] | None = None,
         source: Source | None = None,
         attempts: int | None = None,
+        active: list[float] | None = None,
     ) -> str:
         """Stream bytes start..end (inclusive) of url into sink(offset, view), retrying until done; return the URL that answered.
 
@@ -292,6 +293,8 @@ class Puller:
             self.transport.retry(attempt, url, cancel=self.cancel, position=(lambda: credited) if resume else None, attempts=attempts)
         finally:
             self.monitor.done(stream)
+            if active is not None:
+                active.append(stream.active_s)  # reading time only: waits for pieces are not the source's
         return answered
 
     # -- one-stream blobs -------------------------------------------------------
@@ -339,7 +342,7 @@ class Puller:
             ingest.discard()  # a one-request blob has nothing worth resuming
             raise
         finally:
-            self.sources.finished(0, started=started, nbytes=layer.size if ok else 0, ok=ok)
+            self.sources.finished(0, busy_s=time.monotonic() - started, nbytes=layer.size if ok else 0, ok=ok)
         self.report(Progress(blob.key, layer.size, DONE))
 
     # -- chunked blobs ------------------------------------------------------------
@@ -437,31 +440,31 @@ class Puller:
                 got += len(view)
                 blob.assembler.deliver(i, offset, view, piece.release, aligned=aligned)
 
-            started = time.monotonic()
+            active: list[float] = []  # reading time per attempt: the source's rate is measured on it
             try:
                 if src:
                     mirror = self.sources.source_for(src, blob.source)
                     # One attempt: a mirror that fails is dropped, not retried.
                     self._stream(blob, mirror.blob_url(blob.layer.digest), chunk.start, chunk.end, pieces, sink,
-                                 label=(blob.key, i), source=mirror, attempts=1)
+                                 label=(blob.key, i), source=mirror, attempts=1, active=active)
                 else:
-                    self._fetch_from_origin(blob, i, pieces, sink)
+                    self._fetch_from_origin(blob, i, pieces, sink, active)
             except (RegistryError, TransportError, RangeIgnoredError, ShortReadError) as err:
-                self.sources.finished(src, started=started, nbytes=0, ok=False)
+                self.sources.finished(src, busy_s=sum(active), nbytes=0, ok=False)
                 if not src:
                     raise
                 self.sources.demote(src, why_demoted(err))
                 blob.assembler.reset_chunk(i)
                 continue
             except BaseException:
-                self.sources.finished(src, started=started, nbytes=0, ok=False)
+                self.sources.finished(src, busy_s=sum(active), nbytes=0, ok=False)
                 raise
             if hasher is None or hasher.digest() == s.digest.raw:
-                self.sources.finished(src, started=started, nbytes=got, ok=True)
+                self.sources.finished(src, busy_s=sum(active), nbytes=got, ok=True)
                 if src and s.digest is None:
                     blob.from_mirror_unchecked(i)
                 return
-            self.sources.finished(src, started=started, nbytes=0, ok=False)
+            self.sources.finished(src, busy_s=sum(active), nbytes=0, ok=False)
             blob.assembler.reset_chunk(i)  # unhash the bad bytes before fetching again
             if src:
                 self.sources.demote(src, "sent bytes that fail the origin's chunk digest", refused=True)
@@ -473,7 +476,7 @@ class Puller:
                     digest=blob.key, expected=str(s.digest),
                 )
 
-    def _fetch_from_origin(self, blob: BlobPull, i: int, pieces: PoolPieces, sink: Callable[[int, memoryview], None]) -> None:
+    def _fetch_from_origin(self, blob: BlobPull, i: int, pieces: PoolPieces, sink: Callable[[int, memoryview], None], active: list[float]) -> None:
         """Stream chunk i from the origin, or from where it redirects (a CDN), asking again when the target refuses."""
         chunk = blob.sums[i].chunk
         refusals = 0
@@ -485,7 +488,7 @@ class Puller:
                 blob.wait_route(self.cancel)
             url = blob.chunk_url(i)
             try:
-                self._stream(blob, url, chunk.start, chunk.end, pieces, sink, label=(blob.key, i),
+                self._stream(blob, url, chunk.start, chunk.end, pieces, sink, label=(blob.key, i), active=active,
                              on_answer=(lambda where, asked=url: blob.learn_route(asked, where)) if probing else None)
                 return
             except RegistryError as err:

@@ -7,14 +7,14 @@ against the origin's digests before they count.  ``Sources`` keeps one
 blob stays demoted for every blob), and ``choose()`` sends the next chunk
 where it is expected to finish first: ``(in flight + 1) / measured rate``,
 with an untried source assumed as fast as the best one, so every mirror gets
-its chance.  The origin is never demoted: it is where every chunk can fall
+its chance; a source more than ``SLOW_FACTOR`` times slower per stream than
+the best gets no new chunks while the best is live.  The origin is never demoted: it is where every chunk can fall
 back to.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 
 import requests.auth
@@ -24,6 +24,9 @@ from .config import Source
 from .transport import RangeIgnoredError
 
 __all__ = ["Mirror", "SourceStats", "Sources", "why_demoted"]
+
+# Sources measured slower per stream than the best by more than this get no new chunks.
+SLOW_FACTOR = 4.0
 
 
 def why_demoted(err: BaseException) -> str:
@@ -80,11 +83,10 @@ class SourceStats:
 class Sources:
     """The origin and the mirrors of one pull, with their stats; thread-safe."""
 
-    def __init__(self, origin_name: str, mirrors: list[Mirror], *, clock=time.monotonic) -> None:
+    def __init__(self, origin_name: str, mirrors: list[Mirror]) -> None:
         self.mirrors = list(mirrors)
         self.stats = [SourceStats(origin_name, True)] + [SourceStats(m.root, False) for m in self.mirrors]
         self._lock = threading.Lock()
-        self._clock = clock
 
     def choose(self, allowed: tuple[int, ...] = ()) -> int:
         """Return the source the next chunk should come from and count it in flight.
@@ -94,9 +96,13 @@ class Sources:
         """
         with self._lock:
             live = [0] + [i for i in allowed if not self.stats[i].demoted]
-            rates = [s.rate_bps for s in self.stats if s.rate_bps]
+            rates = [self.stats[i].rate_bps for i in live if self.stats[i].rate_bps]
             best = max(rates) if rates else 1.0
-            pick = min(live, key=lambda i: ((self.stats[i].inflight + 1) / (self.stats[i].rate_bps or best), i))
+            # A chunk on a source far slower than the best holds back the
+            # in-order hash (and the pieces parked behind it): leave such a
+            # source alone while a fast one is live.
+            fast = [i for i in live if (self.stats[i].rate_bps or best) >= best / SLOW_FACTOR]
+            pick = min(fast, key=lambda i: ((self.stats[i].inflight + 1) / (self.stats[i].rate_bps or best), i))
             self.stats[pick].inflight += 1
             return pick
 
@@ -107,12 +113,12 @@ class Sources:
         """Return the stats index (1-based) of the mirror with this root."""
         return next(i for i, m in enumerate(self.mirrors, start=1) if m.root == root)
 
-    def finished(self, index: int, *, started: float, nbytes: int, ok: bool) -> None:
-        """Count one request on source index as over: its bytes and time, and whether it failed."""
+    def finished(self, index: int, *, busy_s: float, nbytes: int, ok: bool) -> None:
+        """Count one request on source index as over: its bytes, its reading time, and whether it failed."""
         with self._lock:
             s = self.stats[index]
             s.inflight -= 1
-            s.busy_s += max(0.0, self._clock() - started)
+            s.busy_s += max(0.0, busy_s)
             s.bytes += nbytes
             if ok:
                 s.chunks += 1
