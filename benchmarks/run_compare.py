@@ -122,6 +122,53 @@ def cdn_front_line(doc: dict) -> str | None:
             + (f", {rt:.1f} registry round trips per blob" if rt is not None else "") + (f"; {', '.join(others)}" if others else ""))
 
 
+FLEET = "fleet"  # benchmarks/measure_fleet.py: mirrors, a pull-through cache, bulk pulls, the rate cap
+
+
+def run_fleet(results: Path, *, quick: bool) -> None:
+    cmd = [sys.executable, str(HERE / "measure_fleet.py"), "--out", str(results / f"{FLEET}.json")] + (["--quick"] if quick else [])
+    print(f"run_compare: {shlex.join(cmd[1:])}", file=sys.stderr, flush=True)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+
+def _mb(n: float | None) -> str:
+    return "-" if n is None else f"{n / 1e6:,.0f} MB"
+
+
+def fleet_lines(doc: dict) -> list[str]:
+    """The Fleets section: mirrors with a liar, a pull-through cache cold and warm, bulk pulls, the rate cap."""
+    out = [f"    {doc['command']}", ""]
+    m = doc["mirrors"]
+    out += [f"A {m['size'] / 2**30:.2f} GiB model ({m['chunks']} chunks of 8 MiB); the origin is throttled to "
+            f"{m['origin_bps_per_connection'] / 2**20:.0f} MiB/s per connection; one mirror corrupts every chunk, one is healthy.", "",
+            "| pull | GB/s | source | bytes | chunks | chunks refused | dropped |", "|---|---|---|---|---|---|---|"]
+    for label, key in (("origin only", "origin_only"), ("origin + 2 mirrors", "with_mirrors")):
+        run = m[key]
+        for n, src in enumerate(run["sources"]):
+            first = n == 0  # the pull's label and rate on its first line only
+            out.append(f"| {label if first else ''} | {f'{run_gbps:.3f}' if first and (run_gbps := run['gbps']) else ''} | {src['role']} | "
+                       f"{_mb(src['bytes'])} | {src['chunks']} | {src['refused_chunks']} | {src['demoted'] or ''} |")
+    pt = doc.get("pull_through")
+    if pt:
+        out += ["", f"docker-registry in `proxy:` mode as the mirror of another docker-registry; {pt['size'] / 2**30:.2f} GiB layer.", "",
+                "| pull | GB/s | bytes the origin served | from the origin (chunkpull) | from the cache (chunkpull) | cache dropped |",
+                "|---|---|---|---|---|---|"]
+        for phase in ("cold", "warm"):
+            run = pt[phase]
+            origin = next((s for s in run["sources"] if s["origin"]), {})
+            cache = next((s for s in run["sources"] if not s["origin"]), {})
+            out.append(f"| {phase} | {run['gbps']:.3f} | {_mb(run['origin_served_bytes'])} | {_mb(origin.get('bytes'))} | "
+                       f"{_mb(cache.get('bytes'))} | {cache.get('demoted') or ''} |")
+    b = doc["bulk"]
+    out += ["", f"Bulk: {b['models']} models sharing a base layer, one `chunkpull pull` ({b['elapsed_s']:.2f} s): "
+            f"{_mb(b['listed_bytes'])} listed in their manifests, {_mb(b['unique_bytes'])} unique, {_mb(b['fetched_bytes'])} fetched."]
+    r = doc["rate_cap"]
+    out += ["", f"Rate cap: `--limit-rate {r['target_bps'] // 2**20}M` on a {r['size'] / 2**20:.0f} MiB pull: "
+            f"{r['measured_bps'] / 2**20:.1f} MiB/s measured (fetched bytes over the pull's wall time, resolve included), "
+            f"{r['measured_bps'] / r['target_bps']:.2f} of the cap."]
+    return out
+
+
 def run_kernels(results: Path, *, quick: bool) -> None:
     """Run ``benchmarks/bench_hashio.py`` (native against hashlib + os.pwrite) into results/kernels.json."""
     out = results / "kernels.json"
@@ -269,7 +316,7 @@ def summary_lines(docs: dict[str, dict], kernels: dict | None = None) -> list[st
     return out
 
 
-def render(docs: dict[str, dict], kernels: dict | None = None) -> str:
+def render(docs: dict[str, dict], kernels: dict | None = None, fleet: dict | None = None) -> str:
     first = next(iter(docs.values()))
     parts = [
         "# chunkpull: measured results",
@@ -293,6 +340,8 @@ def render(docs: dict[str, dict], kernels: dict | None = None) -> str:
             continue
         doc = docs[s.key]
         parts += [f"## {s.title}", "", s.what, "", f"    {doc['command']}", "", markdown_table(doc), ""]
+    if fleet is not None:
+        parts += ["## Fleets", "", *fleet_lines(fleet), ""]
     if CDN_FRONT in docs:
         doc = docs[CDN_FRONT]
         parts += [
@@ -328,7 +377,7 @@ def update_readme(docs: dict[str, dict], path: Path = README, kernels: dict | No
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", metavar="KEY[,KEY...]", help=f"run only these sections: {', '.join(s.key for s in SECTIONS)}, kernels, {CDN_FRONT}")
+    p.add_argument("--only", metavar="KEY[,KEY...]", help=f"run only these sections: {', '.join(s.key for s in SECTIONS)}, kernels, {CDN_FRONT}, {FLEET}")
     p.add_argument("--quick", action="store_true", help="64 MiB, one run each, written to a scratch directory (an end-to-end check)")
     p.add_argument("--render-only", action="store_true", help="measure nothing: render from the saved JSON documents")
     p.add_argument("--results", type=Path, default=RESULTS_DIR, help=f"where the JSON documents live (default {RESULTS_DIR})")
@@ -337,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick and args.results == RESULTS_DIR:
         raise SystemExit("run_compare: --quick needs --results DIR (and --out FILE): its figures must not replace the real ones")
-    only = set(args.only.split(",")) if args.only else {s.key for s in SECTIONS} | {"kernels", CDN_FRONT}
+    only = set(args.only.split(",")) if args.only else {s.key for s in SECTIONS} | {"kernels", CDN_FRONT, FLEET}
     args.results.mkdir(parents=True, exist_ok=True)
     if not args.render_only:
         for s in SECTIONS:
@@ -348,13 +397,17 @@ def main(argv: list[str] | None = None) -> int:
             run_kernels(args.results, quick=args.quick)
         if CDN_FRONT in only:
             run_cdn_front(args.results, quick=args.quick)
+        if FLEET in only:
+            run_fleet(args.results, quick=args.quick)
     keys = [s.key for s in SECTIONS] + [CDN_FRONT]
     docs = {k: json.loads((args.results / f"{k}.json").read_text()) for k in keys if (args.results / f"{k}.json").exists()}
     if not docs:
         raise SystemExit(f"run_compare: no results in {args.results}")
     kernels_path = args.results / "kernels.json"
     kernels = json.loads(kernels_path.read_text()) if kernels_path.exists() else None
-    args.out.write_text(render(docs, kernels), encoding="utf-8")
+    fleet_path = args.results / f"{FLEET}.json"
+    fleet = json.loads(fleet_path.read_text()) if fleet_path.exists() else None
+    args.out.write_text(render(docs, kernels, fleet), encoding="utf-8")
     print(f"run_compare: wrote {args.out}", file=sys.stderr)
     if not args.no_readme and not args.quick:
         update_readme(docs, kernels=kernels)
