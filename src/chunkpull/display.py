@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TextIO, TypeVar
 
 from .core.progress import CACHED, DONE, Aggregator
-from .core.units import format_bytes, format_duration, format_rate
+from .core.units import format_bytes, format_duration, format_rate, plural
 from .registry import PullReport, Registry
 
 __all__ = ["Figures", "ProgressBar", "is_tty", "pull_with_progress", "run_with_progress", "source_lines"]
@@ -355,9 +355,9 @@ def source_lines(report: PullReport) -> list[str]:
     out = []
     for s in report.sources:
         rate = f" at {format_rate(s.rate_bps)}" if s.rate_bps else ""
-        extra = [f"{s.failures} failed requests"] if s.failures else []
-        extra += [f"{s.refused_chunks} chunks refused (bad bytes)"] if s.refused_chunks else []
+        extra = [f"{plural(s.failures, 'failed request')}"] if s.failures else []
+        extra += [f"{plural(s.refused_chunks, 'chunk')} refused (bad bytes)"] if s.refused_chunks else []
         extra += [f"dropped: {s.demoted}"] if s.demoted else []
         what = "origin" if s.origin else "mirror"
-        out.append(f"  {what} {s.name}: {format_bytes(s.bytes)}{rate}, {s.chunks} chunks" + (f"; {'; '.join(extra)}" if extra else ""))
+        out.append(f"  {what} {s.name}: {format_bytes(s.bytes)}{rate}, {plural(s.chunks, 'chunk')}" + (f"; {'; '.join(extra)}" if extra else ""))
     return out
