@@ -7,9 +7,13 @@ consumers know every total up front.  ``Progress.n`` is a *delta* in bytes,
 and the sum of a layer's deltas never exceeds its total: re-fetched bytes are
 not counted twice, so a consumer's "completed" figure never goes backwards.
 
-The ``Aggregator`` owns the lock and the totals; the CLI's bars and the
-``/api/pull`` stream both read snapshots from it and do no arithmetic of
-their own.
+The ``Aggregator`` owns the lock and the totals; the CLI's bars, the
+``/api/pull`` stream and ``PullResult``'s byte counts all read snapshots
+from it and do no arithmetic of their own.
+
+States are a ``StrEnum`` (``State``): each member equals its string
+(``State.DONE == "done"``), so JSON and older string comparisons keep
+working, and a type checker sees the closed set.
 
 This module imports nothing from chunkpull.
 """
@@ -20,25 +24,53 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import NamedTuple
 
-__all__ = ["Progress", "ProgressCallback", "LayerProgress", "Aggregator", "START", "CACHED", "BYTES", "RESUMED", "VERIFYING", "DONE", "ERROR"]
+__all__ = [
+    "Progress", "ProgressCallback", "LayerProgress", "ByteCounts", "Aggregator", "State",
+    "START", "CACHED", "BYTES", "RESUMED", "VERIFYING", "DONE", "ERROR",
+]
 
-START = "start"  # layer announced: total known, nothing fetched yet
-CACHED = "cached"  # layer already in the cache; n == total
-BYTES = "bytes"  # n more bytes of the layer arrived
-RESUMED = "resumed"  # n bytes were verified by an earlier, interrupted pull
-VERIFYING = "verifying"  # all bytes are in; the whole-blob digest is being finished
-DONE = "done"  # the blob is verified and committed under its digest
-ERROR = "error"  # the layer failed; error says why
+
+class State(StrEnum):
+    """What happened to a layer; each member is equal to its lowercase string.
+
+    >>> State.DONE == "done", str(State.CACHED)
+    (True, 'cached')
+    """
+
+    START = "start"  # layer announced: total known, nothing fetched yet
+    CACHED = "cached"  # layer already in the cache; n == total
+    BYTES = "bytes"  # n more bytes of the layer arrived
+    RESUMED = "resumed"  # n bytes were verified by an earlier, interrupted pull
+    VERIFYING = "verifying"  # all bytes are in; the whole-blob digest is being finished
+    DONE = "done"  # the blob is verified and committed under its digest
+    ERROR = "error"  # the layer failed; error says why
+
+
+# The members under their old module-level names (the engine and older callers use these).
+START, CACHED, BYTES, RESUMED = State.START, State.CACHED, State.BYTES, State.RESUMED
+VERIFYING, DONE, ERROR = State.VERIFYING, State.DONE, State.ERROR
 
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    """One progress event for one layer (``digest`` is its canonical text form)."""
+    """One progress event for one layer, as a pull's ``progress`` callback receives it.
+
+    ``digest`` is the layer's canonical text form (``sha256:<hex>``),
+    ``total`` its size in bytes, ``n`` a *delta* in bytes (for ``bytes``
+    and ``resumed``; the whole size for ``cached``), ``error`` the cause of
+    an ``error`` event.
+
+    >>> ev = Progress("sha256:" + "ab" * 32, 1000, State.BYTES, n=250)
+    >>> ev.state, ev.n
+    (<State.BYTES: 'bytes'>, 250)
+    """
 
     digest: str
     total: int
-    state: str
+    state: State
     n: int = 0
     error: BaseException | None = None
 
@@ -48,18 +80,44 @@ ProgressCallback = Callable[[Progress], None]
 
 @dataclass(slots=True)
 class LayerProgress:
+    """One layer's progress so far: what ``Aggregator.layers()`` and ``chunkpull.apull`` give.
+
+    ``completed`` counts bytes in place (cached, resumed and fetched), never
+    goes backwards and never exceeds ``total``; ``resumed`` is the part of
+    it an earlier, interrupted pull had fetched.
+
+    >>> p = LayerProgress("sha256:" + "ab" * 32, 1000, completed=250, state=State.BYTES)
+    >>> f"{p.state} {p.completed}/{p.total}"
+    'bytes 250/1000'
+    """
+
     digest: str
     total: int
     completed: int = 0
-    state: str = START
+    state: State = State.START
     error: BaseException | None = None
     resumed: int = 0  # of completed, bytes an earlier pull had fetched
+
+
+class ByteCounts(NamedTuple):
+    """Where a pull's bytes came from: moved over the network now, resumed from a work file, or already cached."""
+
+    fetched: int
+    resumed: int
+    cached: int
 
 
 class Aggregator:
     """Fold progress events into per-layer totals; safe to feed from many threads.
 
-    ``clock`` is injectable so tests never depend on wall time.
+    An Aggregator is itself a progress callback.  ``clock`` is injectable so
+    tests never depend on wall time.
+
+    >>> agg = Aggregator()
+    >>> agg(Progress("sha256:" + "ab" * 32, 1000, State.START))
+    >>> agg(Progress("sha256:" + "ab" * 32, 1000, State.BYTES, n=400))
+    >>> agg.totals()
+    (400, 1000)
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -87,7 +145,7 @@ class Aggregator:
             else:
                 event_state = event.state
             if event_state != BYTES:
-                layer.state = event_state
+                layer.state = State(event_state)
             elif layer.state == START:
                 layer.state = BYTES
             if event.error is not None:
@@ -117,5 +175,15 @@ class Aggregator:
         with self._lock:
             return (sum(l.completed for l in self._layers.values()), sum(l.total for l in self._layers.values()))
 
+    def byte_counts(self) -> ByteCounts:
+        """Return the bytes fetched by this pull, resumed from earlier ones, and found cached."""
+        with self._lock:
+            layers = list(self._layers.values())
+            cached = sum(l.total for l in layers if l.state == CACHED)
+            resumed = sum(l.resumed for l in layers if l.state != CACHED)
+            fetched = sum(l.completed - l.resumed for l in layers if l.state != CACHED)
+            return ByteCounts(fetched, resumed, cached)
+
     def elapsed_s(self) -> float:
+        """Return the seconds since this Aggregator was made (on its clock)."""
         return self._clock() - self.started_at
