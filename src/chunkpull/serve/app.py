@@ -131,9 +131,12 @@ class Local:
 
     The endpoints, the NDJSON progress stream and the error answers
     (``{"code": …, "error": …}``, statuses from ``_ERROR_TABLE``) are those
-    of SPEC section 5.  Two choices the SPEC leaves open: a failed stream
-    ends with ``{"status":"error: <message>"}`` (the older form Ollama's seed
-    test expects) and then ``{"error":"<message>"}``; and ``/api/tags``
+    of SPEC section 5, in the shape real Ollama sends, so that Ollama's own
+    clients show the same items: layer lines carry
+    ``"status":"pulling <hex12>"`` beside ``digest``/``total``/``completed``,
+    and a failed stream ends with one line, ``{"error":"<message>"}`` (the
+    seed's older ``{"status":"error: …"}`` line is not sent: ollama-python
+    would yield it as a progress item before raising).  ``/api/tags``
     shortens names against the mask as Ollama shows them (``smol:latest``).
 
     Pulls run on their own threads, one per model in flight, keyed by the
@@ -468,10 +471,14 @@ class _PullStream:
             yield json_bytes({"status": status})
 
     def _fail(self, err: BaseException) -> Iterator[bytes]:
+        # One line with the "error" key: Ollama's clients raise on it.
         self._error = err
-        message = public_message(err)
-        yield json_bytes({"status": f"error: {message}"})
-        yield json_bytes({"error": message})
+        yield json_bytes({"error": public_message(err)})
+
+
+def _layer_status(digest: str) -> str:
+    # Ollama's own wording: "pulling " and the first 12 hex digits.
+    return "pulling " + digest.partition(":")[2][:12]
 
 
 def _progress_lines(progress: Aggregator, announced: set[str], sent: dict[str, int]) -> Iterator[bytes]:
@@ -480,11 +487,11 @@ def _progress_lines(progress: Aggregator, announced: set[str], sent: dict[str, i
     for layer in layers:
         if layer.digest not in announced:
             announced.add(layer.digest)
-            yield json_bytes({"digest": layer.digest, "total": layer.total})
+            yield json_bytes({"status": _layer_status(layer.digest), "digest": layer.digest, "total": layer.total})
     for layer in layers:
         if layer.completed > sent.get(layer.digest, 0):
             sent[layer.digest] = layer.completed
-            yield json_bytes({"digest": layer.digest, "total": layer.total, "completed": layer.completed})
+            yield json_bytes({"status": _layer_status(layer.digest), "digest": layer.digest, "total": layer.total, "completed": layer.completed})
 
 
 def _with_headers(start_response: Callable, extra: list[tuple[str, str]]) -> Callable:
