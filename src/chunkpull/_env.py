@@ -30,6 +30,12 @@ def models_dir() -> Path:
 
 def max_streams() -> int:
     """Return ``$CHUNKPULL_MAX_STREAMS``, else ``$OLLAMA_REGISTRY_MAXSTREAMS``, else the default (8)."""
+    pinned = pinned_streams()
+    return DEFAULT_MAX_STREAMS if pinned is None else pinned
+
+
+def pinned_streams() -> int | None:
+    """Return the stream count ``$CHUNKPULL_MAX_STREAMS`` or ``$OLLAMA_REGISTRY_MAXSTREAMS`` pins, or None (adaptive)."""
     for var in ("CHUNKPULL_MAX_STREAMS", "OLLAMA_REGISTRY_MAXSTREAMS"):
         value = os.environ.get(var, "").strip()
         if not value:
@@ -41,7 +47,7 @@ def max_streams() -> int:
         if not 1 <= n <= MAX_MAX_STREAMS:
             raise ValueError(f"{var}={value!r}: want a whole number of streams, 1 to {MAX_MAX_STREAMS}")
         return n
-    return DEFAULT_MAX_STREAMS
+    return None
 
 
 def backend() -> str:

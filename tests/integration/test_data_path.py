@@ -155,7 +155,7 @@ def test_one_wrong_content_range_is_not_written(upstream, make_registry):
 
 RSS_CHILD = r"""
 import json, sys
-from chunkpull import DiskCache, Registry
+from chunkpull import DiskCache, Registry, Tuning
 
 def rss_kib(key):
     for line in open("/proc/self/status"):
@@ -163,7 +163,7 @@ def rss_kib(key):
             return int(line.split()[1])
 
 cfg = json.loads(sys.argv[1])
-reg = Registry(DiskCache(cfg["models"]), max_streams=cfg["streams"], memory_budget=cfg["budget"])
+reg = Registry(DiskCache(cfg["models"]), max_streams=cfg["streams"], tuning=Tuning(memory_budget=cfg["budget"]))
 before = rss_kib("VmRSS:")
 reg.pull(cfg["ref"])
 print(json.dumps({"before_kib": before, "peak_kib": rss_kib("VmHWM:")}))
@@ -233,3 +233,21 @@ def test_chunk_url_chooses_where_each_chunk_comes_from(upstream, make_registry, 
     starts = lambda up: sorted(s for d, s, _e in up.stats.ranges if d == layer)
     chunk = 256 << 10
     assert starts(origin) == [i * chunk for i in range(0, 12, 2)] and starts(mirror) == [i * chunk for i in range(1, 12, 2)]
+
+
+def test_adaptive_streams_grow_on_connections_that_are_each_capped(upstream, make_registry):
+    # Each response is throttled (a per-connection cap): more streams carry more.
+    up = upstream([48 << 20], seed=41, chunk_size=1 << 20)
+    up.faults.throttle_bps = 2 << 20
+    reg = make_registry()
+    puller = pull_with_engine(reg, up.ref(), adaptive=True, max_streams=32)
+    assert_blobs_match(reg, up)
+    limits = [limit for _t, limit, _rate in puller.streams.controller.history]
+    assert max(limits) > 8, limits
+
+
+def test_pinned_streams_never_move(upstream, make_registry):
+    up = upstream([8 << 20], seed=42, chunk_size=1 << 20)
+    reg = make_registry()
+    puller = pull_with_engine(reg, up.ref(), max_streams=3)
+    assert puller.streams.controller is None and puller.streams.gate.limit == 3

@@ -122,6 +122,14 @@ def _whole(text: str, most: int | None = None) -> int:
     return n
 
 
+def _streams(text: str) -> int:
+    """A stream count, or ``auto`` (0): chunkpull's adaptive count (the baselines then use the default 8)."""
+    return AUTO if text.strip().lower() == "auto" else _whole(text, _env.MAX_MAX_STREAMS)
+
+
+AUTO = 0  # the streams value of an adaptive chunkpull run
+
+
 def _one_of(choices: tuple[str, ...], what: str):
     def check(text: str) -> str:
         if text not in choices:
@@ -145,8 +153,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", dest="chunk_sizes", type=_list_of(parse_size), metavar="SIZE[,SIZE...]",
                    help="registry chunk size(s) to sweep (default 8M); with a model name, only the baselines' own split")
     p.add_argument("--chunk-digest", choices=("sha256", "blake3"), help="chunk digests the built-in registry serves (default sha256)")
-    p.add_argument("--streams", type=_list_of(lambda t: _whole(t, _env.MAX_MAX_STREAMS)), metavar="N[,N...]",
-                   help="stream counts to sweep, e.g. 1,4,8,16 (default: chunkpull's default)")
+    p.add_argument("--streams", type=_list_of(_streams), metavar="N[,N...]",
+                   help="stream counts to sweep, e.g. auto,1,4,8,16 (auto: chunkpull's adaptive count; default: chunkpull's default)")
     p.add_argument("--verify", type=_list_of(_one_of(VERIFY_MODES, "verify mode")), metavar="blob|chunks",
                    help="verify mode(s) to sweep (default blob)")
     p.add_argument("--threshold", type=_arg(parse_size), help="chunking threshold passed to chunkpull (default: embedded: min(64M, chunk size); a named model: chunkpull's 64M)")
@@ -178,7 +186,7 @@ class Options:
     seed: int = 0
     chunk_sizes: list[int] = dataclasses.field(default_factory=lambda: [DEFAULT_CHUNK_SIZE])
     chunk_digest: str = "sha256"
-    streams: list[int] = dataclasses.field(default_factory=lambda: [_env.max_streams()])
+    streams: list[int] = dataclasses.field(default_factory=lambda: [_env.pinned_streams() or AUTO])
     verify: list[str] = dataclasses.field(default_factory=lambda: ["blob"])
     threshold: int | None = None
     repeat: int = 1
@@ -273,7 +281,8 @@ def _plan(opts: Options, chunk_size: int | None, first: bool, available: list[st
     own_split = opts.chunk_sizes[0] if opts.name or chunk_size is None else chunk_size
     for method in available:
         if method.startswith("python-threads"):
-            plan += [Config(method, s, chunk_size, v) for v in opts.verify for s in opts.streams]
+            # At AUTO, the fair baseline runs chunkpull's starting (and former default) count.
+            plan += [Config(method, s or _env.DEFAULT_MAX_STREAMS, chunk_size, v) for v in opts.verify for s in opts.streams]
         elif method.startswith("hf_transfer"):
             plan.append(Config(method, HF_TRANSFER_FILES, own_split, "none" if method.endswith("-raw") else "after"))
         elif first:  # independent of the registry's chunk size: once is enough
@@ -317,7 +326,7 @@ def run_benchmark(opts: Options) -> Report:
         "fsync": opts.fsync,
         "memory": "caches dropped" if opts.drop_caches else "back-to-back",
         "baselines": opts.baselines,
-        "default_streams": _env.max_streams(),
+        "default_streams": _env.pinned_streams() or AUTO,
     }
     if opts.name:
         target = remote_target(opts.name)
@@ -340,7 +349,7 @@ def run_benchmark(opts: Options) -> Report:
                 target = embedded_target(server, model)
                 warm(target)
             _measure_all(opts, target, chunk, plan, runs, machine, counter)
-    return Report(machine, settings, runs, aggregate(runs, default_streams=_env.max_streams()), skipped)
+    return Report(machine, settings, runs, aggregate(runs, default_streams=_env.pinned_streams() or AUTO), skipped)
 
 
 def _threshold(opts: Options, target: Target, chunk: int | None) -> int | None:
@@ -363,7 +372,7 @@ def _measure_all(opts: Options, target: Target, chunk: int | None, plan: list[Co
     for rep in range(opts.repeat):
         for cfg in plan:
             counter[0] += 1
-            label = f"{cfg.method} streams={cfg.streams or '-'} chunk={format_size(cfg.chunk_size)} verify={cfg.verify}"
+            label = f"{cfg.method} streams={'auto' if cfg.streams == AUTO and cfg.method == 'chunkpull' else cfg.streams or '-'} chunk={format_size(cfg.chunk_size)} verify={cfg.verify}"
             _status(opts, f"bench: [{counter[0]}/{counter[1]}] {label}")
             if opts.drop_caches:
                 target.drop_caches()
@@ -376,7 +385,8 @@ def _measure_all(opts: Options, target: Target, chunk: int | None, plan: list[Co
                     "blobs": target.blob_specs(),
                     "models_dir": str(workdir / "models"),
                     "out_dir": str(workdir / "out"),
-                    "streams": cfg.streams or 1,
+                    # chunkpull at AUTO adapts; a baseline at AUTO uses the fixed default.
+                    "streams": (None if cfg.method == "chunkpull" else _env.DEFAULT_MAX_STREAMS) if cfg.streams == AUTO else (cfg.streams or 1),
                     "chunk_size": cfg.chunk_size or DEFAULT_CHUNK_SIZE,
                     "verify": cfg.verify,
                     "threshold": _threshold(opts, target, chunk),

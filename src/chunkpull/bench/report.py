@@ -110,7 +110,10 @@ def _reference(rows: list[Row], baseline: Row, default_streams: int, default_chu
     cps = [r for r in rows if r.method == "chunkpull" and r.gbps]
     if baseline.method.startswith("python-threads"):
         same = [r for r in cps if (r.streams, r.chunk_size, r.verify) == (baseline.streams, baseline.chunk_size, baseline.verify)]
-        return same[0] if same else None
+        # An adaptive chunkpull row (streams 0) is compared with the baseline at the default count.
+        auto = [r for r in cps if r.streams == 0 and (r.chunk_size, r.verify) == (baseline.chunk_size, baseline.verify)
+                and baseline.streams == _env.DEFAULT_MAX_STREAMS]
+        return (same or auto or [None])[0]
     pool = [r for r in cps if r.verify == "blob"] or cps
     if baseline.method.startswith("hf_transfer"):
         pool = [r for r in pool if r.chunk_size == baseline.chunk_size] or pool
@@ -173,7 +176,7 @@ def table_cells(report: Report) -> list[list[str]]:
             line.append(f"{r.gbps_min:.3f}-{r.gbps_max:.3f}" if r.gbps_min is not None else "-")
         line += [
             _num(r.wall_s, 2), _num(r.cpu_s, 2), _num(r.cpu_s / gb if r.cpu_s is not None and gb else None, 2), _num(r.peak_rss_mib, 0),
-            str(r.streams) if r.streams else "-", format_size(r.chunk_size), r.verify, r.backend or "-",
+            str(r.streams) if r.streams else ("auto" if r.method == "chunkpull" else "-"), format_size(r.chunk_size), r.verify, r.backend or "-",
             f"{r.ratio:.2f}x" if r.ratio else "",
         ]
         if remote:

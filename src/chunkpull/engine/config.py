@@ -36,7 +36,8 @@ DEFAULT_CHUNKING_THRESHOLD = 64 << 20  # Ollama's: smaller layers come in one re
 DEFAULT_BUFFER_SIZE = 4 << 20
 # Pieces parked ahead of the in-order hash may use this much memory (the
 # pool never has fewer than max_streams + 2 pieces, so each stream can read).
-DEFAULT_MEMORY_BUDGET = 32 << 20
+DEFAULT_MEMORY_BUDGET = 128 << 20
+MIN_PIECE_BYTES = 32 << 20  # the pieces a pull may always hold, whatever its stream count
 # Our own split of a blob when the registry has no chunksums.
 DEFAULT_SPLIT_CHUNK_SIZE = 8 << 20
 DEFAULT_STALL_TIMEOUT_S = 5.0
@@ -50,7 +51,11 @@ class PullConfig:
     """The engine's settings for one pull; every field has the documented default.
 
     max_streams
-        worker threads, hence concurrent connections (8).
+        worker threads, hence concurrent connections (8); with ``adaptive``,
+        the upper bound of the adaptive count.
+    adaptive
+        let ``engine.adaptive`` find the stream count: it starts at 8 and
+        grows while throughput rises, within 2 ... ``max_streams``.
     chunking_threshold
         blobs smaller than this come in one request (64 MiB).
     verify
@@ -59,8 +64,9 @@ class PullConfig:
     buffer_size
         bytes per piece, a multiple of 4096 (4 MiB).
     memory_budget
-        bytes of pieces parked ahead of the in-order hash (32 MiB; never
-        fewer than ``max_streams + 2`` pieces).
+        the cap on bytes of pieces parked ahead of the in-order hash
+        (128 MiB).  Within it the pieces follow the stream count: a chunk
+        per stream, at least 32 MiB, and never fewer than streams + 2 pieces.
     io
         ``"auto"``: O_DIRECT where the file system allows it; ``"direct"``
         insists; ``"buffered"`` never uses it.
@@ -79,6 +85,7 @@ class PullConfig:
     """
 
     max_streams: int = 8
+    adaptive: bool = False
     chunking_threshold: int = DEFAULT_CHUNKING_THRESHOLD
     verify: str = "blob"
     buffer_size: int = DEFAULT_BUFFER_SIZE

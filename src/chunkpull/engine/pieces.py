@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 from ..errors import PullCancelledError
 
-__all__ = ["ALIGN", "Piece", "PiecePool", "PoolPieces", "ReusedBuffer", "aligned_buffer"]
+__all__ = ["ALIGN", "Piece", "PiecePool", "PoolPieces", "ReusedBuffer", "aligned_buffer", "pieces_for"]
 
 ALIGN = 4096  # page size, and the strictest O_DIRECT alignment we meet
 _HUGE = 2 << 20  # a transparent huge page
@@ -71,15 +71,30 @@ class Piece:
         self._pool._put(self)
 
 
+def pieces_for(streams: int, chunk: int, piece: int, memory_budget: int, floor: int = 32 << 20) -> int:
+    """How many pieces a pull at ``streams`` streams may hold: a whole chunk per stream (and one to read into),
+    at least ``floor`` bytes, at most ``memory_budget`` bytes, never fewer than streams + 2."""
+    want = max(streams * (math.ceil(chunk / piece) + 1), floor // piece)
+    return max(streams + 2, min(want, memory_budget // piece))
+
+
 class PiecePool:
     """A fixed set of ``count`` aligned pieces of ``size`` bytes; thread-safe."""
 
     @classmethod
     def sized_for(cls, streams: int, chunk: int, piece: int, memory_budget: int) -> PiecePool:
-        """A pool with enough pieces for every stream to park a whole chunk, within the memory budget."""
-        want = streams * (math.ceil(chunk / piece) + 1)
-        budget = max(streams + 2, memory_budget // piece)
-        return cls(max(4, min(want, budget)), piece)
+        """A pool with enough pieces for ``streams`` streams to park a whole chunk each, within the memory budget.
+
+        The memory is reserved, not touched: only pieces in use become
+        resident, and ``allow()`` limits how many are handed out.
+        """
+        return cls(max(4, pieces_for(streams, chunk, piece, memory_budget)), piece)
+
+    def allow(self, n: int) -> None:
+        """Hand out at most n pieces at once (the stream count moved); never more than the pool holds."""
+        with self._cond:
+            self.allowance = max(2, min(n, self.count))
+            self._cond.notify_all()
 
     def __init__(self, count: int, size: int) -> None:
         if count < 2 or size <= 0 or size % ALIGN:
@@ -90,6 +105,7 @@ class PiecePool:
         self._free = [Piece(self._memory[i * size : (i + 1) * size], self) for i in range(count)]
         self._cond = threading.Condition()
         self.reserve = 1
+        self.allowance = count  # pieces that may be out at once
 
     @property
     def free(self) -> int:
@@ -107,7 +123,8 @@ class PiecePool:
         """
         with self._cond:
             while True:
-                if len(self._free) > self.reserve or (self._free and priority()):
+                out = self.count - len(self._free)
+                if (len(self._free) > self.reserve and out < self.allowance - self.reserve) or (self._free and priority()):
                     piece = self._free.pop()
                     piece._held = True
                     return piece

@@ -5,31 +5,26 @@ cached to a ``Puller`` as ``BlobJob``s (layer, origin, mirrors) with a
 ``PullConfig`` and the pull's ``Sources``; it runs them on ``max_streams``
 worker threads:
 
-- a blob below the chunking threshold comes in one streamed GET, hashed as
-  it is written;
-- a larger blob's chunk list comes from the chunksums endpoint (or, when the
-  registry has none, from splitting it ourselves); each chunk is a Range GET
-  streamed into pieces of a bounded, page-aligned ``PiecePool``; each piece
-  is written at its final offset in the blob's work file (``O_DIRECT`` when
-  the file system allows it) and handed to the blob's in-order SHA-256
+- a blob below the chunking threshold comes in one GET, hashed as written;
+- a larger blob's chunk list comes from the chunksums endpoint (or our own
+  split); each chunk is a Range GET streamed into pieces of a bounded,
+  page-aligned ``PiecePool``, written at its final offset in the work file
+  (``O_DIRECT`` where allowed) and handed to the blob's in-order SHA-256
   (``BlobAssembler``), which releases it once hashed;
 - a chunk comes from the origin or a mirror (``engine.sources``); mirror
   bytes are checked against the origin's digests, and a mirror that fails
   is demoted and the chunk fetched elsewhere;
 - the blob is committed only when it hashes to its digest.
 
-All three ways of moving bytes (a small blob, a chunk, a whole blob from a
-registry that ignores Range) go through one loop, ``_stream``: stream a
-range into a sink, credit the new bytes to progress once, and retry from
-the current offset.
+Every byte (a small blob, a chunk, a whole blob from a registry that
+ignores Range) moves through one loop, ``_stream``: it streams a range into
+a sink, credits new bytes to progress once, and retries from where it was.
 
-Bounded: threads (``max_streams``), memory (the piece pool plus one buffer
-per worker for one-stream blobs), open files (one work file per blob in
-flight, at most ``max_streams`` blobs), retries (``Backoff`` and
-``MAX_INTEGRITY_ATTEMPTS``), waits (the read timeout and the stall monitor).
-
-Imports core, store, the backend and the rest of the engine; never the
-registry façade.
+Bounded: threads (``max_streams``), streams at once (``engine.adaptive``),
+memory (the piece pool plus one buffer per worker for one-stream blobs),
+open files (one work file per blob in flight, at most ``max_streams``),
+retries (``Backoff``, ``MAX_INTEGRITY_ATTEMPTS``), waits (the read timeout
+and the stall monitor).  Imports core, store, the backend and the engine.
 """
 
 from __future__ import annotations
@@ -45,6 +40,7 @@ from ..core.progress import BYTES, DONE, ERROR, RESUMED, VERIFYING, Progress, Pr
 from ..errors import ChunkpullError, IntegrityError, PullCancelledError, RegistryError, TransportError
 from ..store.cache import DiskCache
 from ..store.ingest import as_disk_full
+from .adaptive import Streams
 from .assembler import ChunkHasher, PullStats
 from .blob import BlobPull, raise_failures
 from .chunklist import fetch_chunk_list
@@ -56,7 +52,6 @@ from .sources import Sources, why_demoted
 from .transport import RangeIgnoredError, ShortReadError, Transport
 
 __all__ = ["MAX_INTEGRITY_ATTEMPTS", "MAX_REPAIRS", "PullStats", "Puller"]
-
 
 # A chunk whose bytes keep failing their digest is fetched at most this often,
 # and a blob whose chunks fail after it completed is repaired at most this often.
@@ -92,6 +87,7 @@ class Puller:
         self.cond = threading.Condition()
         self.local = threading.local()
         self.pool = ThreadPoolExecutor(max_workers=config.max_streams, thread_name_prefix="chunkpull")
+        self.streams = Streams(config.max_streams, adaptive=config.adaptive, memory_budget=config.memory_budget, clock=time.monotonic)
         self.monitor = StreamMonitor(stall_s=config.stall_timeout_s, min_rate_bps=config.min_rate_bps)
         self.pieces: PiecePool | None = None  # made for the first chunked blob
         # One thread advances every chunked blob's in-order hash, so workers
@@ -153,6 +149,7 @@ class Puller:
         """The monitor thread: check the streams a few times a second until the pull has stopped."""
         while not stop.wait(self.config.monitor_interval_s):
             self.monitor.check()
+            self.streams.tick()
 
     def _start(self, job: BlobJob) -> None:
         """Count a blob in flight and queue its first unit of work; called with the lock held."""
@@ -259,6 +256,7 @@ class Puller:
             pos = offset + len(view)
             new = blob.credit(offset, len(view))
             if new:
+                self.streams.bytes += new
                 self.report(Progress(blob.key, blob.layer.size, BYTES, new))
 
         def attempt() -> None:
@@ -326,7 +324,8 @@ class Puller:
         try:
             for _ in range(MAX_INTEGRITY_ATTEMPTS):
                 restart()
-                self._stream(blob, blob.url, 0, layer.size - 1, self._buffer(), sink, label=blob.key, restart=restart)
+                with self.streams.slot(self.cancel):
+                    self._stream(blob, blob.url, 0, layer.size - 1, self._buffer(), sink, label=blob.key, restart=restart)
                 got = blob.stream_hash.digest()
                 if got == layer.digest.raw and blob.stream_hash.length == layer.size:
                     break
@@ -349,13 +348,12 @@ class Puller:
 
     def _open_chunked(self, blob: BlobPull) -> None:
         """Fetch the chunk list, open the work file (resuming) and queue the chunks left."""
+        started = False
         try:
             started = self._open_chunked_work(blob)
-        except BaseException:
-            self._count_out(blob)
-            raise
-        if not started:
-            self._count_out(blob)
+        finally:
+            if not started:  # failed, or nothing left to fetch here
+                self._count_out(blob)
 
     def _open_chunked_work(self, blob: BlobPull) -> bool:
         layer = blob.layer
@@ -387,7 +385,8 @@ class Puller:
             if not blob.failed and not blob.single_stream:
                 self._check(blob)
                 try:
-                    self._fetch_chunk(blob, i)
+                    with self.streams.slot(self.cancel):
+                        self._fetch_chunk(blob, i)
                     blob.assembler.chunk_done(i)
                 except RangeIgnoredError:
                     if blob.switch_to_one_stream():
@@ -522,8 +521,9 @@ class Puller:
         """Size the piece pool on first use and keep one reserve piece per chunked blob in flight."""
         with self.cond:
             if self.pieces is None:
-                self.pieces = PiecePool.sized_for(self.config.max_streams, max(s.chunk.size for s in blob.sums),
-                                                  self.config.buffer_size, self.config.memory_budget)
+                chunk = max(s.chunk.size for s in blob.sums)
+                self.pieces = PiecePool.sized_for(self.config.max_streams, chunk, self.config.buffer_size, self.config.memory_budget)
+                self.streams.attach(self.pieces, chunk)
             self.open_chunked.add(blob)
             self.pieces.set_reserve(len(self.open_chunked))
         self.hasher.add(blob)

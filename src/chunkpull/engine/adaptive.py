@@ -1,0 +1,158 @@
+"""Adaptive streams: how many chunk GETs run at once, found by measuring (hf_xet's idea: grow while it pays).
+
+``StreamGate`` is a semaphore whose limit moves between ``low`` and
+``high``; every chunk stream holds one permit.  ``StreamController`` is
+ticked by the engine's monitor thread with the pull's byte count: over
+windows of ``window_s`` it compares throughput before and after each change,
+
+- grows the limit by half (at least 2) when every permit is in use, work is
+  waiting, and the last growth paid (throughput rose by ``gain``);
+- steps back to the previous limit when a growth did not pay, and then
+  waits ``hold_windows`` windows before it probes again;
+- never moves below ``low`` or above ``high``.
+
+A pinned stream count (``--streams N``) makes no controller: the gate stays
+at N.  Pure logic on an injectable clock, so the tests replay throughput
+curves without sockets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+
+from ..errors import PullCancelledError
+from .pieces import PiecePool, pieces_for
+
+__all__ = ["ADAPTIVE_HIGH", "ADAPTIVE_LOW", "ADAPTIVE_START", "StreamController", "StreamGate", "Streams"]
+
+ADAPTIVE_LOW, ADAPTIVE_START, ADAPTIVE_HIGH = 2, 8, 64
+
+
+class StreamGate:
+    """At most ``limit`` holders at once; the limit may change while they run (thread-safe)."""
+
+    def __init__(self, limit: int) -> None:
+        self._cond = threading.Condition()
+        self._limit = limit
+        self.active = 0
+        self.waiting = 0
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    def set_limit(self, n: int) -> None:
+        with self._cond:
+            self._limit = n
+            self._cond.notify_all()
+
+    def acquire(self, cancel: threading.Event | None = None, poll_s: float = 0.1) -> bool:
+        """Wait for a permit; return False (holding none) if cancel was set first."""
+        with self._cond:
+            self.waiting += 1
+            try:
+                while self.active >= self._limit:
+                    if cancel is not None and cancel.is_set():
+                        return False
+                    self._cond.wait(poll_s)
+                self.active += 1
+                return True
+            finally:
+                self.waiting -= 1
+
+    def release(self) -> None:
+        with self._cond:
+            self.active -= 1
+            self._cond.notify()
+
+
+class StreamController:
+    """Hill-climb a StreamGate's limit on measured throughput (see the module docstring)."""
+
+    def __init__(self, gate: StreamGate, *, low: int = ADAPTIVE_LOW, high: int = ADAPTIVE_HIGH, window_s: float = 0.5,
+                 gain: float = 0.05, hold_windows: int = 6, clock: Callable[[], float]) -> None:
+        self.gate, self.low, self.high = gate, low, high
+        self.window_s, self.gain, self.hold_windows = window_s, gain, hold_windows
+        self._clock = clock
+        self._at: float | None = None
+        self._bytes = 0
+        self._before: float | None = None  # throughput at the limit before the last growth
+        self._previous: int | None = None  # that limit
+        self._hold = 0
+        self._busy = False  # every permit was in use with work waiting, at some point in the window
+        self.history: list[tuple[float, int, float]] = []  # (time, limit, throughput) per window, for the summary and tests
+
+    def tick(self, total_bytes: int) -> None:
+        """Feed the pull's byte count so far; called a few times a second."""
+        now = self._clock()
+        if self.gate.active >= self.gate.limit and self.gate.waiting:
+            self._busy = True
+        if self._at is None:
+            self._at, self._bytes = now, total_bytes
+            return
+        if now - self._at < self.window_s:
+            return
+        rate = (total_bytes - self._bytes) / (now - self._at)
+        self._at, self._bytes = now, total_bytes
+        busy, self._busy = self._busy, False
+        limit = self.gate.limit
+        self.history.append((now, limit, rate))
+        if self._previous is not None:
+            # The window after a growth: keep it if it paid, else step back.
+            if rate < self._before * (1 + self.gain):
+                self.gate.set_limit(self._previous)
+                self._hold = self.hold_windows
+            self._previous = self._before = None
+            return
+        if self._hold:
+            self._hold -= 1
+            return
+        if busy and limit < self.high:
+            self._previous, self._before = limit, rate
+            self.gate.set_limit(min(self.high, max(limit + 2, limit * 3 // 2)))
+
+
+class Streams:
+    """One pull's stream count: the gate every chunk stream passes, its controller when adaptive, and the piece allowance that follows it."""
+
+    def __init__(self, max_streams: int, *, adaptive: bool, memory_budget: int, clock: Callable[[], float]) -> None:
+        self.gate = StreamGate(min(ADAPTIVE_START, max_streams) if adaptive else max_streams)
+        self.controller = StreamController(self.gate, high=max_streams, clock=clock) if adaptive else None
+        self.memory_budget = memory_budget
+        self.bytes = 0  # new bytes the pull has received (read by the controller; a lost update under a race only blurs one window)
+        self._pool: PiecePool | None = None
+        self._chunk = 0
+
+    def slot(self, cancel: threading.Event | None) -> contextlib.AbstractContextManager[None]:
+        """Hold a stream permit while fetching (PullCancelledError if cancelled while waiting)."""
+        return _Slot(self.gate, cancel)
+
+    def attach(self, pool: PiecePool, chunk: int) -> None:
+        """Let the piece pool hand out what the current stream count needs."""
+        self._pool, self._chunk = pool, chunk
+        pool.allow(pieces_for(self.gate.limit, chunk, pool.size, self.memory_budget))
+
+    def tick(self) -> None:
+        """Called by the monitor thread: let the controller move the count, and the pool's allowance follow."""
+        if self.controller is None:
+            return
+        before = self.gate.limit
+        self.controller.tick(self.bytes)
+        if self.gate.limit != before and self._pool is not None:
+            self._pool.allow(pieces_for(self.gate.limit, self._chunk, self._pool.size, self.memory_budget))
+
+
+class _Slot:
+    __slots__ = ("gate", "cancel")
+
+    def __init__(self, gate: StreamGate, cancel: threading.Event | None) -> None:
+        self.gate, self.cancel = gate, cancel
+
+    def __enter__(self) -> None:
+        if not self.gate.acquire(self.cancel):
+            raise PullCancelledError()
+
+    def __exit__(self, *exc: object) -> None:
+        self.gate.release()

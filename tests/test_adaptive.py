@@ -1,0 +1,123 @@
+"""Adaptive streams (engine.adaptive): the controller on replayed throughput curves, the gate, the pieces that follow."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from chunkpull.engine.adaptive import StreamController, StreamGate, Streams
+from chunkpull.engine.pieces import PiecePool, pieces_for
+from chunkpull.errors import PullCancelledError
+
+MIB = 1 << 20
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _drive(curve, *, start: int = 8, high: int = 64, windows: int = 40) -> tuple[StreamGate, StreamController]:
+    """Run the controller over a throughput curve rate(limit) (bytes/s), with every permit busy and work waiting."""
+    clock = Clock()
+    gate = StreamGate(start)
+    ctl = StreamController(gate, high=high, window_s=0.5, clock=clock)
+    total = 0.0
+    for _ in range(windows * 5):
+        gate.active, gate.waiting = gate.limit, 1  # saturated: as many streams as allowed, more work queued
+        ctl.tick(int(total))
+        clock.now += 0.1
+        total += curve(gate.limit) * 0.1
+    return gate, ctl
+
+
+def test_grows_while_each_stream_adds_throughput_up_to_the_link():
+    # 10 MB/s per connection on a 125 MB/s link: 8 streams reach 80 MB/s, 12 about fill it.
+    gate, ctl = _drive(lambda n: min(10e6 * n, 125e6))
+    limits = [limit for _t, limit, _r in ctl.history]
+    # It settles at 12; now and then it probes 18 again (under 5 % more) and steps back.
+    assert set(limits[2:]) == {12, 18} and limits.count(12) > 0.7 * len(limits), limits
+    assert max(limit for _t, limit, _r in ctl.history) > 8
+
+
+def test_does_not_grow_when_more_streams_do_not_pay():
+    # Loopback: CPU-bound, the count makes no difference.
+    gate, ctl = _drive(lambda n: 900e6)
+    assert gate.limit == 8, ctl.history
+
+
+def test_steps_back_when_more_streams_cost_throughput():
+    gate, _ctl = _drive(lambda n: 500e6 if n <= 8 else 300e6)
+    assert gate.limit == 8
+
+
+def test_stays_within_its_bounds():
+    gate, _ctl = _drive(lambda n: 1e6 * n, high=20)
+    assert gate.limit == 20
+
+
+def test_does_not_grow_without_waiting_work():
+    clock = Clock()
+    gate = StreamGate(8)
+    ctl = StreamController(gate, window_s=0.5, clock=clock)
+    total = 0
+    for _ in range(50):
+        gate.active, gate.waiting = 3, 0  # only three chunks left: nothing to grow for
+        ctl.tick(total)
+        clock.now += 0.1
+        total += 10**6
+    assert gate.limit == 8
+
+
+def test_gate_blocks_at_its_limit_and_honours_cancel():
+    gate = StreamGate(1)
+    assert gate.acquire()
+    cancel = threading.Event()
+    cancel.set()
+    assert gate.acquire(cancel, poll_s=0.01) is False
+    gate.release()
+    assert gate.acquire(cancel)  # a free permit is taken even when cancelled: the caller checks cancel itself
+    gate.release()
+    s = Streams(4, adaptive=False, memory_budget=32 * MIB, clock=Clock())
+    s.gate.acquire()
+    s.gate.acquire()
+    s.gate.acquire()
+    s.gate.acquire()
+    with pytest.raises(PullCancelledError), s.slot(cancel):
+        pass
+
+
+def test_raising_the_limit_wakes_a_waiter():
+    gate = StreamGate(1)
+    gate.acquire()
+    got = []
+    t = threading.Thread(target=lambda: got.append(gate.acquire()))
+    t.start()
+    gate.set_limit(2)
+    t.join(10)
+    assert got == [True]
+
+
+def test_pieces_follow_the_stream_count_within_the_cap():
+    # A chunk per stream plus one to read into, at least 32 MiB, at most the budget.
+    assert pieces_for(8, 8 * MIB, 4 * MIB, 128 * MIB) == 24
+    assert pieces_for(2, 8 * MIB, 4 * MIB, 128 * MIB) == 8  # the 32 MiB floor
+    assert pieces_for(64, 8 * MIB, 4 * MIB, 128 * MIB) == 66  # streams + 2 beats the cap: every stream can read
+    pool = PiecePool(32, 4096)
+    pool.allow(3)
+    taken = [pool.acquire(), pool.acquire()]
+    with pytest.raises(PullCancelledError):
+        pool.acquire(cancel=_set(), poll_s=0.01)  # the allowance is out, bar the reserve
+    assert pool.acquire(priority=lambda: True)  # the piece the hash waits for is always had
+    for p in taken:
+        p.release()
+
+
+def _set() -> threading.Event:
+    e = threading.Event()
+    e.set()
+    return e
