@@ -57,8 +57,8 @@ __all__ = ["MAX_INTEGRITY_ATTEMPTS", "MAX_REPAIRS", "PullStats", "Puller"]
 # and a blob whose chunks fail after it completed is repaired at most this often.
 MAX_INTEGRITY_ATTEMPTS = 3
 MAX_REPAIRS = 2
-# A chunk whose redirect target refuses it is asked of the registry again at most this often.
-MAX_RESOLVES = 4
+MAX_RESOLVES = 4  # a chunk whose redirect target refuses it asks the registry again at most this often
+SMALL_BUFFER = 1 << 20
 
 
 class Puller:
@@ -207,10 +207,11 @@ class Puller:
             # and starve the pool: stop streaming it.
             raise ChunkpullError(f"blob {blob.key} failed; stream dropped")
 
-    def _buffer(self) -> ReusedBuffer:
-        buf = getattr(self.local, "buf", None)
-        if buf is None:
-            buf = self.local.buf = ReusedBuffer(aligned_buffer(self.config.buffer_size))
+    def _buffer(self, need: int | None = None) -> ReusedBuffer:
+        # A blob under 1 MiB gets a small buffer: a big one sits on huge pages, 2 MiB resident per worker.
+        small = need is not None and need <= SMALL_BUFFER
+        if (buf := getattr(self.local, "small" if small else "buf", None)) is None:
+            setattr(self.local, "small" if small else "buf", buf := ReusedBuffer(aligned_buffer(SMALL_BUFFER if small else self.config.buffer_size)))
         return buf
 
     # -- the one range-streaming loop -----------------------------------------
@@ -228,9 +229,7 @@ class Puller:
         resume: bool = True,
         restart: Callable[[], None] | None = None,
         on_answer: Callable[[str], None] | None = None,
-        source: Source | None = None,
-        attempts: int | None = None,
-        active: list[float] | None = None,
+        source: Source | None = None, attempts: int | None = None, active: list[float] | None = None,
     ) -> str:
         """Stream bytes start..end (inclusive) of url into sink(offset, view), retrying until done; return the URL that answered.
 
@@ -239,11 +238,12 @@ class Puller:
         Range can only start over).  When the registry ignores Range on a
         resumed request, ``restart()`` (if given) resets the sink and the
         stream starts over; without it, RangeIgnoredError reaches the caller.
-        New bytes are credited to the blob and reported once.
+        New bytes are credited to the blob and reported once.  ``source``
+        (default the blob's origin) supplies TLS and auth; ``attempts`` caps
+        the retries (a mirror gets one); ``active`` collects reading time.
 
         Raises:
-            RangeIgnoredError, RegistryError, TransportError, PullCancelledError,
-            and whatever sink raises.
+            RangeIgnoredError, RegistryError, TransportError, PullCancelledError, and whatever sink raises.
         """
         pos = start
         credited = start  # how far the retry budget counts this transfer as having got
@@ -325,7 +325,7 @@ class Puller:
             for _ in range(MAX_INTEGRITY_ATTEMPTS):
                 restart()
                 with self.streams.slot(self.cancel):
-                    self._stream(blob, blob.url, 0, layer.size - 1, self._buffer(), sink, label=blob.key, restart=restart)
+                    self._stream(blob, blob.url, 0, layer.size - 1, self._buffer(layer.size), sink, label=blob.key, restart=restart)
                 got = blob.stream_hash.digest()
                 if got == layer.digest.raw and blob.stream_hash.length == layer.size:
                     break
