@@ -8,6 +8,7 @@ and no test depends on wall-clock time.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import shutil
 import threading
@@ -19,7 +20,7 @@ import pytest
 import requests.adapters
 
 from chunkpull.store.cache import DiskCache
-from chunkpull.registry import Registry
+from chunkpull.registry import Registry, Tuning
 from chunkpull.testing import TestRegistry, build_model
 from chunkpull.engine.transport import Backoff, new_session
 
@@ -150,13 +151,31 @@ def upstream(tmp_path: Path):
         server.stop()
 
 
+def registry_args(**kwargs) -> dict:
+    """Turn a test's flat keywords into Registry's: tuning fields into ``tuning=Tuning(...)``, ``backoff``/``timeout_s``
+    into their Tuning fields, ``sleep``/``session_factory`` into the private test seams."""
+    fields = {f.name for f in dataclasses.fields(Tuning)}
+    tuning = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
+    if (backoff := kwargs.pop("backoff", None)) is not None:
+        tuning.update(retries=backoff.attempts, retry_base_s=backoff.base_s, retry_cap_s=backoff.cap_s)
+    if (timeout := kwargs.pop("timeout_s", None)) is not None:
+        tuning["connect_timeout_s"], tuning["read_timeout_s"] = timeout
+    for seam in ("sleep", "session_factory"):
+        if seam in kwargs:
+            kwargs["_" + seam] = kwargs.pop(seam)
+    return {**kwargs, "tuning": Tuning(**tuning)} if tuning else kwargs
+
+
 @pytest.fixture
 def make_registry(tmp_path: Path):
     """Factory: a Registry client on a tmp cache that never sleeps between retries.
 
-    ``make_registry(cache=None, **Registry kwargs)``; defaults: a fresh
-    DiskCache under tmp_path, ``chunking_threshold=1 MiB``, ``max_streams=4``,
-    ``Backoff(attempts=4)``.  Clients are closed when the test ends.
+    ``make_registry(cache=None, **kwargs)``: Registry's keywords, plus the
+    ``Tuning`` fields, ``backoff``, ``timeout_s``, ``sleep`` and
+    ``session_factory`` as flat keywords (see ``registry_args``); defaults: a
+    fresh DiskCache under tmp_path, ``chunking_threshold=1 MiB``,
+    ``max_streams=4``, ``Backoff(attempts=4)``.  Clients are closed when the
+    test ends.
     """
     made: list[Registry] = []
 
@@ -169,7 +188,7 @@ def make_registry(tmp_path: Path):
         kwargs.setdefault("sleep", lambda s: None)
         # A short read timeout bounds a hung test, never its speed.
         kwargs.setdefault("timeout_s", (5.0, 10.0))
-        reg = Registry(cache, **kwargs)
+        reg = Registry(cache, **registry_args(**kwargs))
         made.append(reg)
         return reg
 
@@ -270,11 +289,10 @@ def api_registry(models_dir: Path, api_upstream: TestRegistry, gate: threading.E
     """A Registry on models_dir with mask API_MASK, whose example.com requests reach api_upstream."""
     reg = Registry(
         DiskCache(models_dir, fsync=False),
-        session_factory=example_com_sessions(api_upstream.url, gate),
         mask=API_MASK,
         max_streams=2,
-        chunking_threshold=API_CHUNK,
-        backoff=Backoff(attempts=2, base_s=0.001),
+        tuning=Tuning(chunking_threshold=API_CHUNK, retries=2, retry_base_s=0.001),
+        _session_factory=example_com_sessions(api_upstream.url, gate),
     )
     yield reg
     reg.close()

@@ -38,7 +38,10 @@ ALLOWED: dict[str, set[str]] = {
     "engine": {"core", "store", "errors", "_hashio"},
     "auth": {"errors"},
     "hosts": {"errors"},
-    "registry": {"core", "store", "engine", "errors", "_env", "auth", "hosts"},
+    # The engine's knobs as one typed value, and what a pull returns.
+    "tuning": {"engine", "_env"},
+    "result": {"core"},
+    "registry": {"core", "store", "engine", "errors", "_env", "auth", "hosts", "tuning", "result"},
     "display": {"registry", "core"},
     "serve": {"registry", "core", "errors", "_httpd", "_version"},
     "cli": {"registry", "store", "core", "errors", "_env", "_hashio", "_version", "display", "serve", "testing", "bench", "auth"},

@@ -159,7 +159,7 @@ def closed_port() -> int:
 def test_pull_not_cached(upstream, make_registry, hashio_backend):
     up = upstream(SIZES, seed=1)
     reg = make_registry()
-    m = reg.pull(up.ref())
+    m = reg.pull(up.ref()).manifest
     assert str(m.digest) == up.digests[MODEL]
     assert m.data == up.manifest()
     assert [str(b.digest) for b in m.blobs()] == all_blob_digests(up)
@@ -232,7 +232,7 @@ def test_progress_events(upstream, make_registry, verify, fault):
     elif fault == "cut":
         up.faults.set(cut_after=100_000, cut_times=3)
     ev = Events()
-    m = reg.pull(up.ref(), progress=ev)
+    m = reg.pull(up.ref(), progress=ev).manifest
 
     blobs = {str(b.digest): b.size for b in m.blobs()}
     first_bytes = next((i for i, e in enumerate(ev.events) if e.state == BYTES), len(ev.events))
@@ -622,7 +622,7 @@ def test_push_then_pull_back(upstream, make_registry, tmp_path):
     assert upload_puts(target) == [], f"second push uploaded {upload_puts(target)}"
     # Pull it back into another cache.
     other = make_registry()
-    got = other.pull(dest)
+    got = other.pull(dest).manifest
     assert str(got.digest) == build_model_digest
     for b in got.blobs():
         assert other.cache.blob_path(b.digest).read_bytes() == local.cache.blob_path(b.digest).read_bytes()
@@ -670,7 +670,7 @@ def test_unlink_prunes_unshared_blobs(upstream, make_registry):
     up.add("registry.local/library/b:latest", [SMALL, 3000], seed=28)
     reg = make_registry()
     a, b = up.ref("registry.local/library/a:latest"), up.ref("registry.local/library/b:latest")
-    ma, mb = reg.pull(a), reg.pull(b)
+    ma, mb = reg.pull(a).manifest, reg.pull(b).manifest
     shared = ma.layers[0].digest
     assert shared == mb.layers[0].digest
     only_a = {ma.digest, ma.layers[1].digest, ma.config.digest}
@@ -842,7 +842,7 @@ def test_duplicate_layer_pulled_once(upstream, make_registry):
     data = json.dumps(doc).encode()
     up.faults.routes = {MANIFEST_PATH: (200, data)}
     reg = make_registry()
-    m = reg.pull(up.ref())
+    m = reg.pull(up.ref()).manifest
     assert m.data == data
     big = layer_digests(up)[0]
     assert sum(range_starts(up, big).values()) == BIG // CHUNK_SIZE, "a layer listed twice was fetched twice"

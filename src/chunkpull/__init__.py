@@ -23,7 +23,7 @@ from .errors import (
     RegistryError,
     TransportError,
 )
-from .registry import DEFAULT_CHUNKING_THRESHOLD, Layer, Manifest, Registry
+from .registry import DEFAULT_CHUNKING_THRESHOLD, Layer, Manifest, PullResult, Registry, Tuning
 from .store.cache import DiskCache
 
 
@@ -60,6 +60,8 @@ __all__ = [
     "Progress",
     "Ref",
     "PullCancelledError",
+    "PullResult",
+    "Tuning",
     "Registry",
     "RegistryError",
     "TransportError",

@@ -26,8 +26,11 @@ Verification modes (``verify``):
 
 The engine itself (workers, pieces, commits) is ``engine.Puller``: the
 façade hands it a ``PullConfig`` and a ``Source`` and never lends it itself.
+User settings are the constructor's keywords; the engine's knobs come in
+one ``Tuning``; a pull returns a ``PullResult`` (paths and byte counts).
 
-Imports core, store and engine; never serve, cli, testing or bench.
+Imports core, store, engine, ``tuning`` and ``result``; never serve, cli,
+testing or bench.
 """
 
 from __future__ import annotations
@@ -36,9 +39,11 @@ import contextlib
 import functools
 import os
 import threading
-import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import _env
 from .auth import RegistryAuth, find_credentials
@@ -46,32 +51,33 @@ from .core.digest import Digest, sha256_digest
 from .core.index import MANIFEST_ACCEPT, MEDIA_TYPE_DOCKER_MANIFEST, Index, Platform, is_index
 from .core.manifest import Layer, Manifest
 from .core.names import DEFAULT_MASK, Name, Ref, parse_ref
-from .core.progress import CACHED, START, Progress, ProgressCallback
-from .engine.config import (
-    DEFAULT_BUFFER_SIZE,
-    DEFAULT_CHUNKING_THRESHOLD,
-    DEFAULT_MEMORY_BUDGET,
-    DEFAULT_STALL_TIMEOUT_S,
-    IO_MODES,
-    VERIFY_MODES,
-    BlobJob,
-    PullConfig,
-    Source,
-)
+from .core.progress import CACHED, START, Aggregator, Progress, ProgressCallback
+from .engine.config import DEFAULT_BUFFER_SIZE, DEFAULT_CHUNKING_THRESHOLD, BlobJob, PullConfig, Source
 from .engine.puller import Puller
 from .engine.ratelimit import RateLimiter
 from .engine.sources import Mirror, Sources, SourceStats
-from .engine.transport import Backoff, Transport, join_url, parse_error
+from .engine.transport import Transport, join_url, parse_error
 from .errors import ChunkpullError, IntegrityError, InvalidManifestError, ModelNotFoundError, PullCancelledError, RegistryError
 from .hosts import mirrors_for, parse_mirror
+from .result import PullResult
 from .store.cache import DiskCache, mentioned_digests
+from .tuning import IO_MODES, VERIFY_MODES, IOMode, Tuning, VerifyMode, tuning_from_legacy
+
+if TYPE_CHECKING:
+    import requests
+
+    SessionFactory = Callable[..., requests.Session]
 
 __all__ = [
     "Registry",
     "PullReport",
+    "PullResult",
     "SourceStats",
     "Manifest",
     "Layer",
+    "Tuning",
+    "VerifyMode",
+    "IOMode",
     "DEFAULT_CHUNKING_THRESHOLD",
     "DEFAULT_BUFFER_SIZE",
     "VERIFY_MODES",
@@ -84,43 +90,43 @@ MAX_MANIFEST_BYTES = 4 << 20
 
 @dataclass
 class PullReport:
-    """What a pull's sources delivered (filled by ``Registry.pull(report=)`` / ``pull_many``, also when it fails)."""
+    """What a pull's sources delivered (filled by ``Registry.pull(report=)`` / ``pull_many``, also when it fails).
+
+    >>> report = PullReport()
+    >>> registry.pull("http://127.0.0.1:5000/library/smol", report=report)  # doctest: +SKIP
+    >>> [(s.name, s.bytes) for s in report.sources]                         # doctest: +SKIP
+    [('127.0.0.1:5000', 8390656)]
+    """
 
     sources: list[SourceStats] = field(default_factory=list)
 
-    def to_json(self) -> list[dict]:
+    def to_json(self) -> list[dict[str, Any]]:
+        """Return one JSON object per source (origin first), as ``chunkpull pull --json`` writes them."""
         return [s.to_json() for s in self.sources]
 
 
 class Registry:
-    """A client for Ollama-style registries that pulls into a DiskCache.
+    """A client for Ollama-style and OCI registries that pulls into a models directory.
 
-    Arguments default to None, meaning the documented default:
+    Every argument defaults to None, meaning the documented default:
 
-    cache
-        the models directory (``DiskCache.open()``: ``$OLLAMA_MODELS`` or ``~/.ollama/models``).
-    session_factory
-        ``f(max_streams, verify_tls=...) -> requests.Session``; the test seam.
+    models
+        the models directory, a path or a ``DiskCache`` (``$OLLAMA_MODELS``,
+        else ``~/.ollama/models``), in Ollama's layout.
     max_streams
         concurrent connections per pull (``$OLLAMA_REGISTRY_MAXSTREAMS``, else 8).
-    chunking_threshold
-        blobs smaller than this come in one request (64 MiB).
+    verify
+        ``"blob"`` (one SHA-256 pass per byte) or ``"chunks"`` (every chunk
+        also checked as it arrives); see the module docstring.
     mask
         completes short names (``registry.ollama.ai/library/_:latest``).
-    verify
-        ``"blob"`` (default) or ``"chunks"``; see the module docstring.
-    buffer_size
-        bytes per piece: the unit of socket reads and O_DIRECT writes (4 MiB).
-    memory_budget
-        bytes of pieces a pull may hold, parked ahead of the in-order hash
-        (32 MiB; never fewer than ``max_streams + 2`` pieces).
-    io
-        ``"auto"`` (default, ``$CHUNKPULL_IO``): O_DIRECT where the file
-        system allows it; ``"direct"`` insists; ``"buffered"`` never uses it.
-    backoff, timeout_s, stall_timeout_s
-        retry policy (6 attempts, n² × 10 ms, capped at 2 s, jittered),
-        (connect, read) timeouts in seconds (10, 30), and how long a stream
-        may send nothing before it is cut and retried elsewhere (5 s).
+    limit_rate
+        bytes per second for all of this Registry's pulls together, over
+        every stream and source (None: no cap).
+    mirrors
+        mirror URLs for every origin, before ``$CHUNKPULL_MIRRORS`` and each
+        host's ``hosts.toml`` (see ``chunkpull.hosts``): chunk bytes may come
+        from them, verified against the origin's digests.
     credentials
         ``{host: (user, password)}``, before the credential files (see ``chunkpull.auth``).
     ca_cert
@@ -130,43 +136,57 @@ class Registry:
     platform
         ``os/arch[/variant]`` an image index is resolved for (this machine's
         platform; an index with one entry gives that entry).
-    mirrors
-        mirror URLs for every origin, before ``$CHUNKPULL_MIRRORS`` and each
-        host's ``hosts.toml`` (see ``chunkpull.hosts``): chunk bytes may come
-        from them, verified against the origin's digests.
-    limit_rate
-        bytes per second for all of this Registry's pulls together, over
-        every stream and source (None: no cap).
-    sleep
-        the backoff's sleep, injectable so tests never wait.
+    tuning
+        the engine's knobs (chunking threshold, pieces, memory, I/O mode,
+        timeouts, retries) in one ``Tuning``.
+
+    The keywords ``chunking_threshold``, ``buffer_size``, ``memory_budget``,
+    ``io``, ``stall_timeout_s``, ``timeout_s`` and ``backoff`` of earlier
+    versions still work, with a ``DeprecationWarning``: use ``tuning=``.
 
     One Registry may serve many pulls at once from different threads; each
-    pull has its own pool of workers.
+    pull has its own pool of workers.  Close it (or use ``with``) to close
+    its pooled connections:
+
+    >>> from chunkpull import Registry
+    >>> with Registry("/tmp/models", max_streams=4) as registry:           # doctest: +SKIP
+    ...     result = registry.pull("http://127.0.0.1:5000/library/smol")
+    ...     print(result.model_path)
+    /tmp/models/blobs/sha256-0bf3622b362c...
+
+    Raises:
+        ValueError: a setting out of its range; InvalidNameError: a bad mirror URL.
     """
 
     def __init__(
         self,
-        cache: DiskCache | None = None,
+        models: str | os.PathLike[str] | DiskCache | None = None,
         *,
-        session_factory: Callable | None = None,
         max_streams: int | None = None,
-        chunking_threshold: int | None = None,
+        verify: VerifyMode | None = None,
         mask: str | None = None,
-        verify: str | None = None,
-        buffer_size: int | None = None,
-        memory_budget: int | None = None,
-        io: str | None = None,
-        backoff: Backoff | None = None,
-        timeout_s: tuple[float, float] | None = None,
-        stall_timeout_s: float | None = None,
-        platform: str | Platform | None = None,
-        credentials: dict[str, tuple[str, str]] | None = None,
-        ca_cert: str | os.PathLike[str] | None = None,
-        mirrors: list[str] | None = None,
         limit_rate: int | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        mirrors: Sequence[str] | None = None,
+        credentials: Mapping[str, tuple[str, str]] | None = None,
+        ca_cert: str | os.PathLike[str] | None = None,
+        platform: str | Platform | None = None,
+        tuning: Tuning | None = None,
+        # Test seams, not API: requests sessions (f(max_streams, verify_tls=)) and the backoff's sleep.
+        _session_factory: SessionFactory | None = None,
+        _sleep: Callable[[float], None] | None = None,
+        **legacy: Any,
     ) -> None:
-        self.cache = cache if cache is not None else DiskCache.open()
+        if legacy:
+            warnings.warn(
+                f"Registry({', '.join(f'{k}=' for k in legacy)}) is deprecated: pass models= for cache=, and "
+                "tuning=Tuning(...) for chunking_threshold, buffer_size, memory_budget, io, stall_timeout_s, timeout_s, backoff",
+                DeprecationWarning, stacklevel=2,
+            )
+            models = legacy.pop("cache", models)
+            _session_factory = legacy.pop("session_factory", _session_factory)
+            _sleep = legacy.pop("sleep", _sleep)
+        t = self.tuning = tuning_from_legacy(tuning, legacy)
+        self.cache = models if isinstance(models, DiskCache) else DiskCache.open(models)
         self.mask = mask or DEFAULT_MASK
         # The entry an image index resolves to (None: this machine's platform).
         self.platform = Platform.parse(platform) if isinstance(platform, str) else platform
@@ -177,25 +197,31 @@ class Registry:
         self._auths_lock = threading.Lock()
         self.config = PullConfig(
             max_streams=max_streams if max_streams is not None else _env.max_streams(),
-            chunking_threshold=DEFAULT_CHUNKING_THRESHOLD if chunking_threshold is None else chunking_threshold,
+            chunking_threshold=t.chunking_threshold,
             verify=verify or "blob",
-            buffer_size=buffer_size or DEFAULT_BUFFER_SIZE,
-            memory_budget=memory_budget or DEFAULT_MEMORY_BUDGET,
-            io=io or _env.io_mode(),
+            buffer_size=t.buffer_size,
+            memory_budget=t.memory_budget,
+            io=t.resolved_io(),
             # A stream with no byte for this long is cut and its range retried
             # elsewhere; the socket read timeout (timeout_s) is the hard bound.
-            stall_timeout_s=DEFAULT_STALL_TIMEOUT_S if stall_timeout_s is None else stall_timeout_s,
+            stall_timeout_s=t.stall_timeout_s,
         )
-        kwargs = {"timeout_s": timeout_s} if timeout_s else {}
+        seams: dict[str, Any] = {"sleep": _sleep} if _sleep is not None else {}
         self.transport = Transport(
-            max_streams=self.config.max_streams, session_factory=session_factory, backoff=backoff, sleep=sleep,
+            max_streams=self.config.max_streams, session_factory=_session_factory, backoff=t.backoff, timeout_s=t.timeout_s,
             stall_s=self.config.stall_timeout_s, ca_cert=str(ca_cert) if ca_cert else _env.ca_cert(),
-            limiter=RateLimiter(limit_rate) if limit_rate else None, **kwargs,
+            limiter=RateLimiter(limit_rate) if limit_rate else None, **seams,
         )
 
     @property
     def max_streams(self) -> int:
+        """Return the streams each pull may use."""
         return self.config.max_streams
+
+    @property
+    def models(self) -> Path:
+        """Return the models directory's root."""
+        return self.cache.root
 
     def auth_for(self, ref: Ref) -> RegistryAuth:
         """Return the auth hook of ref's registry host (made, with its credentials looked up, on first use)."""
@@ -369,15 +395,21 @@ class Registry:
     # -- pull ----------------------------------------------------------------
 
     def pull(self, name: str, *, progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
-             report: PullReport | None = None) -> Manifest:
-        """Pull the named model into the cache and return its manifest.
+             report: PullReport | None = None) -> PullResult:
+        """Pull the named model into the models directory; return its manifest, blob paths and byte counts.
 
-        ``progress`` gets a ``start`` or ``cached`` event for every blob before
-        any byte moves, then ``bytes`` deltas, ``verifying``, ``done`` (or
-        ``error``); it is called from worker threads, must be thread-safe
-        and must not block.  Setting ``cancel`` stops the pull soon after;
-        work files are kept so the next pull resumes.  ``report``, when
-        given, is filled with what each source (origin, mirrors) delivered.
+        ``progress`` gets a ``Progress`` event: ``start`` or ``cached`` for
+        every blob before any byte moves, then ``bytes`` (and ``resumed``)
+        deltas, ``verifying``, ``done`` (or ``error``); it is called from
+        worker threads, must be thread-safe and must not block.  Setting
+        ``cancel`` stops the pull soon after; work files are kept so the
+        next pull resumes.  ``report``, when given, is filled with what each
+        source (origin, mirrors) delivered.
+
+        >>> with Registry("/tmp/models") as registry:                                # doctest: +SKIP
+        ...     r = registry.pull("http://127.0.0.1:5000/library/smol:latest")
+        >>> r.model_path, r.fetched_bytes, r.cached_bytes                           # doctest: +SKIP
+        (PosixPath('/tmp/models/blobs/sha256-0bf3...'), 8389632, 0)
 
         Raises:
             InvalidNameError, ModelNotFoundError, InvalidManifestError,
@@ -389,19 +421,26 @@ class Registry:
         self.cache.check_name(ref.name)  # a name the disk cannot store fails now, not after the download
         cancel = cancel or threading.Event()
         m = self._resolve(ref, name, cancel)
-        results = self._pull_models([(name, ref, m)], progress or (lambda ev: None), cancel, report, raise_first=True)
-        return results[name]  # type: ignore[return-value]
+        result = self._pull_models([(name, ref, m)], progress or _ignore, cancel, report, raise_first=True)[name]
+        if isinstance(result, BaseException):  # raise_first: never, but the type says it may be
+            raise result
+        return result
 
     def pull_many(self, names: list[str], *, progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
-                  report: PullReport | None = None) -> dict[str, Manifest | BaseException]:
-        """Pull several models under one stream budget and one memory budget; return each name's manifest or error.
+                  report: PullReport | None = None) -> dict[str, PullResult | BaseException]:
+        """Pull several models under one stream budget and one memory budget; return each name's result or error.
 
-        A blob several models share is fetched once.  One model failing
-        (not found, a bad blob) does not stop the others; only cancelling
+        A blob several models share is fetched once (and counts as fetched
+        in each of their results).  One model failing (not found, a bad
+        blob) does not stop the others; only cancelling
         (``PullCancelledError``) ends them all.
+
+        >>> results = registry.pull_many(["http://127.0.0.1:5000/library/a", "http://127.0.0.1:5000/library/b"])  # doctest: +SKIP
+        >>> {n: type(r).__name__ for n, r in results.items()}                                                  # doctest: +SKIP
+        {'http://127.0.0.1:5000/library/a': 'PullResult', 'http://127.0.0.1:5000/library/b': 'ModelNotFoundError'}
         """
         cancel = cancel or threading.Event()
-        results: dict[str, Manifest | BaseException] = {}
+        results: dict[str, PullResult | BaseException] = {}
         resolved = []
         for name in names:
             if cancel.is_set():
@@ -414,14 +453,20 @@ class Registry:
                 raise
             except ChunkpullError as err:
                 results[name] = err
-        results.update(self._pull_models(resolved, progress or (lambda ev: None), cancel, report, raise_first=False))
+        results.update(self._pull_models(resolved, progress or _ignore, cancel, report, raise_first=False))
         return {name: results[name] for name in names if name in results}
 
-    def _pull_models(self, models: list[tuple[str, Ref, Manifest]], report: ProgressCallback, cancel: threading.Event,
-                     summary: PullReport | None, *, raise_first: bool) -> dict[str, Manifest | BaseException]:
+    def _pull_models(self, models: list[tuple[str, Ref, Manifest]], progress: ProgressCallback, cancel: threading.Event,
+                     summary: PullReport | None, *, raise_first: bool) -> dict[str, PullResult | BaseException]:
         """Fetch every blob the models need in one Puller run, then write the manifests of the models that are complete."""
         mirrors: list[Mirror] = []
         jobs: dict[str, BlobJob] = {}
+        tally = Aggregator()  # what each result's byte counts are read from
+
+        def report(event: Progress) -> None:
+            tally(event)
+            progress(event)
+
         try:
             with self.cache.prune_lock(exclusive=False):
                 for _name, ref, m in models:
@@ -444,20 +489,20 @@ class Registry:
                         jobs[str(b.digest)] = BlobJob(b, origin, tuple(own))
                 sources = Sources(models[0][1].name.host if len({r.name.host for _n, r, _m in models}) == 1 else "origin", mirrors)
                 puller = Puller(self.config, self.transport, self.cache, list(jobs.values()), report, cancel, sources) if jobs else None
+                failed: dict[str, BaseException] = {}
                 try:
                     if puller is not None:
                         puller.run()
-                    failed: dict[str, BaseException] = {}
                 except (PullCancelledError, KeyboardInterrupt):
                     raise
-                except BaseException as err:
-                    if raise_first:
+                except BaseException as exc:
+                    if raise_first or puller is None:
                         raise
-                    failed = {b.key: b.error for b in puller.blobs if b.error is not None} or {"": err}
+                    failed = {b.key: b.error for b in puller.blobs if b.error is not None} or {"": exc}
                 finally:
                     if summary is not None:
                         summary.sources = sources.snapshot()
-                results: dict[str, Manifest | BaseException] = {}
+                results: dict[str, PullResult | BaseException] = {}
                 for name, ref, m in models:
                     err = next((failed[str(b.digest)] for b in m.blobs() if str(b.digest) in failed), failed.get(""))
                     if err is not None:
@@ -465,7 +510,8 @@ class Registry:
                         continue
                     self.cache.put(m.digest, m.data)
                     self.cache.link(ref.name, m.digest)
-                    results[name] = m
+                    counts = tally.byte_counts({str(b.digest) for b in m.blobs()})
+                    results[name] = PullResult.of(name, m, self.cache.blob_path, counts)
                 return results
         finally:
             # Models removed while this pull ran: their blobs go now, unless
@@ -490,7 +536,7 @@ class Registry:
         if r.status_code >= 300:
             raise _parse_error(r, url)
 
-    def _push_blob(self, ref: Ref, d: Digest, path) -> None:
+    def _push_blob(self, ref: Ref, d: Digest, path: Path) -> None:
         url = f"{ref.base_url}/blobs/uploads/?digest={d}"
         r = self.transport.request("POST", url, verify_tls=ref.verify_tls, auth=self.auth_for(ref))
         if r.status_code >= 300:
@@ -505,5 +551,9 @@ class Registry:
             raise _parse_error(r, upload)
 
 
-def _parse_error(r, url: str) -> RegistryError:
+def _parse_error(r: requests.Response, url: str) -> RegistryError:
     return parse_error(r.status_code, r.content, url)
+
+
+def _ignore(event: Progress) -> None:
+    """The progress callback of a pull nobody watches."""

@@ -361,9 +361,9 @@ SERVE = """
 import sys
 from chunkpull.serve import serve
 from chunkpull.store.cache import DiskCache
-from chunkpull.registry import Registry
+from chunkpull.registry import Registry, Tuning
 
-serve(Registry(DiskCache(sys.argv[1]), max_streams=2, chunking_threshold=65536), port=0,
+serve(Registry(DiskCache(sys.argv[1]), max_streams=2, tuning=Tuning(chunking_threshold=65536)), port=0,
       ready=lambda server: print(server.url, flush=True))
 print("stopped", flush=True)
 """

@@ -169,7 +169,7 @@ def test_distribution_with_htpasswd(tmp_path_factory, make_registry):
             make_registry().pull(name)
         assert info.value.status == 401
         reg = make_registry(credentials={f"127.0.0.1:{server.port}": ("alice", SECRET)})
-        m = reg.pull(name)
+        m = reg.pull(name).manifest
         assert str(m.digest) == digest
         assert reg.cache.blob_path(Digest.parse(descs[0]["digest"])).read_bytes() == b"w" * (2 * MIB)
     finally:

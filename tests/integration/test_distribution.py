@@ -49,7 +49,7 @@ def test_pull_an_image_manifest(distribution, make_registry, oci):
     layers = [_pseudo(20 * MIB, 1 + oci), _pseudo(3000, 3 + oci)]
     digest, descs = distribution.push_image(repo, "v1", layers, oci=oci)
     reg = make_registry(chunking_threshold=1 * MIB)
-    m = reg.pull(f"http://127.0.0.1:{distribution.port}/{repo}:v1")
+    m = reg.pull(f"http://127.0.0.1:{distribution.port}/{repo}:v1").manifest
     assert str(m.digest) == digest
     for data, d in zip(layers, descs):
         assert _blob(reg, d["digest"]) == data
@@ -87,7 +87,7 @@ def test_index_resolves_to_the_platform(distribution, make_registry, media):
     m = make_registry(platform="linux/amd64").pull(name)
     assert str(m.digest) == amd
     reg = make_registry(platform="linux/arm64")
-    m = reg.pull(name)
+    m = reg.pull(name).manifest
     assert str(m.digest) == arm and _blob(reg, arm_layers[0]["digest"]) == _pseudo(MIB, 11)
     with pytest.raises(ModelNotFoundError, match="linux/riscv64.*linux/amd64, linux/arm64/v8"):
         make_registry(platform="linux/riscv64").pull(name)
@@ -100,7 +100,7 @@ def test_single_entry_index_without_platform(distribution, make_registry):
     distribution.push_manifest(repo, "v1", {"schemaVersion": 2, "mediaType": OCI_INDEX,
                                             "manifests": [{"mediaType": OCI_MANIFEST, "digest": inner, "size": size}]}, OCI_INDEX)
     reg = make_registry(platform="linux/s390x")  # whatever the platform: the only entry it is
-    m = reg.pull(f"http://127.0.0.1:{distribution.port}/{repo}:v1")
+    m = reg.pull(f"http://127.0.0.1:{distribution.port}/{repo}:v1").manifest
     assert str(m.digest) == inner and _blob(reg, layers[0]["digest"]) == _pseudo(MIB, 20)
 
 
@@ -108,7 +108,7 @@ def test_digest_pin_through_manifests(distribution, make_registry):
     repo = "library/pinned"
     digest, descs = distribution.push_image(repo, "v1", [_pseudo(MIB, 30)], oci=True)
     reg = make_registry()
-    m = reg.pull(f"http://127.0.0.1:{distribution.port}/{repo}:v1@{digest}")
+    m = reg.pull(f"http://127.0.0.1:{distribution.port}/{repo}:v1@{digest}").manifest
     assert str(m.digest) == digest and _blob(reg, descs[0]["digest"]) == _pseudo(MIB, 30)
     with pytest.raises(ModelNotFoundError):
         reg.pull(f"http://127.0.0.1:{distribution.port}/{repo}:v1@sha256:{'0' * 64}")
@@ -130,7 +130,7 @@ def test_nested_repository_path(distribution, make_registry):
     digest, descs = distribution.push_image(repo, "v2", [weights], oci=True)
     reg = make_registry()
     name = f"http://127.0.0.1:{distribution.port}/{repo}:v2"
-    m = reg.pull(name)
+    m = reg.pull(name).manifest
     assert str(m.digest) == digest and _blob(reg, descs[0]["digest"]) == weights
     stored = reg.cache.manifests_dir / f"127.0.0.1:{distribution.port}" / "team" / "vision" / "detector" / "v2"
     assert stored.is_file()

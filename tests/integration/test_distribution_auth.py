@@ -65,7 +65,7 @@ def test_token_flow_anonymous_pull_of_a_public_repository(token_registry, make_r
     digest, descs = server.push_image("public/smol", "v1", [weights], oci=True)
     tokens.log.clear()
     reg = make_registry()
-    m = reg.pull(f"http://127.0.0.1:{server.port}/public/smol:v1")
+    m = reg.pull(f"http://127.0.0.1:{server.port}/public/smol:v1").manifest
     assert str(m.digest) == digest and _has(reg, descs[0]["digest"], weights)
     # One anonymous token for the repository's scope, cached for every range and the manifest.
     assert [(e["user"], "scope=repository%3Apublic%2Fsmol%3Apull" in e["path"]) for e in tokens.log] == [("", True)]
@@ -150,7 +150,7 @@ def test_pull_through_cache_cold_and_warm(tmp_path, make_registry):
         digest, descs = origin.push_image("library/mirrored", "v1", [weights], oci=True)
         name = f"http://127.0.0.1:{proxy.port}/library/mirrored:v1"
         cold = make_registry()
-        m = cold.pull(name)
+        m = cold.pull(name).manifest
         assert str(m.digest) == digest and _has(cold, descs[0]["digest"], weights)
         fetched = origin.blob_gets("library/mirrored", descs[0]["digest"])
         assert fetched >= 1

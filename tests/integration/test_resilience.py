@@ -75,8 +75,8 @@ def _record(cache: DiskCache) -> dict | None:
 def _pull_in_child(ref: str, models: Path, **kwargs) -> subprocess.Popen:
     """Start a pull in another process (small chunking threshold, like the tests' clients)."""
     code = (
-        "import sys; from chunkpull import Registry, DiskCache; "
-        f"Registry(DiskCache(sys.argv[1]), chunking_threshold={1 << 20}, max_streams=4).pull(sys.argv[2])"
+        "import sys; from chunkpull import Registry, DiskCache, Tuning; "
+        f"Registry(DiskCache(sys.argv[1]), tuning=Tuning(chunking_threshold={1 << 20}), max_streams=4).pull(sys.argv[2])"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     return subprocess.Popen([sys.executable, "-c", code, str(models), ref], env=env, **kwargs)
@@ -230,7 +230,7 @@ def test_server_ignoring_range_still_gives_the_right_blob(upstream, make_registr
     up = upstream([3 * MIB], chunk_size=64 << 10)  # 48 chunks
     up.faults.ignore_range = True
     reg = make_registry(verify=verify)
-    m = reg.pull(up.ref())
+    m = reg.pull(up.ref()).manifest
     _assert_blobs_verify(reg.cache)
     # One stream for the whole blob (plus what the first, abandoned answers
     # had in flight), not the ~24x of skipping to each of 48 chunks.

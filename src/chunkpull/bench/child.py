@@ -372,7 +372,7 @@ def percentile(sorted_values: list[float], p: float) -> float | None:
 
 def _prepare_chunkpull(spec: dict):
     """Import and build everything before the timed region; return the pull to time."""
-    from chunkpull.registry import PullReport, Registry
+    from chunkpull.registry import PullReport, Registry, Tuning
     from chunkpull.store.cache import DiskCache
 
     if spec.get("progress"):
@@ -384,8 +384,8 @@ def _prepare_chunkpull(spec: dict):
         DiskCache(spec["models_dir"], fsync=spec.get("fsync", True)),
         max_streams=spec["streams"],
         verify=spec["verify"],
-        chunking_threshold=spec.get("threshold"),
-        session_factory=log.factory if log else None,
+        tuning=Tuning(chunking_threshold=spec["threshold"]) if spec.get("threshold") is not None else None,
+        _session_factory=log.factory if log else None,
         mirrors=spec.get("mirrors") or None,
     )
     report = PullReport()

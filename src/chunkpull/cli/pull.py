@@ -108,7 +108,7 @@ def cmd_pull(registry: Registry, args: argparse.Namespace, names: list[str]) -> 
     else:
         for name, result in results.items():
             if not isinstance(result, BaseException):
-                print(f"pulled {name}: {format_bytes(result.size)}, {plural(len(result.blobs()), 'blob')}", flush=True)
+                print(f"pulled {name}: {format_bytes(result.size)}, {plural(len(result.blobs), 'blob')}", flush=True)
         print(f"{len(results) - len(failed)} of {plural(len(names), 'model')} pulled: {fetched}, {blobs}", flush=True)
     for line in source_lines(report):
         print(line, flush=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
@@ -175,10 +175,10 @@ class Aggregator:
         with self._lock:
             return (sum(l.completed for l in self._layers.values()), sum(l.total for l in self._layers.values()))
 
-    def byte_counts(self) -> ByteCounts:
-        """Return the bytes fetched by this pull, resumed from earlier ones, and found cached."""
+    def byte_counts(self, digests: Collection[str] | None = None) -> ByteCounts:
+        """Return the bytes fetched by this pull, resumed from earlier ones, and found cached (of ``digests``' layers only, if given)."""
         with self._lock:
-            layers = list(self._layers.values())
+            layers = [l for l in self._layers.values() if digests is None or l.digest in digests]
             cached = sum(l.total for l in layers if l.state == CACHED)
             resumed = sum(l.resumed for l in layers if l.state != CACHED)
             fetched = sum(l.completed - l.resumed for l in layers if l.state != CACHED)
