@@ -523,3 +523,22 @@ def test_monitor_gives_a_slow_link_time_to_fill_a_slice():
     assert m.check() == [], "cut a live stream that cannot have filled its read yet"
     clock.t += 11.0  # now past 3x the expected time
     assert m.check() == [s] and resp.sock.shut
+
+
+def test_in_the_tail_a_few_times_slower_is_a_straggler():
+    # Nothing waits for a stream: the blob's end waits on this one range, so it is cut
+    # (and resumes on a fresh connection) at 4x slower than its peers, not only at 8x.
+    from chunkpull.engine.monitor import StreamMonitor
+
+    for tail, want_cut in ((False, False), (True, True)):
+        clock = _Clock()
+        m = StreamMonitor(stall_s=100.0, min_age_s=0.5, clock=clock)
+        m.tail = tail
+        fast = [_stream(m, f"fast{i}")[0] for i in range(3)]
+        slow, _resp = _stream(m, "slow", window=0)
+        for _ in range(4):
+            clock.t += 0.25
+            for f in fast:
+                f.advance(4 << 20)
+            slow.advance(1 << 20)  # a quarter of the peers' rate
+        assert (slow in m.check()) is want_cut, f"tail={tail}"

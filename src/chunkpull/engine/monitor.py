@@ -12,7 +12,11 @@ under a stream that must not go on, so its reader fails at once:
   than a silent one, and the socket's read timeout never fires on it);
 - *straggling*: after ``min_age_s``, below ``1/slow_ratio`` of the typical
   rate of its peers (at most ``max_aborts`` times per label, so a link that
-  is simply slow everywhere is left alone).
+  is simply slow everywhere is left alone).  In the *tail* (``tail`` set:
+  no work waits for a stream, so the pull's end waits on the streams left)
+  ``tail_slow_ratio`` applies instead: a range a few times slower than its
+  peers is cut and resumes at once on a fresh connection, rather than
+  holding the blob's end (and the in-order hash) for the whole range.
 
 Progress is read from the kernel where it can be (``TCP_INFO``: bytes
 received and the time since the last segment), so a stream is judged by
@@ -163,6 +167,7 @@ class StreamMonitor:
         min_age_s: float = 0.5,
         slow_ratio: float = 8.0,
         max_aborts: int = 2,
+        tail_slow_ratio: float = 3.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stall_s = stall_s
@@ -170,6 +175,8 @@ class StreamMonitor:
         self.min_age_s = min_age_s
         self.slow_ratio = slow_ratio
         self.max_aborts = max_aborts
+        self.tail_slow_ratio = tail_slow_ratio
+        self.tail = False  # set by the driver while no work waits for a stream
         self.clock = clock
         self._streams: set[Stream] = set()
         self._finished: list[float] = []  # rates of recently finished streams
@@ -252,6 +259,6 @@ class StreamMonitor:
             # Credit the read in flight (its bytes may show only when it
             # returns), so a slow link everywhere is not "slow".
             credit = received if s._tcp_base is not None else received + s.window
-            if credit * self.slow_ratio < typical * age:
+            if credit * (self.tail_slow_ratio if self.tail else self.slow_ratio) < typical * age:
                 return SLOW
         return None

@@ -58,7 +58,7 @@ __all__ = ["MAX_INTEGRITY_ATTEMPTS", "MAX_REPAIRS", "PullStats", "Puller"]
 MAX_INTEGRITY_ATTEMPTS = 3
 MAX_REPAIRS = 2
 MAX_RESOLVES = 4  # a chunk whose redirect target refuses it asks the registry again at most this often
-SMALL_BUFFER = 1 << 20
+SMALL_BUFFER = 1 << 20  # a blob this small reads into a small buffer: a big one sits on huge pages (2 MiB resident per worker)
 
 
 class Puller:
@@ -146,8 +146,9 @@ class Puller:
         raise_failures(self.blobs, len(self.todo), cancelled=self.cancel.is_set())
 
     def _watch(self, stop: threading.Event) -> None:
-        """The monitor thread: check the streams a few times a second until the pull has stopped."""
+        """The monitor thread: a few times a second, cut streams that must not go on and let the stream count adapt."""
         while not stop.wait(self.config.monitor_interval_s):
+            self.monitor.tail = not self.streams.gate.waiting  # the end waits on the streams in flight
             self.monitor.check()
             self.streams.tick()
 
@@ -208,7 +209,6 @@ class Puller:
             raise ChunkpullError(f"blob {blob.key} failed; stream dropped")
 
     def _buffer(self, need: int | None = None) -> ReusedBuffer:
-        # A blob under 1 MiB gets a small buffer: a big one sits on huge pages, 2 MiB resident per worker.
         small = need is not None and need <= SMALL_BUFFER
         if (buf := getattr(self.local, "small" if small else "buf", None)) is None:
             setattr(self.local, "small" if small else "buf", buf := ReusedBuffer(aligned_buffer(SMALL_BUFFER if small else self.config.buffer_size)))
