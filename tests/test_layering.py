@@ -43,12 +43,15 @@ ALLOWED: dict[str, set[str]] = {
     "result": {"core"},
     "registry": {"core", "store", "engine", "errors", "_env", "auth", "hosts", "tuning", "result"},
     "display": {"registry", "core"},
+    # tqdm bars from progress events; the one-call pull and apull.
+    "bars": {"core"},
+    "library": {"registry", "bars", "display", "core", "store", "tuning"},
     "serve": {"registry", "core", "errors", "_httpd", "_version"},
     "cli": {"registry", "store", "core", "errors", "_env", "_hashio", "_version", "display", "serve", "testing", "bench", "auth"},
     # The double the client is tested against never runs the client's code.
     "testing": {"core", "_httpd"},
     "bench": {"registry", "store", "engine", "core", "errors", "_env", "_hashio", "_version", "testing", "display"},
-    "__init__": {"core", "store", "registry", "errors", "_hashio", "_version", "serve"},
+    "__init__": {"core", "store", "registry", "errors", "_hashio", "_version", "serve", "library", "bars", "tuning"},
     "__main__": {"cli"},
 }
 TOOLING = ("chunkpull.testing", "chunkpull.bench")

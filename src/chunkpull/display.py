@@ -23,7 +23,7 @@ from .core.progress import CACHED, DONE, Aggregator
 from .core.units import format_bytes, format_duration, format_rate, plural
 from .registry import PullReport, Registry
 
-__all__ = ["Figures", "ProgressBar", "is_tty", "pull_with_progress", "run_with_progress", "source_lines"]
+__all__ = ["Figures", "ProgressBar", "is_tty", "pull_with_progress", "run_cancellable", "run_with_progress", "source_lines"]
 
 T = TypeVar("T")
 
@@ -307,13 +307,40 @@ def run_with_progress(work: Callable[[Aggregator, threading.Event], T], label: s
     """
     aggregator = Aggregator()
     bar = ProgressBar(aggregator, stream, is_tty=is_tty(stream), label=label)
-    cancel = threading.Event()
+
+    def tick() -> None:
+        if not quiet:
+            bar.tick()
+        if on_tick is not None:
+            on_tick(aggregator)
+
+    result = run_cancellable(lambda cancel: work(aggregator, cancel), on_tick=tick, on_end=None if quiet else bar.finish)
+    return aggregator, result
+
+
+def run_cancellable(work: Callable[[threading.Event], T], *, on_tick: Callable[[], None] | None = None,
+                    on_end: Callable[[], None] | None = None, cancel: threading.Event | None = None) -> T:
+    """Run ``work(cancel)`` on its own thread while this one waits; return its result.
+
+    ``on_tick`` is called every ~50 ms while it runs, ``on_end`` once it has
+    stopped (returned, raised, or was cancelled).  Ctrl-C here sets
+    ``cancel`` (the one given, else a new one) and waits for ``work`` to
+    stop (a second Ctrl-C stops waiting), so a pull never dies in the
+    middle of its bookkeeping.
+
+    >>> run_cancellable(lambda cancel: 6 * 7)
+    42
+
+    Raises:
+        What ``work`` raised; KeyboardInterrupt after cancelling it.
+    """
+    stop = cancel if cancel is not None else threading.Event()
     outcome: dict[str, object] = {}
 
     def run() -> None:
         try:
-            outcome["result"] = work(aggregator, cancel)
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            outcome["result"] = work(stop)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
             outcome["error"] = exc
 
     # The pull runs in its own thread so that Ctrl-C lands here, in the
@@ -325,27 +352,25 @@ def run_with_progress(work: Callable[[Aggregator, threading.Event], T], label: s
     try:
         while worker.is_alive():
             worker.join(_POLL_S)
-            if not quiet:
-                bar.tick()
             if on_tick is not None:
-                on_tick(aggregator)
+                on_tick()
     except KeyboardInterrupt:
-        cancel.set()
+        stop.set()
         try:
             worker.join()  # workers notice cancel within one buffer's read
         except KeyboardInterrupt:
             pass  # a second Ctrl-C: stop waiting
-        if not quiet:
-            bar.finish()
+        if on_end is not None:
+            on_end()
         raise
     except BaseException:
-        cancel.set()  # e.g. stderr closed under us: do not leave the pull running
+        stop.set()  # e.g. stderr closed under us: do not leave the pull running
         raise
-    if not quiet:
-        bar.finish()
+    if on_end is not None:
+        on_end()
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]
-    return aggregator, outcome["result"]  # type: ignore[return-value]
+    return outcome["result"]  # type: ignore[return-value]
 
 
 def source_lines(report: PullReport) -> list[str]:
