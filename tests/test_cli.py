@@ -8,6 +8,7 @@ made with ``build_model``.  ``ProgressBar`` is driven by a fake clock and an
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import signal
@@ -191,7 +192,7 @@ def test_ls_lists_pulled_model(served, models, capsys):
     assert header.split() == ["NAME", "DIGEST", "SIZE", "MODIFIED"]
     assert len(rows) == 1, out
     name, short, *rest = rows[0].split()
-    assert name == f"{_host(reg)}/library/smol", "display_shortest drops the mask's tag"
+    assert name == f"http://{_host(reg)}/library/smol", "the scheme pull needs, the shortest name against the mask"
     assert short == digest.partition(":")[2][:12]
     assert " ".join(rest).startswith("2.")  # 2.30 MB of layers plus the config
     assert rows[0].endswith("just now")
@@ -330,8 +331,11 @@ def test_registry_make_delegates(tmp_path, capsys):
     rc = main(["registry", "make", str(tmp_path / "m"), "registry.local/library/x:latest", "--size", "1k"])
     out, _ = capsys.readouterr()
     assert rc == 0
-    assert out.startswith("sha256:")
-    assert (tmp_path / "m" / "manifests" / "registry.local" / "library" / "x" / "latest").is_file()
+    digest = (tmp_path / "m" / "manifests" / "registry.local" / "library" / "x" / "latest").read_bytes()
+    assert out.startswith(f"made registry.local/library/x:latest in {tmp_path / 'm'}: 1 layer (1.02 kB) and a config, manifest sha256:"), out
+    assert "sha256:" + hashlib.sha256(digest).hexdigest() in out
+    assert f"chunkpull registry serve {tmp_path / 'm'} --port 5000" in out
+    assert "chunkpull pull http://127.0.0.1:5000/library/x:latest" in out
 
 
 def test_registry_serve_subprocess_then_pull(tmp_path, models, capsys):
@@ -390,7 +394,8 @@ def test_tty_bar_redraws_in_place_with_percent_rate_eta():
     first = _frames(stream.getvalue())
     assert len(first) == 1
     assert " 10% " in first[0] and "100 MB/1.00 GB" in first[0]
-    assert "ETA --" in first[0], "no rate yet: no ETA"
+    # No byte fetched yet: the registry may still be preparing chunksums.
+    assert first[0].endswith("waiting for the registry 0s") and "ETA" not in first[0], first[0]
     assert first[0].startswith("smol  ")
 
     clock.t += 1.0
@@ -403,6 +408,38 @@ def test_tty_bar_redraws_in_place_with_percent_rate_eta():
     assert "ETA 1s" in frame  # 500 MB left at 400 MB/s
     assert "[" + "#" * 20 in frame and "." * 20 + "]" in frame
     assert "\n" not in stream.getvalue(), "one line, redrawn with carriage returns"
+
+
+def test_tty_bar_says_resolving_before_the_manifest_not_100_percent():
+    clock = FakeClock()
+    agg = Aggregator(clock=clock)
+    stream = io.StringIO()
+    bar = ProgressBar(agg, stream, is_tty=True, clock=clock, label="smol", width=80)
+    bar.tick()
+    assert _frames(stream.getvalue()) == ["smol  resolving…"]
+
+
+def test_tty_bar_says_waiting_while_the_registry_sends_nothing():
+    clock, agg, stream, bar = _setup(is_tty=True)
+    for second in range(1, 3):  # the registry prepares its chunk list: no byte yet
+        clock.t += 1.0
+        bar.tick()
+        assert _frames(stream.getvalue())[-1].endswith(f"waiting for the registry {second}s")
+    clock.t += 1.0
+    agg(Progress(A, 900_000_000, BYTES, 100_000_000))
+    bar.tick()
+    assert "waiting" not in _frames(stream.getvalue())[-1] and "ETA" in _frames(stream.getvalue())[-1]
+    clock.t += display.WAIT_NOTE_S  # a stall mid-pull
+    bar.tick()
+    assert _frames(stream.getvalue())[-1].endswith(f"waiting for the registry {display.WAIT_NOTE_S:.0f}s")
+
+
+def test_plain_progress_line_says_waiting_too():
+    clock, agg, stream, bar = _setup(is_tty=False)
+    bar.tick()
+    clock.t += display.PLAIN_INTERVAL_S
+    bar.tick()
+    assert _lines(stream.getvalue())[-1] == "progress: 100 MB/1.00 GB (10%), waiting for the registry 5s"
 
 
 def test_tty_bar_throttles_redraws_to_the_clock():

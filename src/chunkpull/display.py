@@ -43,6 +43,9 @@ _MIN_BAR = 10
 # How often the main thread wakes while a pull runs; the bar's own
 # throttle decides whether a wake-up draws.
 _POLL_S = 0.05
+# A pull that has moved bytes and then gets none for this long says it is
+# waiting (a stalled registry) instead of showing a stale rate.
+WAIT_NOTE_S = RATE_WINDOW_S
 
 
 # --------------------------------------------------------------------------
@@ -57,15 +60,16 @@ class Figures:
     fetched: int  # bytes this pull moved (not cached, not resumed): what the rate is of
     blobs: int
     cached: int
+    resumed: int = 0  # bytes an earlier pull had fetched
 
     @classmethod
     def read(cls, aggregator: Aggregator) -> Figures:
         completed, total = aggregator.totals()
         layers = aggregator.layers()
         # Resumed bytes came from an earlier pull: not traffic of this one.
-        fetched = sum(l.completed - l.resumed for l in layers if l.state != CACHED)
+        fetched, resumed, _cached_bytes = aggregator.byte_counts()
         cached = sum(1 for l in layers if l.state == CACHED)
-        return cls(completed, total, fetched, len(layers), cached)
+        return cls(completed, total, fetched, len(layers), cached, resumed)
 
 
 class _RateMeter:
@@ -153,6 +157,9 @@ class ProgressBar:
         else:
             self._width = lambda: width
         self._meter = _RateMeter()
+        self._started = clock()
+        self._last_fetched = 0
+        self._last_byte_at = self._started  # when fetched bytes last grew
         self._last_draw: float | None = None
         self._last_plain = clock()
         self._announced: set[str] = set()
@@ -165,7 +172,7 @@ class ProgressBar:
         """Sample the aggregator and draw if a redraw is due."""
         now = self.clock()
         figures = Figures.read(self.aggregator)
-        self._meter.add(now, figures.fetched)
+        self._sample(figures, now)
         if self.is_tty:
             if self._last_draw is None or now - self._last_draw >= REDRAW_INTERVAL_S:
                 self._draw(figures, now)
@@ -186,7 +193,7 @@ class ProgressBar:
         self._finished = True
         now = self.clock()
         figures = Figures.read(self.aggregator)
-        self._meter.add(now, figures.fetched)
+        self._sample(figures, now)
         if self.is_tty:
             if figures.blobs or self._drawn:
                 self._draw(figures, now, force=True)
@@ -194,28 +201,54 @@ class ProgressBar:
         else:
             self._plain_events()
 
+    def _sample(self, figures: Figures, now: float) -> None:
+        self._meter.add(now, figures.fetched)
+        if figures.fetched != self._last_fetched:
+            self._last_fetched, self._last_byte_at = figures.fetched, now
+
+    def _waiting(self, figures: Figures, now: float) -> str | None:
+        """Return what the pull waits for, when no byte is moving; None while bytes flow (or all is done)."""
+        if not figures.blobs:
+            return "resolving"  # the manifest is not in yet
+        if figures.completed >= figures.total:
+            return None
+        # Before the first byte, the registry may be preparing the chunk
+        # list (the built-in one hashes a fresh blob first): say so at once.
+        if figures.fetched == 0 and figures.resumed == 0:
+            return f"waiting for the registry {format_duration(now - self._started)}"
+        if now - self._last_byte_at >= WAIT_NOTE_S:
+            return f"waiting for the registry {format_duration(now - self._last_byte_at)}"
+        return None
+
     # -- terminal ---------------------------------------------------------
 
     def _draw(self, figures: Figures, now: float, *, force: bool = False) -> None:
         self._last_draw = now
-        line = self._render(figures, self._width())
+        line = self._render(figures, self._width(), self._waiting(figures, now))
         if line == self._last_line and not force:
             return  # nothing visible changed: spare the terminal a write
         self._last_line = line
         self._drawn = True
         self._write("\r" + line + "\x1b[K")
 
-    def _render(self, figures: Figures, width: int) -> str:
-        """Return the terminal line for figures, at most ``width - 3`` characters."""
+    def _render(self, figures: Figures, width: int, waiting: str | None = None) -> str:
+        """Return the terminal line for figures, at most ``width - 3`` characters; ``waiting`` replaces rate and ETA."""
         # Stop short of the last columns: a line reaching the edge wraps
         # (and "\r" then redraws only its last row), and the terminal's
         # own "^C" echo must fit after the line so the final redraw erases it.
         limit = max(1, width - 3)
+        if not figures.blobs:
+            # Nothing announced yet: no figures to show (0 of 0 is not 100%).
+            line = f"{self.label}  resolving…" if self.label else "resolving…"
+            return line[:limit]
         head = f"{_percent(figures):3d}% "
         sizes = f"{format_bytes(figures.completed):>7}/{format_bytes(figures.total)}"
         # Every field has a fixed width ("1h02m" is the longest ETA) so the
         # bar's length, and the fields after it, do not shift between frames.
-        tail = f"  {sizes}  {self._rate_text():>9}  ETA {self._eta_text(figures):<5}"
+        if waiting is not None:
+            tail = f"  {sizes}  {waiting}"
+        else:
+            tail = f"  {sizes}  {self._rate_text():>9}  ETA {self._eta_text(figures):<5}"
         # A long label yields to a bar of at least _MIN_BAR columns and is
         # cut from the left: the model and tag are at its end.
         label = self.label
@@ -263,9 +296,10 @@ class ProgressBar:
                 self._write(f"layer {short} {size}: done\n")
 
     def _summary(self, figures: Figures) -> str:
+        waiting = self._waiting(figures, self.clock())
         return (
             f"{format_bytes(figures.completed)}/{format_bytes(figures.total)} ({_percent(figures)}%), "
-            f"{self._rate_text()}, ETA {self._eta_text(figures)}"
+            + (waiting if waiting is not None else f"{self._rate_text()}, ETA {self._eta_text(figures)}")
         )
 
     def _write(self, text: str) -> None:

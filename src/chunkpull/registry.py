@@ -363,6 +363,16 @@ class Registry:
             raise ModelNotFoundError(name, f"model {name!r} is ambiguous here: {options}")
         raise ModelNotFoundError(name)
 
+    def pullable_name(self, name: Name) -> str:
+        """Return a local model's name as ``pull`` accepts it: shortest against the mask, with its scheme when not https.
+
+        >>> registry.pullable_name(Name.parse("127.0.0.1:5000/library/smol:latest"))  # doctest: +SKIP
+        'http://127.0.0.1:5000/library/smol'
+        """
+        scheme = self.cache.scheme(name.host)
+        short = name.display_shortest(self.mask)
+        return short if scheme == "https" else f"{scheme}://{short}"
+
     def list_local(self) -> list[tuple[Name, Manifest]]:
         """Return every local model whose manifest parses, sorted by name."""
         out = []
@@ -514,6 +524,7 @@ class Registry:
                         continue
                     self.cache.put(m.digest, m.data)
                     self.cache.link(ref.name, m.digest)
+                    self.cache.set_scheme(ref.name.host, ref.scheme)
                     counts = tally.byte_counts({str(b.digest) for b in m.blobs()})
                     results[name] = PullResult.of(name, m, self.cache.blob_path, counts)
                 return results

@@ -3,15 +3,18 @@
 Subcommands::
 
     chunkpull pull NAME... [--models DIR] [--streams N] [--verify blob|chunks] [--quiet]
-    chunkpull ls   [--models DIR]
-    chunkpull rm   NAME... [--models DIR]
+    chunkpull ls   [--partials] [--models DIR]
+    chunkpull rm   [--partials] NAME... [--models DIR]
     chunkpull serve [--host H] [--port P] [--models DIR] [--streams N]
     chunkpull registry serve|make ...      (the built-in test registry, chunkpull.testing)
     chunkpull bench [NAME] [--compare] ...  (the benchmark harness, chunkpull.bench)
     chunkpull --version
 
-This module owns nothing else: pulling and caching live in ``registry`` and
-``store``, the progress display in ``display``, the local API in ``serve``.
+This module owns the argument tree and the small commands; ``pull`` is in
+``cli.pull``, ``ls``/``rm`` in ``cli.local``, ``registry make`` in
+``cli.tools``.  Pulling and caching live in ``registry`` and ``store``, the
+progress display in ``display``, the local API in ``serve``.  An unknown
+option gets the usage of the command it was given to.
 
 Exit status: 0 on success, 1 on an error (one line on stderr,
 ``chunkpull: error: <message>``, no traceback), 2 on a usage error, 130 when
@@ -30,17 +33,18 @@ import os
 import signal
 import sys
 import threading
-import time
 
 from .._env import MAX_MAX_STREAMS
 from .._hashio import BACKEND
 from .._version import __version__
 from ..core.index import Platform
-from ..core.units import format_age, format_bytes, parse_size, plural
-from ..errors import ChunkpullError, ModelNotFoundError
+from ..core.units import format_bytes, parse_size, plural
+from ..errors import ChunkpullError
 from ..registry import VERIFY_MODES, Registry
 from ..store.cache import DiskCache
+from .local import cmd_ls, cmd_rm
 from .pull import cmd_pull, read_names
+from .tools import cmd_registry
 
 __all__ = ["main"]
 
@@ -106,46 +110,17 @@ def _cmd_pull(args: argparse.Namespace) -> int:
 def _cmd_ls(args: argparse.Namespace) -> int:
     registry = _open_registry(args, create=False)
     try:
-        now = time.time()
-        mtimes = {}
-        for name, path in registry.cache.links():
-            try:
-                mtimes[name] = path.stat().st_mtime
-            except OSError:
-                continue
-        rows = [("NAME", "DIGEST", "SIZE", "MODIFIED")]
-        for name, manifest in registry.list_local():
-            modified = format_age(now - mtimes[name]) if name in mtimes else "?"
-            rows.append((name.display_shortest(registry.mask), manifest.digest.short(), format_bytes(manifest.size), modified))
-        widths = [max(len(row[i]) for row in rows) for i in range(3)]
-        for row in rows:
-            print("   ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "   " + row[3])
-        return EXIT_OK
+        return cmd_ls(registry, args)
     finally:
         registry.close()
 
 
 def _cmd_rm(args: argparse.Namespace) -> int:
     if not args.names and not args.partials:
-        print("usage: chunkpull rm [--partials] NAME...\nchunkpull rm: error: name a model to remove, or give --partials", file=sys.stderr)
-        return EXIT_USAGE
+        args.parser.error("name a model to remove, or give --partials")  # the subcommand's usage, exit 2
     registry = _open_registry(args, create=False)
-    status = EXIT_OK
     try:
-        if args.partials:
-            removed = registry.cache.prune_partials()
-            print(f"removed {plural(len(removed), 'interrupted download')}", flush=True)
-        # Like rm(1): a missing model is reported and the others still go.
-        for name in args.names:
-            try:
-                if not registry.unlink(name):
-                    raise ModelNotFoundError(name, f'model "{name}" not found in {registry.cache.root} (see chunkpull ls)')
-            except ChunkpullError as exc:
-                _print_error(exc)
-                status = EXIT_ERROR
-                continue
-            print(f"deleted {name}", flush=True)
-        return status
+        return cmd_rm(registry, args, _print_error)
     finally:
         registry.close()
 
@@ -236,11 +211,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_registry(args: argparse.Namespace) -> int:
-    # Imported here: the built-in registry is test tooling, not the product's import path.
-    from ..testing import main as testing_main
-
-    entry = testing_main.serve_main if args.action == "serve" else testing_main.make_main
-    return entry(args.rest)
+    return cmd_registry(args.action, args.rest)
 
 
 # --------------------------------------------------------------------------
@@ -315,29 +286,30 @@ def _parser() -> argparse.ArgumentParser:
     pull.add_argument("-q", "--quiet", action="store_true", help="no progress display; only the summary line")
     pull.set_defaults(run=_cmd_pull, parser=pull)
 
-    ls = sub.add_parser("ls", help="list local models", description="List the models in the models directory.")
+    ls = sub.add_parser("ls", help="list local models", description="List the models in the models directory, under names pull accepts as printed.")
+    ls.add_argument("--partials", action="store_true", help="list the downloads interrupted pulls left (rm --partials removes them)")
     ls.add_argument("--models", metavar="DIR", help=models_help)
-    ls.set_defaults(run=_cmd_ls)
+    ls.set_defaults(run=_cmd_ls, parser=ls)
 
     rm = sub.add_parser("rm", help="remove local models", description="Remove models and the blobs no other model uses.")
     rm.add_argument("names", nargs="*", metavar="NAME", help="model name as pulled or as ls shows it")
     rm.add_argument("--partials", action="store_true", help="also remove interrupted downloads no pull is resuming now")
     rm.add_argument("--models", metavar="DIR", help=models_help)
-    rm.set_defaults(run=_cmd_rm)
+    rm.set_defaults(run=_cmd_rm, parser=rm)
 
     export = sub.add_parser("export", help="write models to a tar archive (for air-gapped sites)",
                             description="Write local models (manifests and exactly their blobs, in Ollama's layout) to a tar archive.")
     export.add_argument("names", nargs="+", metavar="NAME", help="model name as pulled or as ls shows it")
     export.add_argument("-o", "--output", required=True, metavar="FILE", help="archive to write (- for stdout)")
     export.add_argument("--models", metavar="DIR", help=models_help)
-    export.set_defaults(run=_cmd_export)
+    export.set_defaults(run=_cmd_export, parser=export)
 
     imp = sub.add_parser("import", help="read models from a tar archive, verifying every blob",
                          description="Import models from an archive made by chunkpull export: every blob is verified against its digest "
                                      "before it is committed, and a manifest is linked only once every blob it names is in.")
     imp.add_argument("archive", metavar="FILE", help="archive to read (- for stdin)")
     imp.add_argument("--models", metavar="DIR", help=models_help)
-    imp.set_defaults(run=_cmd_import)
+    imp.set_defaults(run=_cmd_import, parser=imp)
 
     login = sub.add_parser("login", help="save credentials for a registry (Docker's config.json)",
                            description="Save credentials for a registry host in $DOCKER_CONFIG/config.json (default ~/.docker/config.json), "
@@ -345,7 +317,7 @@ def _parser() -> argparse.ArgumentParser:
     login.add_argument("host", metavar="HOST[:PORT]", help="the registry host, e.g. ghcr.io or 127.0.0.1:5000")
     login.add_argument("-u", "--username", required=True)
     login.add_argument("--password-stdin", action="store_true", help="read the password (or token) from standard input")
-    login.set_defaults(run=_cmd_login)
+    login.set_defaults(run=_cmd_login, parser=login)
 
     serve = sub.add_parser("serve", help="serve the Ollama-compatible local API", description="Serve the Ollama-compatible local API (/api/pull, /api/delete, ...).")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -355,7 +327,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--origins", metavar="ORIGIN[,ORIGIN...]",
                        help="browser origins allowed besides localhost's and $OLLAMA_ORIGINS ('*' matches anything), "
                        "e.g. https://app.example.com")
-    serve.set_defaults(run=_cmd_serve)
+    serve.set_defaults(run=_cmd_serve, parser=serve)
 
     reg = sub.add_parser(
         "registry",
@@ -365,7 +337,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     reg.add_argument("action", choices=("serve", "make"))
     reg.add_argument("rest", nargs=argparse.REMAINDER, metavar="ARGS", help="passed on unchanged")
-    reg.set_defaults(run=_cmd_registry)
+    reg.set_defaults(run=_cmd_registry, parser=reg)
 
     bench = sub.add_parser(
         "bench",
@@ -374,7 +346,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Benchmark pulls; run 'chunkpull bench --help' for the options.",
     )
     bench.add_argument("rest", nargs=argparse.REMAINDER, metavar="ARGS", help="passed on to the benchmark harness")
-    bench.set_defaults(run=_cmd_bench)
+    bench.set_defaults(run=_cmd_bench, parser=bench)
     return p
 
 
@@ -413,7 +385,13 @@ def main(argv: list[str] | None = None) -> int:
 def _run(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     try:
         # bench owns its whole option set (its --help included): hand it over.
-        args = argparse.Namespace(command="bench", rest=argv[1:], run=_cmd_bench) if argv[:1] == ["bench"] else parser.parse_args(argv)
+        if argv[:1] == ["bench"]:
+            args, extra = argparse.Namespace(command="bench", rest=argv[1:], run=_cmd_bench), []
+        else:
+            args, extra = parser.parse_known_args(argv)
+        if extra:
+            # An option the command does not know: that command's usage, not the top level's.
+            getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
         if args.command is None:
             parser.print_usage(sys.stderr)
             print("chunkpull: error: a command is required", file=sys.stderr)

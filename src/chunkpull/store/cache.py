@@ -8,6 +8,7 @@
       .chunkpull/ingest/sha256-<hex>.partial      a blob being pulled (work file)
       .chunkpull/ingest/sha256-<hex>.state        its resume record
       .chunkpull/prune.lock                       pulls share it; prune takes it alone
+      .chunkpull/schemes/<host>                   the scheme a host was pulled with, when not https
 
 The one invariant: a file under ``blobs/`` with its final name is complete
 and hashes to its digest.  Every write goes to a work file (or a temporary
@@ -41,7 +42,7 @@ from ..core.digest import Digest
 from ..core.names import Name
 from ..errors import IntegrityError, InvalidNameError, ModelNotFoundError
 from .files import fsync_dir, mkstemp, rename_into_place
-from .ingest import Ingest
+from .ingest import Ingest, Partial, list_partials
 
 __all__ = ["DiskCache", "BlobInfo", "mentioned_digests"]
 
@@ -310,6 +311,42 @@ class DiskCache:
             with contextlib.suppress(ValueError):
                 out.add(Digest.parse(line))
         return out
+
+    def partials(self) -> list[Partial]:
+        """Return the work files of interrupted (or running) pulls, oldest first."""
+        return list_partials(self.ingest_dir)
+
+    # -- schemes --------------------------------------------------------------
+    #
+    # Ollama's layout has no place for a registry's scheme, so a model pulled
+    # over http:// would come back from ls as a name pull tries over https.
+    # One small file per host records the exception.
+
+    def scheme(self, host: str) -> str:
+        """Return the scheme ``host``'s models were last pulled with: ``https`` unless another was recorded."""
+        path = self._scheme_path(host)
+        try:
+            text = path.read_text().strip() if path is not None else ""
+        except OSError:
+            text = ""
+        return text if text in ("http", "https+insecure") else "https"
+
+    def set_scheme(self, host: str, scheme: str) -> None:
+        """Record the scheme host was pulled with (``https`` clears the record)."""
+        path = self._scheme_path(host)
+        if path is None or self.scheme(host) == scheme:
+            return
+        if scheme == "https":
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        else:
+            self._write_atomic(path, scheme.encode() + b"\n")
+
+    def _scheme_path(self, host: str) -> Path | None:
+        # Hosts come from parsed names (no "/", no leading dot); refuse anything else.
+        if not host or "/" in host or host.startswith(".") or "\0" in host:
+            return None
+        return self.root / ".chunkpull" / "schemes" / host.lower()
 
     def prune_partials(self) -> list[Path]:
         """Remove every work file no pull holds now (and its record); return the work files removed."""

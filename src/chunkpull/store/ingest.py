@@ -22,14 +22,15 @@ import json
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from ..core.digest import Digest
-from ..errors import ChunkpullError, InsufficientSpaceError, IntegrityError, PullCancelledError
+from ..errors import ChunkpullError, InsufficientSpaceError, IntegrityError, InvalidDigestError, PullCancelledError
 from .files import rename_into_place
 
-__all__ = ["BlobStore", "Ingest", "LOCK_STALE_S", "as_disk_full"]
+__all__ = ["BlobStore", "Ingest", "LOCK_STALE_S", "Partial", "as_disk_full", "list_partials"]
 
 # How long to wait for another process's lock on a work file it no longer writes.
 LOCK_STALE_S = 120.0
@@ -285,6 +286,57 @@ class Ingest:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """A work file left by an interrupted pull (or held by a running one), as ``chunkpull ls --partials`` shows it.
+
+    ``size`` is the blob's (the work file is preallocated to it);
+    ``chunks_done`` the chunks its resume record marks verified (None: no
+    record, so a resume re-checks everything); ``in_use``: a pull holds it now.
+    """
+
+    digest: Digest
+    path: Path
+    size: int
+    chunks_done: int | None
+    mtime: float
+    in_use: bool
+
+
+def list_partials(ingest_dir: Path) -> list[Partial]:
+    """Return the work files under ingest_dir, oldest first (none when the directory does not exist)."""
+    out = []
+    try:
+        entries = [e for e in os.scandir(ingest_dir) if e.name.endswith(".partial")]
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        try:
+            d = Digest.parse(entry.name.removesuffix(".partial"))
+            st = entry.stat()
+            in_use = _is_locked(entry.path)
+        except (InvalidDigestError, OSError):
+            continue  # not ours, or gone meanwhile
+        done = None
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            rec = json.loads(Path(entry.path[: -len(".partial")] + ".state").read_bytes())
+            done = sum(bin(b).count("1") for b in bytes.fromhex(rec["done"]))
+        out.append(Partial(d, Path(entry.path), st.st_size, done, st.st_mtime, in_use))
+    return sorted(out, key=lambda p: p.mtime)
+
+
+def _is_locked(path: str) -> bool:
+    """Return whether a pull holds the work file's lock (taken and dropped at once if not)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the lock, if we took it
+    return False
 
 
 def _lock_or_wait(fd: int, cancel, poll_s: float, *, stale_s: float = LOCK_STALE_S, clock=time.monotonic) -> None:

@@ -1,0 +1,74 @@
+"""``chunkpull registry make|serve``: the built-in registry, as a new user meets it.
+
+``serve`` is handed to ``chunkpull.testing.main`` unchanged.  ``make`` is
+parsed here, because what it prints is the first thing a new user reads:
+the model it wrote, its size, its manifest digest, and the two commands that
+come next (serve the directory, pull the model) — not just a digest.
+
+Imports core (names, units); ``chunkpull.testing`` only inside the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..core.names import Name
+from ..core.units import SIZE_HELP, format_bytes, parse_size, plural
+
+__all__ = ["cmd_registry"]
+
+# What the built-in registry completes short names with (testing.models).
+MAKE_MASK = "registry.local/library/_:latest"
+EXAMPLE_PORT = 5000
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        return [parse_size(part) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="chunkpull registry make",
+        description="Write a model of pseudo-random layers into an Ollama-layout models directory, "
+        "for 'chunkpull registry serve' to serve.",
+        epilog=SIZE_HELP + ".",
+    )
+    p.add_argument("dir", help="models directory (created if missing)")
+    p.add_argument("name", help="model name, e.g. smol or registry.local/library/smol:latest")
+    p.add_argument("--size", type=_sizes, required=True, metavar="SIZE[,SIZE...]",
+                   help="layer sizes, e.g. 512M or 1K,2KiB,3 (binary units: 1G = 2^30 bytes)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the layer bytes (default 0)")
+    p.add_argument("--no-config", action="store_true", help="write no config blob")
+    return p
+
+
+def _make(argv: list[str]) -> int:
+    from ..testing.models import build_model
+
+    p = _make_parser()
+    args = p.parse_args(argv)
+    try:
+        digest = build_model(args.dir, args.name, args.size, seed=args.seed, config=not args.no_config)
+    except ValueError as exc:
+        p.error(str(exc))
+    name = Name.parse(args.name).merge(MAKE_MASK)
+    shown = str(name) if name.is_fully_qualified() else args.name
+    repo = f"{name.namespace}/{name.model}:{name.tag}"
+    config = "" if args.no_config else " and a config"
+    print(f"made {shown} in {args.dir}: {plural(len(args.size), 'layer')} ({format_bytes(sum(args.size))}){config}, manifest {digest}")
+    print(f"  serve it:  chunkpull registry serve {args.dir} --port {EXAMPLE_PORT}")
+    print(f"  pull it:   chunkpull pull http://127.0.0.1:{EXAMPLE_PORT}/{repo}", flush=True)
+    return 0
+
+
+def cmd_registry(action: str, rest: list[str]) -> int:
+    """Run ``chunkpull registry ACTION REST...``; return the exit status."""
+    if action == "make":
+        return _make(rest)
+    # Imported here: the built-in registry is test tooling, not the product's import path.
+    from ..testing import main as testing_main
+
+    return testing_main.serve_main(rest)
