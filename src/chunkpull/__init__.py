@@ -34,6 +34,7 @@ from .errors import (
 from .library import AsyncPull, RegistryOptions, apull, pull
 from .registry import DEFAULT_CHUNKING_THRESHOLD, Layer, Manifest, PullReport, PullResult, Registry, SourceStats
 from .store.cache import BlobInfo, DiskCache
+from .store.ingest import Partial
 from .tuning import IOMode, Tuning, VerifyMode
 
 
@@ -75,6 +76,7 @@ __all__ = [
     "Platform",
     "Progress",
     "ProgressCallback",
+    "Partial",
     "PullCancelledError",
     "PullReport",
     "PullResult",

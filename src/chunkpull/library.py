@@ -40,7 +40,11 @@ PullProgress = ProgressCallback | Literal["tqdm"] | None
 
 
 class RegistryOptions(TypedDict, total=False):
-    """The ``Registry`` settings ``pull`` and ``apull`` pass on (see ``Registry``)."""
+    """The ``Registry`` settings ``pull`` and ``apull`` pass on (see ``Registry``).
+
+    >>> options: RegistryOptions = {"max_streams": 4, "verify": "chunks"}
+    >>> chunkpull.pull("http://127.0.0.1:5000/library/smol", **options)  # doctest: +SKIP
+    """
 
     max_streams: int | None
     verify: VerifyMode | None
@@ -133,7 +137,18 @@ class AsyncPull:
         self._start = start
         self._user = progress
         self._updates: AsyncGenerator[LayerProgress, None] | None = None
-        self.result: PullResult | None = None
+        self._result: PullResult | None = None
+
+    @property
+    def result(self) -> PullResult:
+        """Return the pull's result, once the iteration (or the await) has ended.
+
+        Raises:
+            RuntimeError: the pull has not finished (or failed: the loop raised its error).
+        """
+        if self._result is None:
+            raise RuntimeError("the pull has not finished: iterate over it (async for) or await it first")
+        return self._result
 
     def __aiter__(self) -> AsyncIterator[LayerProgress]:
         if self._updates is None:
@@ -146,7 +161,6 @@ class AsyncPull:
     async def _wait(self) -> PullResult:
         async for _ in self:
             pass
-        assert self.result is not None  # set by _run before it ends
         return self.result
 
     async def aclose(self) -> None:
@@ -200,7 +214,7 @@ class AsyncPull:
                     waiter.cancel()
                 # Cleared before the next read: an event after it sets it again.
                 changed.clear()
-            self.result = done.result()
+            self._result = done.result()
         finally:
             if not done.done():
                 cancel.set()

@@ -40,6 +40,10 @@ class Digest:
     ``sha256_digest``; the constructor itself rejects malformed values, so no
     invalid ``Digest`` exists.
 
+    >>> d = Digest.parse("sha256:abababababababababababababababababababababababababababababababab")
+    >>> d.short(), d.filename == "sha256-" + d.hex, Digest.parse(d.filename) == d
+    ('abababababab', True, True)
+
     Raises:
         InvalidDigestError: the algorithm is not supported or ``hex`` is not
             64 lowercase hex digits.
@@ -58,7 +62,7 @@ class Digest:
             raise InvalidDigestError(f"invalid digest: {self.hex!r} is not 64 lowercase hex digits")
 
     @classmethod
-    def parse(cls, s: str, *, algorithms: Iterable[str] = ("sha256",)) -> Digest:
+    def parse(cls, s: object, *, algorithms: Iterable[str] = ("sha256",)) -> Digest:
         """Parse ``alg:<hex>`` or the file form ``alg-<hex>`` into a Digest.
 
         ``hex`` must be exactly 64 lowercase hex digits in both forms.

@@ -49,7 +49,12 @@ _VARIANT = {"armv7l": "v7", "armv6l": "v6"}
 
 @dataclass(frozen=True, slots=True)
 class Platform:
-    """An OCI platform: ``os/architecture[/variant]``."""
+    """An OCI platform: ``os/architecture[/variant]``, the entry of an image index a pull takes.
+
+    >>> p = Platform.parse("linux/arm64/v8")
+    >>> p.os, p.architecture, p.variant, str(p)
+    ('linux', 'arm64', 'v8', 'linux/arm64/v8')
+    """
 
     os: str
     architecture: str

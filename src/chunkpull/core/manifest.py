@@ -22,6 +22,13 @@ MEDIA_TYPE_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 
 @dataclass(frozen=True, slots=True)
 class Layer:
+    """One blob a manifest names: its digest, size in bytes and media type.
+
+    >>> layer = Layer(Digest.parse("sha256:abababababababababababababababababababababababababababababababab"), 1024, "application/vnd.ollama.image.model")
+    >>> layer.digest.short(), layer.size
+    ('abababababab', 1024)
+    """
+
     digest: Digest
     size: int
     media_type: str = ""
@@ -29,7 +36,13 @@ class Layer:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A parsed manifest; ``data`` is its exact bytes and ``digest`` their sha256."""
+    """A parsed manifest; ``data`` is its exact bytes and ``digest`` their sha256.
+
+    >>> m = Manifest.parse(b'{"schemaVersion": 2, "layers": [{"mediaType": "application/vnd.ollama.image.model", '
+    ...                    b'"digest": "sha256:abababababababababababababababababababababababababababababababab", "size": 1024}]}')
+    >>> [l.size for l in m.layers], m.size, m.config is None
+    ([1024], 1024, True)
+    """
 
     data: bytes
     digest: Digest
@@ -71,6 +84,7 @@ class Manifest:
 
     @property
     def size(self) -> int:
+        """Return the bytes of every blob the manifest names (layers and config)."""
         return sum(b.size for b in self.blobs())
 
 

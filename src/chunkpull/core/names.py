@@ -95,6 +95,12 @@ class Name:
     Check ``is_fully_qualified()`` (usually after ``merge``) before using a
     name to reach a registry or the disk.  Equality and hashing ignore ASCII
     case; the fields and ``str()`` keep the casing as written.
+
+    >>> n = Name.parse("127.0.0.1:5000/library/smol").merge("registry.ollama.ai/library/_:latest")
+    >>> str(n), n.is_fully_qualified(), n.display_shortest()
+    ('127.0.0.1:5000/library/smol:latest', True, '127.0.0.1:5000/library/smol')
+    >>> Name.parse("SMOL") == Name.parse("smol")
+    True
     """
 
     host: str = ""
@@ -240,6 +246,10 @@ class Ref:
 
     ``digest`` is set when the text ended in ``@sha256:<hex>``; the manifest
     is then fetched by digest instead of by tag.
+
+    >>> ref = parse_ref("http://127.0.0.1:5000/library/smol")
+    >>> ref.scheme, str(ref.name), ref.base_url
+    ('http', '127.0.0.1:5000/library/smol:latest', 'http://127.0.0.1:5000/v2/library/smol')
     """
 
     scheme: str
@@ -278,6 +288,11 @@ def parse_ref(s: str, mask: str | Name = DEFAULT_MASK) -> Ref:
             name is not fully qualified after merging
             (``invalid or missing name: "<name as written>"``, where the
             quoted text is ``s`` without its scheme and digest).
+
+    >>> parse_ref("llama3.2").name
+    Name(host='registry.ollama.ai', namespace='library', model='llama3.2', tag='latest')
+    >>> parse_ref("https+insecure://10.0.0.5:5000/team/m:v1").verify_tls
+    False
     """
     if not isinstance(s, str):
         # A JSON body may carry null or a number where a name belongs.

@@ -100,7 +100,11 @@ class LayerProgress:
 
 
 class ByteCounts(NamedTuple):
-    """Where a pull's bytes came from: moved over the network now, resumed from a work file, or already cached."""
+    """Where a pull's bytes came from: moved over the network now, resumed from a work file, or already cached.
+
+    >>> ByteCounts(fetched=700, resumed=300, cached=0).fetched
+    700
+    """
 
     fetched: int
     resumed: int

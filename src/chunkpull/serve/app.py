@@ -146,6 +146,11 @@ class Local:
     on the response) the pull is cancelled; work files are kept for the
     next pull to resume.  Thread-safe: one ``Local`` serves any number of
     concurrent requests.
+
+    >>> from chunkpull import Local, Registry
+    >>> from chunkpull.serve import Server
+    >>> with Server(Local(Registry("/tmp/models")), "127.0.0.1", 11434) as server:  # doctest: +SKIP
+    ...     ollama.Client(host=server.url).pull("http://127.0.0.1:5000/library/smol")
     """
 
     progress_interval_s = PROGRESS_INTERVAL_S

@@ -32,6 +32,7 @@ import fcntl
 import hashlib
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -54,13 +55,30 @@ INGEST_MAX_AGE_S = 7 * 86400.0
 
 @dataclass(frozen=True, slots=True)
 class BlobInfo:
+    """A committed blob: its digest, size in bytes and modification time (``DiskCache.get``).
+
+    >>> info = DiskCache("/tmp/models").get(result.manifest.layers[0].digest)  # doctest: +SKIP
+    >>> info.size                                                            # doctest: +SKIP
+    8388608
+    """
+
     digest: Digest
     size: int
     mtime: float
 
 
 class DiskCache:
-    """A models directory in Ollama's layout; safe to share between threads and processes."""
+    """A models directory in Ollama's layout; safe to share between threads and processes.
+
+    ``fsync`` (default True) makes every commit durable before its rename;
+    ``create`` (default True) makes missing directories, else a missing
+    root is a FileNotFoundError.
+
+    >>> import tempfile
+    >>> cache = DiskCache(tempfile.mkdtemp())
+    >>> [str(n) for n, _path in cache.links()], cache.partials()
+    ([], [])
+    """
 
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True, create: bool = True) -> None:
         self.root = Path(root)
@@ -120,7 +138,7 @@ class DiskCache:
             return
         self._write_atomic(self.blob_path(d), data)
 
-    def ingest(self, d: Digest, size: int, *, cancel=None, direct: bool = False) -> Ingest | None:
+    def ingest(self, d: Digest, size: int, *, cancel: threading.Event | None = None, direct: bool = False) -> Ingest | None:
         """Open and lock (or reopen, to resume) the work file for blob d of size bytes.
 
         Returns None when the blob is already committed (perhaps by another
@@ -142,6 +160,7 @@ class DiskCache:
             FileNotFoundError: blob d is not in the cache.
         """
         path = self._manifest_path(name, create=True)
+        assert path is not None  # create=True always gives a path
         data = self.blob_path(d).read_bytes()
         self._write_atomic(path, data)
 

@@ -21,10 +21,12 @@ import fcntl
 import json
 import os
 import shutil
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..core.digest import Digest
 from ..errors import ChunkpullError, InsufficientSpaceError, IntegrityError, InvalidDigestError, PullCancelledError
@@ -82,7 +84,8 @@ class Ingest:
         self.state_path = cache.ingest_dir / f"{d.filename}.state"
 
     @classmethod
-    def open(cls, cache: BlobStore, d: Digest, size: int, *, cancel=None, direct: bool = False, poll_s: float = 0.1) -> Ingest | None:
+    def open(cls, cache: BlobStore, d: Digest, size: int, *, cancel: threading.Event | None = None, direct: bool = False,
+             poll_s: float = 0.1) -> Ingest | None:
         """Open and lock the work file; None when the blob got committed meanwhile.
 
         Raises:
@@ -159,7 +162,7 @@ class Ingest:
 
     # -- resume record -------------------------------------------------------
 
-    def load_record(self, chunks_id: str, hash_format: str = "") -> dict | None:
+    def load_record(self, chunks_id: str, hash_format: str = "") -> dict[str, Any] | None:
         """Return the resume record if it is intact and describes this blob and chunk list.
 
         A saved hash state in another ``hash_format`` than this build's (a
@@ -227,7 +230,7 @@ class Ingest:
                 raise
 
     @staticmethod
-    def record_done(rec: dict, n: int) -> list[bool]:
+    def record_done(rec: dict[str, Any], n: int) -> list[bool]:
         try:
             bits = bytes.fromhex(rec["done"])
         except ValueError:
@@ -295,6 +298,9 @@ class Partial:
     ``size`` is the blob's (the work file is preallocated to it);
     ``chunks_done`` the chunks its resume record marks verified (None: no
     record, so a resume re-checks everything); ``in_use``: a pull holds it now.
+
+    >>> [(p.digest.short(), p.size, p.in_use) for p in DiskCache("/tmp/models").partials()]  # doctest: +SKIP
+    [('0bf3622b362c', 2147483648, False)]
     """
 
     digest: Digest
@@ -339,7 +345,8 @@ def _is_locked(path: str) -> bool:
     return False
 
 
-def _lock_or_wait(fd: int, cancel, poll_s: float, *, stale_s: float = LOCK_STALE_S, clock=time.monotonic) -> None:
+def _lock_or_wait(fd: int, cancel: threading.Event | None, poll_s: float, *, stale_s: float = LOCK_STALE_S,
+                  clock: Callable[[], float] = time.monotonic) -> None:
     """Take an exclusive flock on fd, polling so that cancel is honoured.
 
     The wait is bounded by progress, not by time: while the holder keeps
@@ -371,7 +378,7 @@ def _lock_or_wait(fd: int, cancel, poll_s: float, *, stale_s: float = LOCK_STALE
             time.sleep(poll_s)
 
 
-def as_disk_full(err: BaseException, root: object, what: str) -> BaseException:
+def as_disk_full(err: BaseException, root: str | os.PathLike[str], what: str) -> BaseException:
     """Return ENOSPC met mid-write (a file system without fallocate) as InsufficientSpaceError naming the place; other errors as they are."""
     if isinstance(err, OSError) and err.errno == errno.ENOSPC and not isinstance(err, InsufficientSpaceError):
         free = shutil.disk_usage(root).free
