@@ -141,3 +141,31 @@ def test_registry_serve_help_documents_every_option(capsys):
     out = capsys.readouterr().out
     assert "--chunk-digest {sha256,blake3}" in out
     assert "algorithm of the chunk digests" in out
+
+
+def test_display_waits_for_a_big_layer_even_after_small_blobs_came():
+    """The config blob comes at once; the model layer waits for the registry's chunk list: say so, not '0.00 MB/s'."""
+    import io
+
+    from chunkpull.core.progress import Aggregator, Progress, State
+    from chunkpull.display import ProgressBar
+
+    t = [0.0]
+    agg = Aggregator(clock=lambda: t[0])
+    out = io.StringIO()
+    bar = ProgressBar(agg, out, is_tty=True, clock=lambda: t[0], label="big", width=100)
+    big, config = "sha256:" + "a" * 64, "sha256:" + "c" * 64
+    agg(Progress(big, 2 << 30, State.START))
+    agg(Progress(config, 284, State.START))
+    agg(Progress(config, 284, State.BYTES, 284))
+    agg(Progress(config, 284, State.DONE))
+    for _ in range(3):
+        t[0] += 1.0
+        bar.tick()
+    frame = out.getvalue().split("\r")[-1].replace("\x1b[K", "")
+    # Counted from the last byte seen (the config's, sampled at the first tick).
+    assert frame.endswith("waiting for the registry 2s"), frame
+    agg(Progress(big, 2 << 30, State.BYTES, 4 << 20))
+    t[0] += 1.0
+    bar.tick()
+    assert "waiting" not in out.getvalue().split("\r")[-1]

@@ -61,6 +61,9 @@ class Figures:
     blobs: int
     cached: int
     resumed: int = 0  # bytes an earlier pull had fetched
+    # Every layer still to come has no byte yet: the registry has not
+    # started sending them (it may be preparing their chunk lists).
+    awaiting: bool = False
 
     @classmethod
     def read(cls, aggregator: Aggregator) -> Figures:
@@ -69,7 +72,9 @@ class Figures:
         # Resumed bytes came from an earlier pull: not traffic of this one.
         fetched, resumed, _cached_bytes = aggregator.byte_counts()
         cached = sum(1 for l in layers if l.state == CACHED)
-        return cls(completed, total, fetched, len(layers), cached, resumed)
+        pending = [l for l in layers if l.state not in (CACHED, DONE)]
+        awaiting = bool(pending) and all(l.completed == 0 for l in pending)
+        return cls(completed, total, fetched, len(layers), cached, resumed, awaiting)
 
 
 class _RateMeter:
@@ -157,9 +162,8 @@ class ProgressBar:
         else:
             self._width = lambda: width
         self._meter = _RateMeter()
-        self._started = clock()
         self._last_fetched = 0
-        self._last_byte_at = self._started  # when fetched bytes last grew
+        self._last_byte_at = clock()  # when fetched bytes last grew (or the bar was made)
         self._last_draw: float | None = None
         self._last_plain = clock()
         self._announced: set[str] = set()
@@ -212,11 +216,10 @@ class ProgressBar:
             return "resolving"  # the manifest is not in yet
         if figures.completed >= figures.total:
             return None
-        # Before the first byte, the registry may be preparing the chunk
-        # list (the built-in one hashes a fresh blob first): say so at once.
-        if figures.fetched == 0 and figures.resumed == 0:
-            return f"waiting for the registry {format_duration(now - self._started)}"
-        if now - self._last_byte_at >= WAIT_NOTE_S:
+        # Before a layer's first byte the registry may be preparing its
+        # chunk list (the built-in one hashes a fresh blob first): say so at
+        # once, even when small blobs have already come.
+        if figures.awaiting or now - self._last_byte_at >= WAIT_NOTE_S:
             return f"waiting for the registry {format_duration(now - self._last_byte_at)}"
         return None
 
