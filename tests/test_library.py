@@ -92,8 +92,9 @@ class RecordingBar:
 
     made: list[RecordingBar] = []
 
-    def __init__(self, *, total: int, desc: str, **kwargs: object) -> None:
-        self.total, self.desc, self.kwargs, self.n, self.closed = total, desc, kwargs, 0, False
+    def __init__(self, *, total: int, desc: str, initial: int = 0, **kwargs: object) -> None:
+        self.total, self.desc, self.kwargs, self.n, self.closed = total, desc, kwargs, initial, False
+        self.initial = initial
         RecordingBar.made.append(self)
 
     def update(self, n: int) -> None:
@@ -120,7 +121,7 @@ def test_tqdm_class_gets_one_bar_per_layer(upstream, tmp_path):
         assert bar.kwargs["unit"] == "B"
     RecordingBar.made = []
     chunkpull.pull(up.ref(), models=tmp_path, tqdm_class=RecordingBar)
-    assert all(b.desc.startswith("cached ") and b.n == b.total and b.closed for b in RecordingBar.made)
+    assert all(b.desc.startswith("cached ") and b.initial == b.n == b.total and b.closed for b in RecordingBar.made), "cached bars start full"
 
 
 def test_progress_tqdm_draws_real_bars(upstream, tmp_path):

@@ -68,8 +68,12 @@ class TqdmProgress:
                 return
             bar = self._bars.get(event.digest)
             if bar is None:
-                verb = "cached" if event.state == CACHED else "pulling"
-                bar = self._bars[event.digest] = self._tqdm(total=event.total, desc=f"{verb} {_short(event.digest)}", **self._kwargs)
+                # A cached blob's bar starts full: one line, and no absurd rate for bytes that never moved.
+                cached = event.state == CACHED
+                bar = self._bars[event.digest] = self._tqdm(
+                    total=event.total, initial=event.total if cached else 0,
+                    desc=f"{'cached' if cached else 'pulling'} {_short(event.digest)}", **self._kwargs,
+                )
             if event.state in (BYTES, RESUMED):
                 bar.update(max(0, min(event.n, event.total - bar.n)))
             elif event.state == VERIFYING:
