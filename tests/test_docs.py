@@ -143,7 +143,8 @@ def test_readme_cli_session_runs(tmp_path):
     make, serve = commands(serve_block)
     env = child_env()
     subprocess.run(make, shell=True, check=True, env=env, capture_output=True, timeout=120)
-    proc = subprocess.Popen(serve, shell=True, env=env, stdout=subprocess.PIPE, text=True)
+    # exec: the shell becomes the server, so terminate() stops the server itself (dash would leave it running).
+    proc = subprocess.Popen("exec " + serve, shell=True, env=env, stdout=subprocess.PIPE, text=True)
     try:
         url = proc.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:"), url
