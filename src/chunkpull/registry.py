@@ -100,6 +100,8 @@ class PullReport:
     """
 
     sources: list[SourceStats] = field(default_factory=list)
+    # The stream counts the pull ran at, in order (one entry when pinned; adaptive pulls list each change).
+    streams: list[int] = field(default_factory=list)
 
     def to_json(self) -> list[dict[str, Any]]:
         """Return one JSON object per source (origin first), as ``chunkpull pull --json`` writes them."""
@@ -516,6 +518,7 @@ class Registry:
                 finally:
                     if summary is not None:
                         summary.sources = sources.snapshot()
+                        summary.streams = puller.streams.counts() if puller is not None else []
                 results: dict[str, PullResult | BaseException] = {}
                 for name, ref, m in models:
                     err = next((failed[str(b.digest)] for b in m.blobs() if str(b.digest) in failed), failed.get(""))

@@ -86,3 +86,14 @@ def test_limit_rate_caps_the_whole_pull(upstream, make_registry):
 def test_limit_rate_option_is_validated(capsys):
     assert main(["pull", "x", "--limit-rate", "fast"]) == 2
     assert "want a rate" in capsys.readouterr().err
+
+
+def test_the_report_lists_the_adaptive_stream_counts(upstream, make_registry):
+    from chunkpull.registry import PullReport
+
+    up = upstream([48 * MIB], seed=8, chunk_size=MIB)
+    up.faults.throttle_bps = 2 * MIB  # per connection: more streams carry more
+    reg = make_registry(max_streams=None)  # unpinned: adaptive
+    report = PullReport()
+    reg.pull(up.ref(), report=report)
+    assert report.streams[0] == 8 and max(report.streams) > 8, report.streams

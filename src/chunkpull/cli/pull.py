@@ -90,7 +90,7 @@ def cmd_pull(registry: Registry, args: argparse.Namespace, names: list[str]) -> 
     figures = Figures.read(aggregator)
     failed = {n: r for n, r in results.items() if isinstance(r, BaseException)}
     if events:
-        events.emit("sources", sources=report.to_json())
+        events.emit("sources", sources=report.to_json(), streams=report.streams)
         for name, result in results.items():
             if isinstance(result, BaseException):
                 events.emit("error", model=name, error=" ".join(str(result).split()), kind=type(result).__name__)
@@ -110,6 +110,8 @@ def cmd_pull(registry: Registry, args: argparse.Namespace, names: list[str]) -> 
             if not isinstance(result, BaseException):
                 print(f"pulled {name}: {format_bytes(result.size)}, {plural(len(result.blobs), 'blob')}", flush=True)
         print(f"{len(results) - len(failed)} of {plural(len(names), 'model')} pulled: {fetched}, {blobs}", flush=True)
+    if len(report.streams) > 1:
+        print(f"  streams: adaptive, {' → '.join(map(str, report.streams))}", flush=True)
     for line in source_lines(report):
         print(line, flush=True)
     for name, err in failed.items():

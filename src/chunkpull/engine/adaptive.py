@@ -134,6 +134,15 @@ class Streams:
         self._pool, self._chunk = pool, chunk
         pool.allow(pieces_for(self.gate.limit, chunk, pool.size, self.memory_budget))
 
+    def counts(self) -> list[int]:
+        """The stream counts the pull ran at, in order, without repeats."""
+        seen = [limit for _t, limit, _rate in self.controller.history] if self.controller else []
+        out: list[int] = []
+        for n in [*seen, self.gate.limit]:
+            if not out or out[-1] != n:
+                out.append(n)
+        return out
+
     def tick(self) -> None:
         """Called by the monitor thread: let the controller move the count, and the pool's allowance follow."""
         if self.controller is None:
