@@ -316,7 +316,7 @@ def summary_lines(docs: dict[str, dict], kernels: dict | None = None) -> list[st
     return out
 
 
-def render(docs: dict[str, dict], kernels: dict | None = None, fleet: dict | None = None) -> str:
+def render(docs: dict[str, dict], kernels: dict | None = None, fleet: dict | None = None, wan: dict | None = None) -> str:
     first = next(iter(docs.values()))
     parts = [
         "# chunkpull: measured results",
@@ -342,6 +342,11 @@ def render(docs: dict[str, dict], kernels: dict | None = None, fleet: dict | Non
         parts += [f"## {s.title}", "", s.what, "", f"    {doc['command']}", "", markdown_table(doc), ""]
     if fleet is not None:
         parts += ["## Fleets", "", *fleet_lines(fleet), ""]
+    if wan is not None:
+        sys.path.insert(0, str(HERE))
+        import wan_bench
+
+        parts += ["## WAN paths", "", *wan_bench.render_markdown(wan), ""]
     if CDN_FRONT in docs:
         doc = docs[CDN_FRONT]
         parts += [
@@ -407,7 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     kernels = json.loads(kernels_path.read_text()) if kernels_path.exists() else None
     fleet_path = args.results / f"{FLEET}.json"
     fleet = json.loads(fleet_path.read_text()) if fleet_path.exists() else None
-    args.out.write_text(render(docs, kernels, fleet), encoding="utf-8")
+    wan_path = args.results / "wan.json"  # benchmarks/wan_bench.py (root: its own network namespace)
+    wan = json.loads(wan_path.read_text()) if wan_path.exists() else None
+    args.out.write_text(render(docs, kernels, fleet, wan), encoding="utf-8")
     print(f"run_compare: wrote {args.out}", file=sys.stderr)
     if not args.no_readme and not args.quick:
         update_readme(docs, kernels=kernels)
