@@ -69,6 +69,22 @@ class Faults:
       ``content_range_times`` ranged answers send the bytes asked for but
       announce them in ``Content-Range`` as starting ``content_range_shift``
       bytes later (a proxy or cache that mixed up its offsets).
+
+    Switches of the link rather than of the answers, for WAN benchmarks.
+    They go by the connection's serial number: 1, 2, 3, ... in accept
+    order, counted by ``Stats.connections`` (so ``Stats.reset()`` starts
+    them again at 1), and apply to every connection, ``only_digest`` or not:
+
+    - ``pace_bps``: each accepted socket gets ``SO_MAX_PACING_RATE`` (Linux)
+      of this many bytes per second: the kernel's TCP pacing caps the
+      connection, the body is still sent with ``sendfile``.
+    - ``straggler_every`` / ``straggler_bps``: every ``straggler_every``-th
+      connection (serial 8, 16, ... for 8) is paced at ``straggler_bps``
+      instead.
+    - ``reset_after``: a connection that has sent this many blob body bytes
+      in all (over its keep-alive requests) is reset at once: closed with
+      ``SO_LINGER`` 0, an RST, and what was still queued for it is lost
+      (and taken off ``Stats.blob_bytes_sent``).
     """
 
     corrupt_chunk: dict[int, int] = dataclasses.field(default_factory=dict)
@@ -93,6 +109,10 @@ class Faults:
     drip_chunk: dict[int, int] = dataclasses.field(default_factory=dict)
     drip_control_bps: int | None = None
     gzip_times: int = 0
+    pace_bps: int | None = None
+    straggler_every: int = 0
+    straggler_bps: int | None = None
+    reset_after: int | None = None
     lock: threading.RLock = dataclasses.field(
         default_factory=threading.RLock, repr=False, compare=False
     )
@@ -141,6 +161,20 @@ class Faults:
                     return status
             return None
 
+    def _pacing(self, serial: int) -> int | None:
+        """Return the pacing rate (bytes per second) of connection number serial, or None."""
+        with self.lock:
+            if self.straggler_every > 0 and self.straggler_bps and serial % self.straggler_every == 0:
+                return int(self.straggler_bps)
+            return int(self.pace_bps) if self.pace_bps else None
+
+    def _reset_at(self, conn_sent: int, length: int) -> int | None:
+        """Return where in a body of length bytes to reset a connection that has sent conn_sent body bytes, or None."""
+        with self.lock:
+            if self.reset_after is None or conn_sent + length < self.reset_after:
+                return None
+            return max(0, self.reset_after - conn_sent)
+
     def plan(self, digest: str, start: int, end: int, size: int, chunk_size: int) -> Plan:
         """Decide (and consume) the faults for one body of bytes [start, end]."""
         plan = Plan()
@@ -185,6 +219,9 @@ class Plan:
     flips: list[int] = dataclasses.field(default_factory=list)
     throttle_bps: int | None = None
     gzip: bool = False
+    # Reset the connection after this many body bytes (set by the handler,
+    # which knows the connection's bytes; sendfile still serves the rest).
+    reset_at: int | None = None
 
     def is_clean(self) -> bool:
         return (
@@ -206,6 +243,8 @@ class Stats:
     - ``blob_bytes_sent``: body bytes of blob GETs.  A response's bytes are
       counted as it starts (so a client that has read a body always sees them
       counted); bytes a failed send never delivered are taken off afterwards.
+    - ``connections``: connections accepted; the latest one's serial number.
+    - ``resets``: connections reset by the ``reset_after`` switch.
     - ``ranges``: ``(digest, start, end)`` (inclusive end) of every blob body
       served, in order; a whole-blob answer is ``(digest, 0, size - 1)``.
     - ``log``: ``(method, path, status)`` of every response, in order.
@@ -214,6 +253,8 @@ class Stats:
 
     requests: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     blob_bytes_sent: int = 0
+    connections: int = 0
+    resets: int = 0
     ranges: list[tuple[str, int, int]] = dataclasses.field(default_factory=list)
     log: list[tuple[str, str, int]] = dataclasses.field(default_factory=list)
     auth: list[tuple[str, str]] = dataclasses.field(default_factory=list)
@@ -222,13 +263,42 @@ class Stats:
     )
 
     def reset(self) -> None:
-        """Set every counter back to zero."""
+        """Set every counter back to zero (connection serials start again at 1)."""
         with self.lock:
-            self.requests = collections.Counter()
-            self.auth = []
-            self.blob_bytes_sent = 0
-            self.ranges = []
-            self.log = []
+            self._clear()
+
+    def _clear(self) -> None:
+        self.requests = collections.Counter()
+        self.auth = []
+        self.blob_bytes_sent = 0
+        self.connections = 0
+        self.resets = 0
+        self.ranges = []
+        self.log = []
+
+    def snapshot(self, *, reset: bool = False) -> dict[str, Any]:
+        """Return the counters as a JSON-able dict; with reset, clear them in the same step."""
+        with self.lock:
+            doc = {
+                "connections": self.connections,
+                "resets": self.resets,
+                "blob_bytes_sent": self.blob_bytes_sent,
+                "requests": dict(self.requests),
+            }
+            if reset:
+                self._clear()
+        return doc
+
+    def _accept(self) -> int:
+        """Count an accepted connection; return its serial number."""
+        with self.lock:
+            self.connections += 1
+            return self.connections
+
+    def _add_reset(self, lost: int) -> None:
+        with self.lock:
+            self.resets += 1
+            self.blob_bytes_sent -= lost
 
     def _add_auth(self, path: str, header: str) -> None:
         with self.lock:

@@ -4,6 +4,8 @@ Routes ``/v2/<ns>/<model>/{manifests,blobs,chunksums}/<ref>`` and the push
 flow (``blobs/uploads``), answers ``Range`` (one range; anything else gets
 the whole body, as RFC 9110 allows), sends blobs with ``os.sendfile`` or,
 while a fault applies or under TLS, a buffered copy that applies it.
+Accepted sockets are numbered (``Stats.connections``) and paced by serial
+number; with ``stats_route`` it answers ``GET /_testregistry/stats``.
 
 The handler reaches its ``TestRegistry`` as ``self.server.registry``
 (registry.py imports this module, never the reverse).  Imports ``_httpd``,
@@ -12,6 +14,7 @@ The handler reaches its ``TestRegistry`` as ``self.server.registry``
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import json
@@ -21,6 +24,8 @@ import re
 import select
 import socket
 import ssl
+import struct
+import termios
 import time
 import uuid
 from typing import Any, Iterable, Iterator
@@ -39,6 +44,10 @@ _ROUTE_RE = re.compile(r"/v2/([^/]+)/([^/]+)/(manifests|blobs|chunksums)/([^/]+)
 _UPLOAD_RE = re.compile(r"/v2/([^/]+)/([^/]+)/blobs/uploads/([^/]*)")
 _RANGE_RE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
 _KIND = {"manifests": "manifest", "blobs": "blob", "chunksums": "chunksums"}
+# The counters as JSON (``?reset=1``: and cleared), when the registry has ``stats_route``.
+STATS_PATH = "/_testregistry/stats"
+# Linux's socket option for a per-socket TCP pacing cap (not in Python's socket module).
+SO_MAX_PACING_RATE = getattr(socket, "SO_MAX_PACING_RATE", 47)
 
 # Copy-path buffer: big enough that the per-piece Python overhead is noise,
 # small enough that eight connections cost a few MiB.
@@ -89,16 +98,33 @@ def _error_body(code: str, message: str) -> bytes:
 class RegistryServer(_httpd.ThreadedServer):
     def __init__(self, registry: _Registry, address: tuple[str, int]) -> None:
         self.registry = registry
+        self.serials: dict[socket.socket, int] = {}  # accepted, handler not started yet
+        self.resetting: set[socket.socket] = set()  # SO_LINGER 0 set: close with an RST
         super().__init__(address, _Handler, log=log)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, addr = super().get_request()
-        ctx = self.registry._ssl_context
+        reg = self.registry
+        serial = reg.stats._accept()
+        rate = reg.faults._pacing(serial)
+        if rate:
+            sock.setsockopt(socket.SOL_SOCKET, SO_MAX_PACING_RATE, rate)
+        ctx = reg._ssl_context
         if ctx is not None:
             # The handshake runs in the connection's own thread (first thing
             # in _Handler.handle): a slow client must not block accept().
             sock = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        self.serials[sock] = serial
         return sock, addr
+
+    def shutdown_request(self, request: Any) -> None:
+        if request in self.resetting:
+            # No shutdown(SHUT_WR): its FIN would tell the client the body
+            # ended; close() alone sends the RST.
+            self.resetting.discard(request)
+            self.close_request(request)
+        else:
+            super().shutdown_request(request)
 
 
 class _Handler(_httpd.Handler):
@@ -108,7 +134,13 @@ class _Handler(_httpd.Handler):
     # stop() does not wait for it, it shuts the sockets down.
     timeout = 60
     _responded = False
-    _body_sent = 0
+    _body_sent = 0  # of the current blob body
+    _conn_sent = 0  # blob body bytes of this connection (the reset_after switch)
+    serial = 0  # the connection's number, 1, 2, ... in accept order
+
+    def setup(self) -> None:
+        self.serial = self.server.serials.pop(self.request, 0)
+        super().setup()
 
     def handle(self) -> None:
         if isinstance(self.connection, ssl.SSLSocket):
@@ -193,6 +225,13 @@ class _Handler(_httpd.Handler):
         if path == "/token":
             self._drain_body()
             self._token(reg)
+            return
+        if path == STATS_PATH and reg.stats_route:
+            self._drain_body()
+            doc = reg.stats.snapshot(reset=query.get("reset") == ["1"])
+            with self.server._changed:
+                doc["open"] = len(self.server.connections)  # this one included
+            self._send(200, json.dumps(doc).encode())
             return
         if not self._authorized(reg):
             self._drain_body()
@@ -332,6 +371,8 @@ class _Handler(_httpd.Handler):
             start, end = wanted if wanted is not None else (0, size - 1)
             length = end - start + 1
             plan = faults.plan(digest, start, end, size, reg.chunk_size) if self.command == "GET" else Plan()
+            if self.command == "GET":
+                plan.reset_at = faults._reset_at(self._conn_sent, length)
             if plan.gzip:
                 self._send_gzip(fd, start, length, wanted is not None, size, digest)
                 return
@@ -346,13 +387,14 @@ class _Handler(_httpd.Handler):
             self.end_headers()
             if self.command == "HEAD":
                 return
-            planned = length if plan.cut_at is None else plan.cut_at
+            planned = min(n for n in (length, plan.cut_at, plan.reset_at) if n is not None)
             reg.stats._add_range(digest, start, end)
             reg.stats._add_bytes(planned)
             self._body_sent = 0
             try:
                 self._send_body(reg, fd, start, length, plan)
             finally:
+                self._conn_sent += self._body_sent
                 if self._body_sent < planned:
                     reg.stats._add_bytes(self._body_sent - planned)
         finally:
@@ -373,17 +415,34 @@ class _Handler(_httpd.Handler):
 
     def _send_body(self, reg: _Registry, fd: int, offset: int, length: int, plan: Plan) -> None:
         sock = self.connection
+        if plan.reset_at is not None:
+            length = min(length, plan.reset_at)
         if plan.is_clean() and not isinstance(sock, ssl.SSLSocket):
             self._sendfile(fd, offset, length)
-            return
-        self._copy(reg, fd, offset, length, plan)
-        if plan.cut_at is not None:
+        else:
+            self._copy(reg, fd, offset, length, plan)
+        if plan.reset_at is not None:
+            self._reset(reg)
+        elif plan.cut_at is not None:
             # The client has Content-Length bytes promised and sees EOF early.
             self.close_connection = True
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def _reset(self, reg: _Registry) -> None:
+        """Reset the connection (the ``reset_after`` switch): SO_LINGER 0, closed by shutdown_request.
+
+        Bytes the kernel still holds for the peer are dropped by the RST, so
+        they are taken off the bytes sent.
+        """
+        sock = self.connection
+        queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reg.stats._add_reset(min(queued, self._body_sent))
+        self.server.resetting.add(sock)
+        self.close_connection = True
 
     def _sendfile(self, fd: int, offset: int, length: int) -> None:
         """Send file bytes with os.sendfile: the kernel copies, Python only loops."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from .. import _httpd
 from ..core.units import SIZE_HELP, parse_size
+from .handler import STATS_PATH
 from .models import build_model
 from .registry import DEFAULT_CHUNK_SIZE, TestRegistry
 
@@ -38,6 +39,16 @@ def _with_times(kind: Any) -> Any:
             raise argparse.ArgumentTypeError(f"invalid value {text!r} (want VALUE[:TIMES])") from None
 
     return parse
+
+
+def _straggler(text: str) -> tuple[int, int]:
+    every, sep, bps = text.partition(":")
+    try:
+        if not sep or int(every) < 1:
+            raise ValueError
+        return int(every), _size(bps)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r} (want EVERY:BPS, e.g. 8:500K)") from None
 
 
 def serve_main(argv: list[str] | None = None) -> int:
@@ -72,6 +83,14 @@ def serve_main(argv: list[str] | None = None) -> int:
     p.add_argument("--shift-content-range", type=_with_times(int), metavar="N[:TIMES]",
                    help="announce ranged answers in Content-Range as starting N bytes later than the bytes sent")
     p.add_argument("--throttle", type=_size, metavar="BPS", help="per-connection bytes per second")
+    p.add_argument("--pace", type=_size, metavar="BPS",
+                   help="cap every accepted connection at BPS bytes per second with SO_MAX_PACING_RATE (Linux TCP pacing)")
+    p.add_argument("--straggler", type=_straggler, metavar="EVERY:BPS",
+                   help="pace every EVERY-th connection (by accept order) at BPS instead")
+    p.add_argument("--reset-after", type=_size, metavar="BYTES",
+                   help="reset (RST) each connection once it has sent BYTES blob body bytes in all")
+    p.add_argument("--stats-route", action="store_true",
+                   help=f"answer GET {STATS_PATH} with the counters as JSON (?reset=1: and clear them)")
     p.add_argument("--no-chunksums", action="store_true", help="404 on the chunksums route")
     p.add_argument("-v", "--verbose", action="store_true", help="log every request to stderr")
     args = p.parse_args(argv)
@@ -86,6 +105,7 @@ def serve_main(argv: list[str] | None = None) -> int:
         chunk_digest=args.chunk_digest,
         certfile=args.certfile,
         keyfile=args.keyfile,
+        stats_route=args.stats_route,
     )
     f = registry.faults
     f.corrupt_chunk = dict(args.corrupt_chunk)
@@ -99,6 +119,10 @@ def serve_main(argv: list[str] | None = None) -> int:
         f.content_range_shift, f.content_range_times = args.shift_content_range
     f.throttle_bps = args.throttle
     f.no_chunksums = args.no_chunksums
+    f.pace_bps = args.pace
+    if args.straggler:
+        f.straggler_every, f.straggler_bps = args.straggler
+    f.reset_after = args.reset_after
 
     try:
         _httpd.run_until_signalled(lambda: print(registry.start().url, flush=True))

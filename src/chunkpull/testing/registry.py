@@ -46,7 +46,10 @@ class TestRegistry:
 
     Binds ``host:port`` (port 0 picks a free one) when started; with
     ``certfile`` (and ``keyfile`` unless the cert file holds the key) it speaks
-    TLS.  Use it as a context manager, or call ``start()`` and ``stop()``;
+    TLS.  With ``stats_route``, ``GET /_testregistry/stats`` answers the
+    counters as JSON (``Stats.snapshot``, and ``open``: the connections open;
+    ``?reset=1`` clears the counters too), for a benchmark driving the
+    server from another process.  Use it as a context manager, or call ``start()`` and ``stop()``;
     ``stop()`` closes the listening socket and every open connection and waits
     for the server's threads, so it never hangs.  ``.faults`` and ``.stats``
     may be used from any thread.
@@ -68,6 +71,7 @@ class TestRegistry:
         certfile: str | os.PathLike[str] | None = None,
         keyfile: str | os.PathLike[str] | None = None,
         auth: RegistryAuthMode | None = None,
+        stats_route: bool = False,
     ) -> None:
         if int(chunk_size) <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
@@ -82,6 +86,7 @@ class TestRegistry:
         self.faults = Faults()
         self.stats = Stats()
         self.auth = auth  # None: no auth at all
+        self.stats_route = stats_route
         self._port = port
         self._ssl_context: ssl.SSLContext | None = None
         if certfile is not None:
