@@ -52,7 +52,7 @@ from .core.index import MANIFEST_ACCEPT, MEDIA_TYPE_DOCKER_MANIFEST, Index, Plat
 from .core.manifest import Layer, Manifest
 from .core.names import DEFAULT_MASK, Name, Ref, parse_ref
 from .core.progress import CACHED, START, Aggregator, Progress, ProgressCallback
-from .engine.adaptive import ADAPTIVE_HIGH
+from .engine.adaptive import ADAPTIVE, ADAPTIVE_HIGH
 from .engine.config import DEFAULT_BUFFER_SIZE, DEFAULT_CHUNKING_THRESHOLD, BlobJob, PullConfig, Source
 from .engine.puller import Puller
 from .engine.ratelimit import RateLimiter
@@ -198,11 +198,12 @@ class Registry:
         self.mirrors = [parse_mirror(m).root for m in mirrors or []]  # checked now: a typo fails before any pull
         self._auths: dict[tuple[str, bool], RegistryAuth] = {}
         self._auths_lock = threading.Lock()
-        # Unpinned (no max_streams, no environment variable): adaptive, 2 to ADAPTIVE_HIGH streams.
-        pinned = max_streams if max_streams is not None else _env.pinned_streams()
+        # max_streams=0 (``--streams auto``): adaptive, 2 to ADAPTIVE_HIGH.  Not the default: measured on
+        # the WAN paths and over loopback it lost to a fixed 8 (benchmarks/results/wan.json, issue 12's note).
+        streams = max_streams if max_streams is not None else _env.max_streams()
         self.config = PullConfig(
-            max_streams=ADAPTIVE_HIGH if pinned is None else pinned,
-            adaptive=pinned is None,
+            max_streams=ADAPTIVE_HIGH if streams == ADAPTIVE else streams,
+            adaptive=streams == ADAPTIVE,
             chunking_threshold=t.chunking_threshold,
             verify=verify or "blob",
             buffer_size=t.buffer_size,

@@ -93,7 +93,7 @@ def test_the_report_lists_the_adaptive_stream_counts(upstream, make_registry):
 
     up = upstream([48 * MIB], seed=8, chunk_size=MIB)
     up.faults.throttle_bps = 2 * MIB  # per connection: more streams carry more
-    reg = make_registry(max_streams=None)  # unpinned: adaptive
+    reg = make_registry(max_streams=0)  # --streams auto: adaptive
     report = PullReport()
     reg.pull(up.ref(), report=report)
     assert report.streams[0] == 8 and max(report.streams) > 8, report.streams

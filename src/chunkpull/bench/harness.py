@@ -186,7 +186,7 @@ class Options:
     seed: int = 0
     chunk_sizes: list[int] = dataclasses.field(default_factory=lambda: [DEFAULT_CHUNK_SIZE])
     chunk_digest: str = "sha256"
-    streams: list[int] = dataclasses.field(default_factory=lambda: [_env.pinned_streams() or AUTO])
+    streams: list[int] = dataclasses.field(default_factory=lambda: [_env.max_streams()])
     verify: list[str] = dataclasses.field(default_factory=lambda: ["blob"])
     threshold: int | None = None
     repeat: int = 1
@@ -326,7 +326,7 @@ def run_benchmark(opts: Options) -> Report:
         "fsync": opts.fsync,
         "memory": "caches dropped" if opts.drop_caches else "back-to-back",
         "baselines": opts.baselines,
-        "default_streams": _env.pinned_streams() or AUTO,
+        "default_streams": _env.max_streams(),
     }
     if opts.name:
         target = remote_target(opts.name)
@@ -349,7 +349,7 @@ def run_benchmark(opts: Options) -> Report:
                 target = embedded_target(server, model)
                 warm(target)
             _measure_all(opts, target, chunk, plan, runs, machine, counter)
-    return Report(machine, settings, runs, aggregate(runs, default_streams=_env.pinned_streams() or AUTO), skipped)
+    return Report(machine, settings, runs, aggregate(runs, default_streams=_env.max_streams()), skipped)
 
 
 def _threshold(opts: Options, target: Target, chunk: int | None) -> int | None:
@@ -386,7 +386,7 @@ def _measure_all(opts: Options, target: Target, chunk: int | None, plan: list[Co
                     "models_dir": str(workdir / "models"),
                     "out_dir": str(workdir / "out"),
                     # chunkpull at AUTO adapts; a baseline at AUTO uses the fixed default.
-                    "streams": (None if cfg.method == "chunkpull" else _env.DEFAULT_MAX_STREAMS) if cfg.streams == AUTO else (cfg.streams or 1),
+                    "streams": (AUTO if cfg.method == "chunkpull" else _env.DEFAULT_MAX_STREAMS) if cfg.streams == AUTO else (cfg.streams or 1),
                     "chunk_size": cfg.chunk_size or DEFAULT_CHUNK_SIZE,
                     "verify": cfg.verify,
                     "threshold": _threshold(opts, target, chunk),

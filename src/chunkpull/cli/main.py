@@ -220,12 +220,14 @@ def _cmd_registry(args: argparse.Namespace) -> int:
 
 
 def _streams(text: str) -> int:
+    if text.strip().lower() == "auto":
+        return 0  # adaptive (engine.adaptive.ADAPTIVE)
     try:
         n = int(text)
     except ValueError:
         n = 0
     if not 1 <= n <= MAX_MAX_STREAMS:
-        raise argparse.ArgumentTypeError(f"want a whole number from 1 to {MAX_MAX_STREAMS}, not {text!r}")
+        raise argparse.ArgumentTypeError(f"want auto or a whole number from 1 to {MAX_MAX_STREAMS}, not {text!r}")
     return n
 
 
@@ -265,8 +267,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     models_help = "models directory (default: $OLLAMA_MODELS, else ~/.ollama/models)"
-    streams_help = ("concurrent connections per pull, pinned (default: $CHUNKPULL_MAX_STREAMS or $OLLAMA_REGISTRY_MAXSTREAMS if set, "
-                    "else adaptive: starts at 8 and grows while throughput rises, 2 to 64)")
+    streams_help = ("concurrent connections per pull (default: $CHUNKPULL_MAX_STREAMS or $OLLAMA_REGISTRY_MAXSTREAMS, else 8); "
+                    "auto: adaptive, starts at 8 and grows while throughput rises, 2 to 64")
 
     pull = sub.add_parser("pull", help="pull models into the models directory", description="Pull models into the models directory.")
     pull.add_argument("names", nargs="*", metavar="NAME", help="model name(s), e.g. llama3.2 or http://127.0.0.1:5000/library/smol:latest")

@@ -11,8 +11,10 @@ windows of ``window_s`` it compares throughput before and after each change,
   waits ``hold_windows`` windows before it probes again;
 - never moves below ``low`` or above ``high``.
 
-A pinned stream count (``--streams N``) makes no controller: the gate stays
-at N.  Pure logic on an injectable clock, so the tests replay throughput
+It is opt-in (``--streams auto``, ``Registry(max_streams=0)``): measured on
+the WAN paths of ``benchmarks/wan_bench.py`` and over loopback it lost to a
+fixed 8, so the default stays pinned.  A pinned count makes no controller:
+the gate stays at N.  Pure logic on an injectable clock, so the tests replay throughput
 curves without sockets.
 """
 
@@ -25,9 +27,10 @@ from collections.abc import Callable
 from ..errors import PullCancelledError
 from .pieces import PiecePool, pieces_for
 
-__all__ = ["ADAPTIVE_HIGH", "ADAPTIVE_LOW", "ADAPTIVE_START", "StreamController", "StreamGate", "Streams"]
+__all__ = ["ADAPTIVE", "ADAPTIVE_HIGH", "ADAPTIVE_LOW", "ADAPTIVE_START", "StreamController", "StreamGate", "Streams"]
 
 ADAPTIVE_LOW, ADAPTIVE_START, ADAPTIVE_HIGH = 2, 8, 64
+ADAPTIVE = 0  # the max_streams value that asks for an adaptive count (``--streams auto``)
 
 
 class StreamGate:

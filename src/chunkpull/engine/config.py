@@ -36,7 +36,7 @@ DEFAULT_CHUNKING_THRESHOLD = 64 << 20  # Ollama's: smaller layers come in one re
 DEFAULT_BUFFER_SIZE = 4 << 20
 # Pieces parked ahead of the in-order hash may use this much memory (the
 # pool never has fewer than max_streams + 2 pieces, so each stream can read).
-DEFAULT_MEMORY_BUDGET = 128 << 20
+DEFAULT_MEMORY_BUDGET = 32 << 20
 MIN_PIECE_BYTES = 32 << 20  # the pieces a pull may always hold, whatever its stream count
 # Our own split of a blob when the registry has no chunksums.
 DEFAULT_SPLIT_CHUNK_SIZE = 8 << 20
@@ -65,7 +65,7 @@ class PullConfig:
         bytes per piece, a multiple of 4096 (4 MiB).
     memory_budget
         the cap on bytes of pieces parked ahead of the in-order hash
-        (128 MiB).  Within it the pieces follow the stream count: a chunk
+        (32 MiB).  Within it the pieces follow the stream count: a chunk
         per stream, at least 32 MiB, and never fewer than streams + 2 pieces.
     io
         ``"auto"``: O_DIRECT where the file system allows it; ``"direct"``
