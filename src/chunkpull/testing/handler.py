@@ -27,13 +27,14 @@ import ssl
 import struct
 import termios
 import time
-import uuid
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .. import _httpd
 from .faults import Plan
-from .models import MANIFEST_MEDIA_TYPE, PUSH_HOST, write_atomic, write_blob
+from .models import MANIFEST_MEDIA_TYPE
+from .push import PushHandlers
+from .push import error_body as _error_body
 
 __all__ = ["RegistryServer"]
 
@@ -89,12 +90,6 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, min(end, size - 1)
 
 
-def _error_body(code: str, message: str) -> bytes:
-    return json.dumps(
-        {"errors": [{"code": code, "message": message}]}, separators=(",", ":")
-    ).encode()
-
-
 class RegistryServer(_httpd.ThreadedServer):
     def __init__(self, registry: _Registry, address: tuple[str, int]) -> None:
         self.registry = registry
@@ -127,7 +122,7 @@ class RegistryServer(_httpd.ThreadedServer):
             super().shutdown_request(request)
 
 
-class _Handler(_httpd.Handler):
+class _Handler(PushHandlers, _httpd.Handler):
     server: RegistryServer
     server_version = "chunkpull-testregistry/1"
     # Idle keep-alive connections and unread sends give up after this long;
@@ -524,110 +519,3 @@ class _Handler(_httpd.Handler):
         if location is None:
             location = reg.url + f"/v2/{ns}/{model}/blobs/{ref}"
         self._send(200, body, "text/plain; charset=utf-8", [("Content-Location", location)], drip_bps=faults.drip_control_bps)
-
-    # -- pushing --------------------------------------------------------
-
-    def _start_upload(self, reg: _Registry, ns: str, model: str, query: dict[str, list[str]]) -> None:
-        digest = (query.get("digest") or [""])[0]
-        if not _DIGEST_RE.fullmatch(digest):
-            self._send(400, _error_body("DIGEST_INVALID", f"invalid digest {digest!r}"))
-            return
-        if reg.blob_path(digest).exists():
-            self._send(202, b"", headers=[("Docker-Content-Digest", digest)])
-            return
-        upload_id = uuid.uuid4().hex
-        with reg._lock:
-            reg._uploads[upload_id] = digest
-        location = f"/v2/{ns}/{model}/blobs/uploads/{upload_id}?digest={digest}"
-        self._send(202, b"", headers=[("Location", location), ("Docker-Upload-UUID", upload_id)])
-
-    def _finish_upload(
-        self, reg: _Registry, ns: str, model: str, upload_id: str, query: dict[str, list[str]]
-    ) -> None:
-        with reg._lock:
-            expected = reg._uploads.pop(upload_id, None)
-        digest = (query.get("digest") or [expected or ""])[0]
-        if expected is None:
-            self._drain_body()
-            self._send(404, _error_body("BLOB_UPLOAD_UNKNOWN", "blob upload unknown"))
-            return
-        if digest != expected or not _DIGEST_RE.fullmatch(digest):
-            self._drain_body()
-            self._send(400, _error_body("DIGEST_INVALID", f"digest {digest!r} does not match the upload"))
-            return
-        got = write_blob(reg.root / "blobs", self._body_pieces(), want=digest)
-        if got != digest:
-            message = f"provided digest did not match uploaded content: got {got}"
-            self._send(400, _error_body("DIGEST_INVALID", message))
-            return
-        self._send(
-            201,
-            b"",
-            headers=[("Location", f"/v2/{ns}/{model}/blobs/{digest}"), ("Docker-Content-Digest", digest)],
-        )
-
-    def _put_manifest(self, reg: _Registry, ns: str, model: str, ref: str) -> None:
-        data = b"".join(self._body_pieces())
-        try:
-            manifest = json.loads(data)
-            if not isinstance(manifest, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as exc:
-            self._send(400, _error_body("MANIFEST_INVALID", f"manifest invalid: {exc}"))
-            return
-        # Like a real registry: every referenced blob must have been pushed
-        # first, which catches a client that sends the manifest too early.
-        refs = list(manifest.get("layers") or [])
-        if isinstance(manifest.get("config"), dict):
-            refs.append(manifest["config"])
-        for item in refs:
-            d = item.get("digest", "") if isinstance(item, dict) else ""
-            if not _DIGEST_RE.fullmatch(str(d)) or not reg.blob_path(d).exists():
-                self._send(400, _error_body("MANIFEST_BLOB_UNKNOWN", f"blob unknown to registry: {d}"))
-                return
-        digest = write_blob(reg.root / "blobs", [data])
-        if not _DIGEST_RE.fullmatch(ref):
-            path = reg.find_manifest(ns, model, ref)
-            if path is None:
-                path = reg.root / "manifests" / PUSH_HOST / ns / model / ref
-            write_atomic(path, data)
-        self._send(
-            201,
-            b"",
-            headers=[("Location", f"/v2/{ns}/{model}/manifests/{digest}"), ("Docker-Content-Digest", digest)],
-        )
-
-    # -- request bodies -------------------------------------------------
-
-    def _body_pieces(self) -> Iterator[bytes]:
-        """Yield the request body (Content-Length or chunked) in pieces."""
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            while True:
-                line = self.rfile.readline(1024)
-                size = int(line.split(b";", 1)[0].strip() or b"0", 16)
-                if size == 0:
-                    # Trailers end with an empty line.
-                    while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                        pass
-                    return
-                while size:
-                    piece = self.rfile.read(min(size, _COPY_BUF))
-                    if not piece:
-                        raise ConnectionAbortedError("request body ended early")
-                    size -= len(piece)
-                    yield piece
-                self.rfile.readline(1024)
-            return
-        left = int(self.headers.get("Content-Length") or 0)
-        while left > 0:
-            piece = self.rfile.read(min(left, _COPY_BUF))
-            if not piece:
-                raise ConnectionAbortedError("request body ended early")
-            left -= len(piece)
-            yield piece
-
-    def _drain_body(self) -> None:
-        # Unread body bytes would be parsed as the next request on this
-        # keep-alive connection.
-        for _ in self._body_pieces():
-            pass
