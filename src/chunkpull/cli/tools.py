@@ -1,7 +1,8 @@
 """``chunkpull registry make|serve``: the built-in registry, as a new user meets it.
 
 ``serve`` is handed to ``chunkpull.testing.main`` unchanged.  ``make`` is
-parsed here, because what it prints is the first thing a new user reads:
+parsed with that module's ``make_parser`` and run here, because what it
+prints is the first thing a new user reads:
 the model it wrote, its size, its manifest digest, and the two commands that
 come next (serve the directory, pull the model) — not just a digest.
 
@@ -10,10 +11,8 @@ Imports core (names, units); ``chunkpull.testing`` only inside the commands.
 
 from __future__ import annotations
 
-import argparse
-
 from ..core.names import Name
-from ..core.units import SIZE_HELP, format_bytes, parse_size, plural
+from ..core.units import format_bytes, plural
 
 __all__ = ["cmd_registry"]
 
@@ -22,33 +21,11 @@ MAKE_MASK = "registry.local/library/_:latest"
 EXAMPLE_PORT = 5000
 
 
-def _sizes(text: str) -> list[int]:
-    try:
-        return [parse_size(part) for part in text.split(",") if part.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def _make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="chunkpull registry make",
-        description="Write a model of pseudo-random layers into an Ollama-layout models directory, "
-        "for 'chunkpull registry serve' to serve.",
-        epilog=SIZE_HELP + ".",
-    )
-    p.add_argument("dir", help="models directory (created if missing)")
-    p.add_argument("name", help="model name, e.g. smol or registry.local/library/smol:latest")
-    p.add_argument("--size", type=_sizes, required=True, metavar="SIZE[,SIZE...]",
-                   help="layer sizes, e.g. 512M or 1K,2KiB,3 (binary units: 1G = 2^30 bytes)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the layer bytes (default 0)")
-    p.add_argument("--no-config", action="store_true", help="write no config blob")
-    return p
-
-
 def _make(argv: list[str]) -> int:
+    from ..testing.main import make_parser
     from ..testing.models import build_model
 
-    p = _make_parser()
+    p = make_parser()
     args = p.parse_args(argv)
     try:
         digest = build_model(args.dir, args.name, args.size, seed=args.seed, config=not args.no_config)

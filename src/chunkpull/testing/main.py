@@ -16,7 +16,7 @@ from .handler import STATS_PATH
 from .models import build_model
 from .registry import DEFAULT_CHUNK_SIZE, TestRegistry
 
-__all__ = ["make_main", "serve_main"]
+__all__ = ["make_main", "make_parser", "serve_main"]
 
 
 def _size(text: str) -> int:
@@ -131,22 +131,29 @@ def serve_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def make_parser() -> argparse.ArgumentParser:
+    """The options of ``chunkpull registry make`` (one definition: the CLI parses with it too)."""
+    p = argparse.ArgumentParser(
+        prog="chunkpull registry make",
+        description="Write a model of pseudo-random layers into an Ollama-layout models directory, "
+        "for 'chunkpull registry serve' to serve.",
+        epilog=SIZE_HELP + ".",
+    )
+    p.add_argument("dir", help="models directory (created if missing)")
+    p.add_argument("name", help="model name, e.g. smol or registry.local/library/smol:latest")
+    p.add_argument("--size", type=_sizes, required=True, metavar="SIZE[,SIZE...]",
+                   help="layer sizes, e.g. 512M or 1K,2KiB,3 (binary units: 1G = 2^30 bytes)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the layer bytes (default 0)")
+    p.add_argument("--no-config", action="store_true", help="write no config blob")
+    return p
+
+
 def make_main(argv: list[str] | None = None) -> int:
     """Write a model into a models directory (``chunkpull registry make``).
 
     Prints the manifest digest and returns 0.
     """
-    p = argparse.ArgumentParser(
-        prog="chunkpull registry make",
-        description="Write a model of pseudo-random layers into an Ollama-layout models directory.",
-        epilog=SIZE_HELP + ".",
-    )
-    p.add_argument("dir", help="models directory (created if missing)")
-    p.add_argument("name", help="model name, e.g. registry.local/library/smol:latest")
-    p.add_argument("--size", type=_sizes, required=True, metavar="SIZE[,SIZE...]",
-                   help="layer sizes, e.g. 512M or 1K,2KiB,3 (binary units: 1G = 2^30 bytes)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the layer bytes (default 0)")
-    p.add_argument("--no-config", action="store_true", help="write no config blob")
+    p = make_parser()
     args = p.parse_args(argv)
     try:
         digest = build_model(args.dir, args.name, args.size, seed=args.seed, config=not args.no_config)
