@@ -38,7 +38,7 @@ import requests
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "integration"))  # the tests' docker-registry driver
 
-from realregistries import Distribution  # noqa: E402
+from realregistries import pull_through_pair  # noqa: E402
 
 from chunkpull.core.units import parse_size  # noqa: E402
 from chunkpull.testing import build_model  # noqa: E402
@@ -122,10 +122,7 @@ def _origin_blob_bytes(log: Path, digest: str) -> int:
 
 
 def measure_pull_through(work: Path, size: int) -> dict:
-    (work / "origin").mkdir()
-    (work / "cache").mkdir()
-    origin = Distribution(work / "origin")
-    cache = Distribution(work / "cache", extra=f"proxy:\n  remoteurl: {origin.url}\n")
+    origin, cache = pull_through_pair(work)
     try:
         blob = numpy.random.default_rng(12).bytes(size)
         _d, descs = origin.push_image("library/fleet", "v1", [blob], oci=True)

@@ -283,3 +283,22 @@ class Distribution:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         self.push_manifest(repo, tag or digest, doc, media)
         return digest, descs
+
+
+def pull_through_pair(root: Path) -> tuple[Distribution, Distribution]:
+    """Start an origin docker-registry and one in ``proxy:`` mode in front of it (under root/origin, root/cache)."""
+    (root / "origin").mkdir()
+    (root / "cache").mkdir()
+    origin = Distribution(root / "origin")
+    try:
+        return origin, Distribution(root / "cache", extra=f"proxy:\n  remoteurl: {origin.url}\n")
+    except BaseException:
+        origin.stop()
+        raise
+
+
+def pseudo(n: int, seed: int) -> bytes:
+    """n pseudo-random bytes, the same for the same seed."""
+    import random
+
+    return random.Random(seed).randbytes(n)

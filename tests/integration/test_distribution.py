@@ -11,7 +11,6 @@ package; where it is missing these tests are skipped with that reason.
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import requests
@@ -22,7 +21,7 @@ from chunkpull.errors import ModelNotFoundError
 
 pytestmark = pytest.mark.integration
 
-from realregistries import DOCKER_LIST, DOCKER_MANIFEST, MIB, OCI_INDEX, OCI_MANIFEST, Distribution, require_distribution
+from realregistries import DOCKER_LIST, DOCKER_MANIFEST, MIB, OCI_INDEX, OCI_MANIFEST, Distribution, pseudo, require_distribution
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +36,10 @@ def _blob(reg, digest: str) -> bytes:
     return reg.cache.blob_path(Digest.parse(digest)).read_bytes()
 
 
-def _pseudo(n: int, seed: int) -> bytes:
-    import random
-
-    return random.Random(seed).randbytes(n)
-
-
 @pytest.mark.parametrize("oci", [False, True], ids=["docker-schema2", "oci-manifest"])
 def test_pull_an_image_manifest(distribution, make_registry, oci):
     repo = f"library/img-{'oci' if oci else 'docker'}"
-    layers = [_pseudo(20 * MIB, 1 + oci), _pseudo(3000, 3 + oci)]
+    layers = [pseudo(20 * MIB, 1 + oci), pseudo(3000, 3 + oci)]
     digest, descs = distribution.push_image(repo, "v1", layers, oci=oci)
     reg = make_registry(chunking_threshold=1 * MIB)
     m = reg.pull(f"http://127.0.0.1:{distribution.port}/{repo}:v1").manifest
@@ -62,7 +55,7 @@ def test_pull_an_image_manifest(distribution, make_registry, oci):
 def test_model_artifact_layer_types_are_pulled_as_blobs(distribution, make_registry):
     # ModelPack / Docker Model Runner style: an OCI manifest whose layers have model media types.
     repo = "ai/tiny-model"
-    weights = _pseudo(2 * MIB, 5)
+    weights = pseudo(2 * MIB, 5)
     digest, descs = distribution.push_image(repo, "q4", [weights], oci=True, layer_type="application/vnd.docker.ai.gguf.v3")
     reg = make_registry()
     reg.pull(f"http://127.0.0.1:{distribution.port}/{repo}:q4")
@@ -73,8 +66,8 @@ def test_model_artifact_layer_types_are_pulled_as_blobs(distribution, make_regis
 def test_index_resolves_to_the_platform(distribution, make_registry, media):
     repo = f"library/multi-{'oci' if media == OCI_INDEX else 'docker'}"
     oci = media == OCI_INDEX
-    amd, amd_layers = distribution.push_image(repo, None, [_pseudo(MIB, 10)], oci=oci)
-    arm, arm_layers = distribution.push_image(repo, None, [_pseudo(MIB, 11)], oci=oci)
+    amd, amd_layers = distribution.push_image(repo, None, [pseudo(MIB, 10)], oci=oci)
+    arm, arm_layers = distribution.push_image(repo, None, [pseudo(MIB, 11)], oci=oci)
     entry_type = OCI_MANIFEST if oci else DOCKER_MANIFEST
     sizes = {d: len(requests.get(f"{distribution.url}/v2/{repo}/manifests/{d}", headers={"Accept": entry_type}, timeout=10).content) for d in (amd, arm)}
     index = {"schemaVersion": 2, "mediaType": media, "manifests": [
@@ -88,28 +81,28 @@ def test_index_resolves_to_the_platform(distribution, make_registry, media):
     assert str(m.digest) == amd
     reg = make_registry(platform="linux/arm64")
     m = reg.pull(name).manifest
-    assert str(m.digest) == arm and _blob(reg, arm_layers[0]["digest"]) == _pseudo(MIB, 11)
+    assert str(m.digest) == arm and _blob(reg, arm_layers[0]["digest"]) == pseudo(MIB, 11)
     with pytest.raises(ModelNotFoundError, match="linux/riscv64.*linux/amd64, linux/arm64/v8"):
         make_registry(platform="linux/riscv64").pull(name)
 
 
 def test_single_entry_index_without_platform(distribution, make_registry):
     repo = "ai/artifact"
-    inner, layers = distribution.push_image(repo, None, [_pseudo(MIB, 20)], oci=True, layer_type="application/vnd.cncf.model.weight.v1.raw")
+    inner, layers = distribution.push_image(repo, None, [pseudo(MIB, 20)], oci=True, layer_type="application/vnd.cncf.model.weight.v1.raw")
     size = len(requests.get(f"{distribution.url}/v2/{repo}/manifests/{inner}", headers={"Accept": OCI_MANIFEST}, timeout=10).content)
     distribution.push_manifest(repo, "v1", {"schemaVersion": 2, "mediaType": OCI_INDEX,
                                             "manifests": [{"mediaType": OCI_MANIFEST, "digest": inner, "size": size}]}, OCI_INDEX)
     reg = make_registry(platform="linux/s390x")  # whatever the platform: the only entry it is
     m = reg.pull(f"http://127.0.0.1:{distribution.port}/{repo}:v1").manifest
-    assert str(m.digest) == inner and _blob(reg, layers[0]["digest"]) == _pseudo(MIB, 20)
+    assert str(m.digest) == inner and _blob(reg, layers[0]["digest"]) == pseudo(MIB, 20)
 
 
 def test_digest_pin_through_manifests(distribution, make_registry):
     repo = "library/pinned"
-    digest, descs = distribution.push_image(repo, "v1", [_pseudo(MIB, 30)], oci=True)
+    digest, descs = distribution.push_image(repo, "v1", [pseudo(MIB, 30)], oci=True)
     reg = make_registry()
     m = reg.pull(f"http://127.0.0.1:{distribution.port}/{repo}:v1@{digest}").manifest
-    assert str(m.digest) == digest and _blob(reg, descs[0]["digest"]) == _pseudo(MIB, 30)
+    assert str(m.digest) == digest and _blob(reg, descs[0]["digest"]) == pseudo(MIB, 30)
     with pytest.raises(ModelNotFoundError):
         reg.pull(f"http://127.0.0.1:{distribution.port}/{repo}:v1@sha256:{'0' * 64}")
 
@@ -126,7 +119,7 @@ def test_unknown_repository_and_tag_are_not_found(distribution, make_registry):
 def test_nested_repository_path(distribution, make_registry):
     # GitLab, Harbor, ECR and Artifactory name repositories team/vision/detector.
     repo = "team/vision/detector"
-    weights = _pseudo(MIB, 40)
+    weights = pseudo(MIB, 40)
     digest, descs = distribution.push_image(repo, "v2", [weights], oci=True)
     reg = make_registry()
     name = f"http://127.0.0.1:{distribution.port}/{repo}:v2"

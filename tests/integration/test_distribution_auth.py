@@ -16,18 +16,12 @@ import requests
 
 from chunkpull.core.digest import Digest
 from chunkpull.errors import RegistryError, TransportError
-from realregistries import MIB, Distribution, TokenServer, free_port, make_pki, require_distribution
+from realregistries import MIB, Distribution, TokenServer, free_port, make_pki, pseudo, pull_through_pair, require_distribution
 
 pytestmark = pytest.mark.integration
 
 SECRET = "correct horse"
 USERS = {"alice": SECRET}
-
-
-def _pseudo(n: int, seed: int) -> bytes:
-    import random
-
-    return random.Random(seed).randbytes(n)
 
 
 def _has(reg, digest: str, data: bytes) -> bool:
@@ -61,7 +55,7 @@ def token_registry(tmp_path):
 
 def test_token_flow_anonymous_pull_of_a_public_repository(token_registry, make_registry):
     server, tokens = token_registry
-    weights = _pseudo(6 * MIB, 1)
+    weights = pseudo(6 * MIB, 1)
     digest, descs = server.push_image("public/smol", "v1", [weights], oci=True)
     tokens.log.clear()
     reg = make_registry()
@@ -73,7 +67,7 @@ def test_token_flow_anonymous_pull_of_a_public_repository(token_registry, make_r
 
 def test_token_flow_with_credentials(token_registry, make_registry):
     server, tokens = token_registry
-    weights = _pseudo(3 * MIB, 2)
+    weights = pseudo(3 * MIB, 2)
     _digest, descs = server.push_image("team/private", "v1", [weights], oci=False)
     name = f"http://127.0.0.1:{server.port}/team/private:v1"
     with pytest.raises(RegistryError) as info:
@@ -95,7 +89,7 @@ def test_token_refreshed_when_the_registry_stops_accepting_it(token_registry, ma
     # The signing key rotates and the registry restarts trusting only the new
     # key: the cached token now gets a 401, and the client asks for a new one.
     server, tokens = token_registry
-    first, second = _pseudo(2 * MIB, 3), _pseudo(2 * MIB, 4)
+    first, second = pseudo(2 * MIB, 3), pseudo(2 * MIB, 4)
     _d, one = server.push_image("public/rotating", "v1", [first], oci=True)
     _d, two = server.push_image("public/rotating", "v2", [second], oci=True)
     reg = make_registry()
@@ -118,7 +112,7 @@ def test_tls_from_a_private_ca_with_a_tls_token_server(pki, tmp_path, make_regis
     tokens = TokenServer(tmp_path, USERS, tls=pki)
     server = Distribution(tmp_path, extra=tokens.config(), auth=("alice", SECRET), tls=pki)
     try:
-        weights = _pseudo(3 * MIB, 5)
+        weights = pseudo(3 * MIB, 5)
         _d, descs = server.push_image("team/secure", "v1", [weights], oci=True)
         name = f"https://127.0.0.1:{server.port}/team/secure:v1"
         creds = {f"127.0.0.1:{server.port}": ("alice", SECRET)}
@@ -141,12 +135,9 @@ def test_tls_from_a_private_ca_with_a_tls_token_server(pki, tmp_path, make_regis
 def test_pull_through_cache_cold_and_warm(tmp_path, make_registry):
     # distribution in proxy mode in front of another distribution: what a mirror tier runs.
     require_distribution()
-    (tmp_path / "origin").mkdir()
-    (tmp_path / "cache").mkdir()
-    origin = Distribution(tmp_path / "origin")
-    proxy = Distribution(tmp_path / "cache", extra=f"proxy:\n  remoteurl: {origin.url}\n")
+    origin, proxy = pull_through_pair(tmp_path)
     try:
-        weights = _pseudo(12 * MIB, 6)
+        weights = pseudo(12 * MIB, 6)
         digest, descs = origin.push_image("library/mirrored", "v1", [weights], oci=True)
         name = f"http://127.0.0.1:{proxy.port}/library/mirrored:v1"
         cold = make_registry()
@@ -207,7 +198,7 @@ def plain(tmp_path_factory):
 
 
 def test_pull_through_an_http_proxy(plain, make_registry, monkeypatch):
-    weights = _pseudo(3 * MIB, 7)
+    weights = pseudo(3 * MIB, 7)
     _d, descs = plain.push_image("library/proxied", "v1", [weights], oci=True)
     proxy = _ForwardProxy()
     try:
@@ -222,7 +213,7 @@ def test_pull_through_an_http_proxy(plain, make_registry, monkeypatch):
 
 
 def test_dead_proxy_is_named_and_no_proxy_with_host_port_goes_direct(plain, make_registry, monkeypatch):
-    weights = _pseudo(MIB, 8)
+    weights = pseudo(MIB, 8)
     _d, descs = plain.push_image("library/direct", "v1", [weights], oci=True)
     dead = free_port()
     monkeypatch.setenv("HTTP_PROXY", f"http://bob:hunter2@127.0.0.1:{dead}")

@@ -143,13 +143,10 @@ def _wait_until_cached(url: str) -> None:
 
 
 def test_docker_registry_in_proxy_mode_as_a_mirror_cold_and_warm(tmp_path, make_registry):
-    from realregistries import Distribution, require_distribution
+    from realregistries import pull_through_pair, require_distribution
 
     require_distribution()
-    (tmp_path / "origin").mkdir()
-    (tmp_path / "cache").mkdir()
-    origin = Distribution(tmp_path / "origin")
-    cache = Distribution(tmp_path / "cache", extra=f"proxy:\n  remoteurl: {origin.url}\n")
+    origin, cache = pull_through_pair(tmp_path)
     try:
         weights = bytes(range(256)) * (64 * 1024)  # 16 MiB
         _d, descs = origin.push_image("library/fleet", "v1", [weights], oci=True)
