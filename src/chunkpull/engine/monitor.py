@@ -34,8 +34,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-
-import requests
+from typing import Any
 
 __all__ = ["CANCELLED", "MIN_RATE_BPS", "SLOW", "STALLED", "Stream", "StreamMonitor", "tcp_progress"]
 
@@ -63,6 +62,15 @@ def tcp_progress(sock: socket.socket | None) -> tuple[int, float] | None:
     return struct.unpack_from("=Q", info, _BYTES_RECEIVED)[0], struct.unpack_from("=I", info, _LAST_DATA_RECV)[0] / 1000
 
 
+class _NoSocket:
+    """What an attempt without a socket is attached to: watched by its byte counts, never cut."""
+
+    sock = None
+
+
+_NO_SOCKET = _NoSocket()
+
+
 class Stream:
     """One in-flight GET, as the StreamMonitor sees it.
 
@@ -82,7 +90,7 @@ class Stream:
         self.window = 0  # size of the read in flight
         self.aborted: str | None = None
         self.active_s = 0.0  # reading time of the attempts so far, pauses excluded (what a source's rate is measured on)
-        self._resp: requests.Response | None = None
+        self._resp: object | None = None  # what attach() was given (or _NO_SOCKET): set while an attempt is attached
         self._lock = threading.Lock()
         self._paused_at: float | None = None
         self._tcp_base: int | None = None  # the socket's byte count when this attempt attached
@@ -109,9 +117,16 @@ class Stream:
         paused_at = self._paused_at
         return now if paused_at is None else paused_at
 
-    def attach(self, resp: requests.Response) -> None:
+    def attach(self, conn: object | None) -> None:
+        """Start watching an attempt read from conn: a socket, an object whose ``sock`` is one, or None.
+
+        ``sock`` may also be anything with ``shutdown(how)`` (a library's
+        public way to cut its response); without ``getsockopt`` the kernel's
+        figures are missing and, as with None, the bytes the reader reports
+        are all the monitor sees.  None: the attempt cannot be cut.
+        """
         with self._lock:
-            self._resp = resp
+            self._resp = _NO_SOCKET if conn is None else conn
             self.started = self.last = self._clock()
             self.bytes = 0
             self.aborted = None
@@ -128,9 +143,10 @@ class Stream:
         self.bytes += n
         self.last = self._clock()
 
-    def _sock(self) -> socket.socket | None:
-        # urllib3's HTTPResponse.connection and http.client's HTTPConnection.sock.
-        conn = getattr(self._resp.raw, "connection", None) if self._resp is not None else None
+    def _sock(self) -> Any:
+        conn = self._resp
+        if conn is None or isinstance(conn, socket.socket):
+            return conn
         return getattr(conn, "sock", None)
 
     def observe(self, now: float) -> tuple[int, float]:

@@ -9,18 +9,22 @@ bodies, 5xx and 429 (honouring ``Retry-After``), never on other 4xx.  The
 backoff is n² × 10 ms, capped, with 0.5–1.5× jitter; ``sleep`` and ``rng``
 are injectable so tests never wait.
 
-Bodies of blobs are read with ``readinto`` straight into the caller's buffer
-(urllib3's own ``readinto`` reads into a fresh ``bytes`` and copies), so the
-data path allocates nothing per read.
+Ranged blob GETs go over connections of our own (``engine.http1``): the
+body is read with ``readinto`` straight into the caller's buffer, and the
+stream monitor watches and cuts the socket it is read from, with no private
+attribute of requests, urllib3 or http.client.  Two cases stay on requests,
+read through public urllib3 API only: a ``session_factory`` given by a test
+(the fault-injecting seam), and one attempt after a 401 on an owned
+connection, so the auth hook (``auth.RegistryAuth``) answers the challenge
+and caches the new token that later ranges carry.
 
-Imports errors and ``engine.monitor`` (the streams it reports bytes to).
+Imports errors, ``engine.monitor`` (the streams it reports bytes to) and ``engine.http1``.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import re
 import socket
 import ssl
 import threading
@@ -37,6 +41,7 @@ import urllib3
 from ..errors import PullCancelledError, RegistryError, TransportError
 from .monitor import Stream, StreamMonitor
 from .diagnose import describe
+from .http1 import Answer, HTTP1Client, HTTPFatalError, ShortReadError, check_content_range, join_url, retry_after_s
 from .proxy import proxy_for
 from .ratelimit import RateLimiter
 
@@ -115,14 +120,6 @@ class RangeIgnoredError(Exception):
     """The server answered a ranged GET with the whole body (200)."""
 
 
-class ShortReadError(Exception):
-    """A body ended (or stalled) before the promised bytes; ``got`` bytes arrived."""
-
-    def __init__(self, message: str, got: int) -> None:
-        super().__init__(message)
-        self.got = got
-
-
 def parse_error(status: int, body: bytes, url: str) -> RegistryError:
     """Turn an error response into a RegistryError.
 
@@ -189,6 +186,9 @@ class Transport:
         # one is in flight: none may hang on a registry that drips or stalls.
         self._control = StreamMonitor(stall_s=stall_s, max_aborts=0)
         self._ticker: threading.Thread | None = None
+        # Blob ranges go over our own connections, unless a test injected sessions (then those carry them).
+        self._http = HTTP1Client(max_idle=max(max_streams, 4), timeout_s=timeout_s, ca_cert=ca_cert, user_agent=USER_AGENT)
+        self._owned = session_factory is None
 
     def request_args(self, url: str, verify_tls: bool) -> dict:
         """Per-request TLS and proxy arguments for requests.
@@ -228,6 +228,7 @@ class Transport:
             for s in self._sessions.values():
                 s.close()
             self._sessions.clear()
+        self._http.close()
 
     # -- control plane -------------------------------------------------------
 
@@ -257,7 +258,7 @@ class Transport:
     ) -> Response:
         with self.session(verify_tls).get(url, headers=headers, auth=auth, timeout=self.timeout_s, stream=True, **self.request_args(url, verify_tls)) as r:
             stream = self._control.stream(url, cancel)
-            stream.attach(r)
+            stream.attach(_SessionBody(r))
             self._tick()
             try:
                 body = self._read_body(r, max_bytes + 1, stream, url)
@@ -268,7 +269,7 @@ class Transport:
                 raise RegistryError(r.status_code, "", f"response body is larger than the {max_bytes}-byte limit", url)
             if r.status_code not in ok:
                 err = parse_error(r.status_code, body, url)
-                err.retry_after_s = _retry_after_s(r.headers.get("Retry-After"))
+                err.retry_after_s = retry_after_s(r.headers.get("Retry-After"))
                 raise err
             return Response(r.status_code, body, dict(r.headers), r.url)
 
@@ -362,6 +363,8 @@ class Transport:
                 last = err
             except requests.exceptions.SSLError as err:
                 raise TransportError(f"request error {url}: {describe(err)}") from err  # retrying cannot help
+            except HTTPFatalError as err:
+                raise TransportError(f"request error {url}: {err}") from err  # TLS verification, a redirect loop: retrying cannot help
             except (requests.exceptions.TooManyRedirects, requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
                     requests.exceptions.MissingSchema, requests.exceptions.InvalidHeader) as err:
                 # The registry (or a redirect it sent) is unusable as it is: say so, do not retry.
@@ -419,36 +422,35 @@ class Transport:
         """
         want = end - start + 1
         offered = want  # bytes this answer carries (a 206 may carry fewer)
-        headers = {"Range": f"bytes={start}-{end}", "Accept-Encoding": "identity"}
-        r = self.session(verify_tls).get(url, headers=headers, auth=auth, timeout=self.timeout_s, stream=True, **self.request_args(url, verify_tls))
+        body = self._open_range(url, {"Range": f"bytes={start}-{end}", "Accept-Encoding": "identity"}, verify_tls, auth)
         got = 0
         if stream is not None:
-            stream.attach(r)
+            stream.attach(body)
         try:
-            if r.status_code not in (200, 206):
+            if body.status not in (200, 206):
                 # Named by the URL that answered: after a redirect, that is the target's.
-                err = parse_error(r.status_code, r.raw.read(MAX_BODY_BYTES, decode_content=True), r.url or url)
-                err.retry_after_s = _retry_after_s(r.headers.get("Retry-After"))
+                err = parse_error(body.status, body.read_body(MAX_BODY_BYTES), body.url or url)
+                err.retry_after_s = retry_after_s(body.headers.get("retry-after"))
                 raise err
-            if r.status_code == 200 and start:
+            if body.status == 200 and start:
                 # The server ignored Range and is sending the whole blob.
                 # Skipping to our offset on every chunk would move O(n²)
                 # bytes; tell the caller to switch to one stream instead.
                 raise RangeIgnoredError(f"{url}: the registry ignored the Range header (answered 200)")
-            encoding = r.headers.get("Content-Encoding", "identity").strip().lower()
+            encoding = body.headers.get("content-encoding", "identity").strip().lower()
             if encoding not in ("identity", ""):
                 # We asked for identity: encoded bytes would be written as
                 # they are and only caught by the digest.  Refuse them here.
                 raise ShortReadError(f"{url}: the registry sent a {encoding[:40]}-encoded body despite Accept-Encoding: identity", 0)
-            if r.status_code == 206:
+            if body.length is None:
+                # Without a Content-Length a cut body cannot be told from a whole one: ask again (another connection may say).
+                raise ShortReadError(f"{url}: the registry answered {body.status} without a Content-Length", 0)
+            if body.status == 206:
                 # A shorter answer than asked is read, then reported short:
                 # the caller resumes after it (or learns the blob is short).
-                offered = _check_content_range(r.headers.get("Content-Range", ""), start, end, url)
-            else:
-                offered = want
+                offered = check_content_range(body.headers.get("content-range", ""), start, end, url)
             if on_answer is not None:
-                on_answer(r.url or url)
-            fp = _raw_reader(r)
+                on_answer(body.url or url)
             next_buf = buf if callable(buf) else lambda: buf
             while got < offered:
                 if stream is not None:
@@ -457,7 +459,7 @@ class Transport:
                 if stream is not None:
                     stream.resume()
                 room = min(offered - got, len(piece))
-                filled, short = self._fill(fp, piece, room, stream, url, got, want)
+                filled, short = self._fill(body, piece, room, stream, url, got, want)
                 if filled:
                     sink(start + got, piece[:filled])  # what arrived is kept, even before a fault
                     got += filled
@@ -465,14 +467,24 @@ class Transport:
                     raise short
             if got < want:
                 raise ShortReadError(f"{url}: the registry sent bytes {start}-{start + got - 1} of {start}-{end}", got)
-            return r.url
+            return body.url or url
         finally:
             if stream is not None:
                 stream.detach()
-            if got == offered and r.status_code == 206 and getattr(_raw_reader(r), "length", None) == 0:
-                r.raw.release_conn()  # body read to its last byte: keep the connection alive
-            else:
-                r.close()
+            # Reused only when read to its last byte, uncut: a connection the monitor shut down never goes back to the pool.
+            body.finish(got == offered and body.status == 206 and not (stream is not None and stream.aborted))
+
+    def _open_range(self, url: str, headers: dict[str, str], verify_tls: bool, auth: requests.auth.AuthBase | None) -> _Body:
+        """Send a ranged GET; return the answer with its headers read and its body not."""
+        if self._owned and HTTP1Client.supports(url):
+            answer = self._http.get(url, headers, verify_tls=verify_tls, authorization=_authorization(auth, url) if auth is not None else None)
+            if answer.status != 401 or auth is None:
+                return answer
+            # The token expired or was revoked: this one attempt goes through requests, whose
+            # response hook (the auth object) answers the challenge and caches the new token.
+            answer.discard()
+        r = self.session(verify_tls).get(url, headers=headers, auth=auth, timeout=self.timeout_s, stream=True, **self.request_args(url, verify_tls))
+        return _SessionBody(r)
 
     def _throttle(self, n: int, stream: Stream | None) -> None:
         """Wait for the bandwidth cap; the wait is ours, not the network's, so the monitor does not count it."""
@@ -484,7 +496,7 @@ class Transport:
             if stream is not None:
                 stream.resume()
 
-    def _fill(self, fp, piece: memoryview, room: int, stream: Stream | None, url: str, got: int, want: int) -> tuple[int, ShortReadError | None]:
+    def _fill(self, fp: _Body, piece: memoryview, room: int, stream: Stream | None, url: str, got: int, want: int) -> tuple[int, ShortReadError | None]:
         """Read up to room bytes into piece, in slices so the monitor sees bytes move."""
         filled = 0
         try:
@@ -501,11 +513,11 @@ class Transport:
                     stream.advance(n)
                 if self.limiter is not None:
                     self._throttle(n, stream)
-        except (socket.timeout, TimeoutError) as err:
+        except (socket.timeout, TimeoutError, urllib3.exceptions.ReadTimeoutError) as err:
             short = ShortReadError(f"{url}: no bytes for {self.timeout_s[1]:g} s after {got + filled} of {want}", got + filled)
             short.__cause__ = err
             return filled, short
-        except OSError as err:
+        except (OSError, urllib3.exceptions.HTTPError) as err:  # the latter: a session's body (urllib3 wraps resets)
             if stream is not None and stream.aborted:
                 short = _aborted(stream, url, got + filled, want)
             else:
@@ -521,46 +533,57 @@ def _aborted(stream: Stream, url: str, got: int, want: int | None = None) -> Sho
     return ShortReadError(f"{url}: cut, {stream.aborted}, after {got}{of} bytes", got)
 
 
-def _check_content_range(value: str, start: int, end: int, url: str) -> int:
-    """Return how many bytes a 206 answer carries, checking it starts where asked.
+def _authorization(auth: requests.auth.AuthBase, url: str) -> str | None:
+    """Return the Authorization header auth would put on a GET of url (None: it adds none), through requests' public API."""
+    prepared = auth(requests.Request("GET", url).prepare())
+    return prepared.headers.get("Authorization")
 
-    Raises:
-        RegistryError: a missing or mismatched Content-Range (bytes at the
-            wrong offset must never be written).
+
+class _SessionCut:
+    """How the monitor cuts a requests response: urllib3's public ``HTTPResponse.shutdown()`` (2.3+), under the reader."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: urllib3.HTTPResponse) -> None:
+        self._raw = raw
+
+    def shutdown(self, how: int) -> None:
+        try:
+            self._raw.shutdown()
+        except (ValueError, RuntimeError) as err:  # no socket to shut, or already back in the pool
+            raise OSError(str(err)) from err
+
+
+class _SessionBody:
+    """A requests response behind the same face as an ``http1.Answer``, read through public urllib3 API only.
+
+    Its ``sock`` lets the monitor cut it but says nothing of TCP_INFO, so
+    the monitor judges it by the bytes the reader reports.
     """
-    m = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", value)
-    if m is None or int(m.group(1)) != start or not start <= int(m.group(2)) <= end:
-        raise RegistryError(206, "", f"Content-Range {value[:80]!r} does not match the requested bytes {start}-{end}", url)
-    return int(m.group(2)) - start + 1
+
+    def __init__(self, r: requests.Response) -> None:
+        self.r = r
+        self.status = r.status_code
+        self.headers = r.headers
+        self.url = r.url
+        raw = r.raw
+        self.sock = _SessionCut(raw) if hasattr(raw, "shutdown") else None
+        # urllib3 decodes what we did not ask for (a gzip body is refused at its headers): its length is not the body's.
+        self.length: int | None = getattr(raw, "length_remaining", None)
+        if self.length is None and r.headers.get("Content-Length", "").strip().isdigit():
+            self.length = int(r.headers["Content-Length"])
+
+    def readinto(self, view: memoryview) -> int:
+        return int(self.r.raw.readinto(view))
+
+    def read_body(self, limit: int) -> bytes:
+        return bytes(self.r.raw.read(limit, decode_content=True))
+
+    def finish(self, reuse: bool = True) -> None:
+        if reuse and getattr(self.r.raw, "length_remaining", None) == 0:
+            self.r.raw.release_conn()  # body read to its last byte: keep the connection alive
+        else:
+            self.r.close()
 
 
-def join_url(base_url: str, location: str) -> str:
-    """Return location made absolute against base_url's scheme and host (a Location header)."""
-    if location.startswith(("http://", "https://")):
-        return location
-    scheme, rest = base_url.split("://", 1)
-    host = rest.split("/", 1)[0]
-    return f"{scheme}://{host}{location if location.startswith('/') else '/' + location}"
-
-
-def _raw_reader(r: requests.Response):
-    """Return the object to readinto() the body from, without an extra copy.
-
-    urllib3's HTTPResponse.readinto() reads into a new bytes object and
-    copies; the http.client response under it reads straight into our buffer.
-    Fall back to urllib3 when the body is content-encoded or the attribute
-    is missing in some urllib3 version.
-    """
-    fp = getattr(r.raw, "_fp", None)
-    if fp is None or r.headers.get("Content-Encoding", "identity") not in ("identity", ""):
-        return r.raw
-    return fp
-
-
-def _retry_after_s(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
+_Body = Answer | _SessionBody
