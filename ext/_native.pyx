@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True, embedsignature=True
-"""Hash and write kernels for chunkpull: the hot loop, with the GIL released.
+"""Hash, write and receive kernels for chunkpull: the hot loop, with the GIL released.
 
 Every function checks its arguments with the GIL held, runs only the C hash
 or pwrite loop inside ``with nogil:``, and raises (OSError with errno,
@@ -18,6 +18,7 @@ from libc.errno cimport EIO
 
 from libcrypto cimport SHA256_CTX, SHA256_Init, SHA256_Update, SHA256_Final, OpenSSL_version_num
 from _posix cimport pwrite, errno, EINTR, off_t, ssize_t, sync_file_range, SYNC_FILE_RANGE_WRITE
+from _posix cimport recv, MSG_DONTWAIT, poll, pollfd, POLLIN, EAGAIN, ETIMEDOUT
 
 import os as _os
 
@@ -173,3 +174,62 @@ def start_writeback(int fd, long long offset, long long n):
     """
     with nogil:
         sync_file_range(fd, <off_t>offset, <off_t>n, SYNC_FILE_RANGE_WRITE)
+
+
+cdef size_t _recv_full(int fd, unsigned char *p, size_t n, int timeout_ms, int *err) noexcept nogil:
+    """Receive into p until n bytes, the peer's EOF, or a failure; return the count, *err = 0, ETIMEDOUT or errno."""
+    cdef size_t got = 0
+    cdef ssize_t r
+    cdef pollfd pfd
+    pfd.fd = fd
+    pfd.events = POLLIN
+    err[0] = 0
+    while got < n:
+        # Try first: when bytes are waiting (the common case on a busy stream) no poll() is needed.
+        r = recv(fd, p + got, n - got, MSG_DONTWAIT)
+        if r > 0:
+            got += <size_t>r
+            continue
+        if r == 0:
+            break
+        if errno == EINTR:
+            continue
+        if errno != EAGAIN:  # (EWOULDBLOCK is EAGAIN on Linux)
+            err[0] = errno
+            break
+        pfd.revents = 0
+        r = poll(&pfd, 1, timeout_ms)  # an EINTR restarts the wait: the timeout bounds each wait, as a socket's does
+        if r < 0:
+            if errno == EINTR:
+                continue
+            err[0] = errno
+            break
+        if r == 0:
+            err[0] = ETIMEDOUT
+            break
+    return got
+
+
+def recv_full(int fd, unsigned char[::1] buf, long long n, double timeout_s):
+    """Receive from socket fd into buf until n bytes (n < 0: len(buf)) arrived or the peer closed; return the count.
+
+    Each wait for bytes is bounded by timeout_s (< 0: no bound), whether
+    the socket is blocking or not (Python's sockets with a timeout are
+    non-blocking underneath).  Bytes that arrived before a failure are
+    returned; with none, a timeout raises TimeoutError and other failures
+    OSError, so the caller sees the failure on its next call.
+    """
+    cdef size_t want = buf.shape[0] if n < 0 or n > buf.shape[0] else <size_t>n
+    cdef int timeout_ms = -1 if timeout_s < 0 else (<int>(timeout_s * 1000.0 + 0.999) if timeout_s < 2000000.0 else 2000000000)
+    cdef int err = 0
+    cdef size_t got = 0
+    if want == 0:
+        return 0
+    with nogil:
+        got = _recv_full(fd, &buf[0], want, timeout_ms, &err)
+    if got or not err:
+        return got
+    if err == ETIMEDOUT:
+        raise TimeoutError(err, "timed out")
+    _raise_oserror(err)
+

@@ -485,3 +485,51 @@ def test_a_401_falls_back_once_through_requests_then_the_owned_path_has_the_new_
     ids = [r.conn_id for r in s.requests]
     assert ids[-1] == ids[0] != ids[1], f"connections {ids}: the later range did not go over the owned (kept) connection"
     assert auth.refreshed == 1
+
+
+# -- the receive kernel, on both backends ------------------------------------------------
+
+
+@pytest.fixture(params=["python", "native"])
+def recv_full(request):
+    if request.param == "python":
+        from chunkpull import _fallback
+
+        return _fallback.recv_full
+    return pytest.importorskip("chunkpull._native", reason="native extension not built").recv_full
+
+
+@pytest.mark.parametrize("blocking", [True, False], ids=["blocking", "timeout"])
+def test_recv_full_fills_stops_at_n_eof_and_times_out(recv_full, blocking):
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(True) if blocking else a.settimeout(0.2)
+        buf = bytearray(1000)
+        b.sendall(DATA[:100])
+        assert recv_full(a.fileno(), buf, 60, 0.2) == 60 and buf[:60] == DATA[:60]
+        threading.Timer(0.05, lambda: b.sendall(DATA[100:300])).start()
+        # 40 buffered bytes, then 200 more later: one call gathers all it can before the wait times out.
+        began = time.monotonic()
+        assert recv_full(a.fileno(), memoryview(buf)[:500], -1, 0.3) == 240 and buf[:240] == DATA[60:300]
+        assert time.monotonic() - began >= 0.25
+        with pytest.raises(TimeoutError):
+            recv_full(a.fileno(), buf, -1, 0.1)
+        b.sendall(b"xyz")
+        b.shutdown(socket.SHUT_WR)
+        assert recv_full(a.fileno(), buf, -1, 1.0) == 3  # EOF ends the fill
+        assert recv_full(a.fileno(), buf, -1, 1.0) == 0
+
+
+def test_recv_full_returns_when_the_socket_is_shut_down_under_it(recv_full):
+    a, b = socket.socketpair()
+    with a, b:
+        a.settimeout(10)
+        threading.Timer(0.1, lambda: a.shutdown(socket.SHUT_RDWR)).start()
+        began = time.monotonic()
+        assert recv_full(a.fileno(), bytearray(100), -1, 10.0) == 0
+        assert time.monotonic() - began < 2
+
+
+def test_recv_full_raises_oserror_on_a_bad_fd(recv_full):
+    with pytest.raises(OSError):
+        recv_full(-1, bytearray(10), -1, 0.1)

@@ -1,4 +1,4 @@
-"""Pure-Python twin of the native kernels: hashlib, blake3 and os.pwrite.
+"""Pure-Python twin of the native kernels: hashlib, blake3, os.pwrite and a receive loop.
 
 Same names and signatures as ``chunkpull._native`` (a parity test keeps
 them so).  hashlib and os.pwrite release the GIL for large buffers too, so
@@ -9,8 +9,10 @@ not bytes, so it can be copied in memory but not persisted to disk.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import select
 
 from blake3 import blake3 as _blake3
 
@@ -59,3 +61,34 @@ def sha256_update_pwrite(state, fd: int, data, offset: int) -> None:
 def start_writeback(fd: int, offset: int, n: int) -> None:
     # Python has no sync_file_range; the hint is simply skipped.
     return None
+
+
+def recv_full(fd: int, buf, n: int, timeout_s: float) -> int:
+    # As the native loop: read until n bytes or EOF, each wait bounded by
+    # timeout_s; bytes before a failure are returned, the failure comes next call.
+    view = memoryview(buf).cast("B")
+    want = len(view) if n < 0 else min(n, len(view))
+    wait_ms = None if timeout_s < 0 else int(timeout_s * 1000 + 0.999)
+    blocking = os.get_blocking(fd)  # a blocking fd is polled before each read, so the timeout holds
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    got = 0
+    while got < want:
+        try:
+            if blocking and not poller.poll(wait_ms):
+                raise BlockingIOError(errno.EAGAIN, "timed out")
+            r = os.readv(fd, [view[got:want]])
+        except BlockingIOError:
+            if not blocking and poller.poll(wait_ms):
+                continue
+            if got:
+                break
+            raise TimeoutError(errno.ETIMEDOUT, "timed out") from None
+        except OSError:
+            if got:
+                break
+            raise
+        if not r:
+            break
+        got += r
+    return got

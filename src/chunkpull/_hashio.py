@@ -25,6 +25,7 @@ __all__ = [
     "SHA256_STATE_FORMAT",
     "blake3",
     "pwrite_all",
+    "recv_full",
     "sha256",
     "start_writeback",
 ]
@@ -66,6 +67,8 @@ sha256 = _impl.sha256
 blake3 = _impl.blake3
 pwrite_all = _impl.pwrite_all
 start_writeback = _impl.start_writeback
+# Receive from a plain socket until a buffer is full (the native loop runs without the GIL).
+recv_full = _impl.recv_full
 # The format of persistable SHA-256 states ("" when the backend has none).
 SHA256_STATE_FORMAT = _impl.SHA256_STATE_FORMAT
 

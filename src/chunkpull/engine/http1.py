@@ -21,7 +21,7 @@ the socket timeout), ``MAX_HEAD_BYTES`` of status line and headers,
 ``MAX_REDIRECTS``.  A connection is reused only when its last body was read
 to its end without an error.
 
-Imports errors and ``engine.proxy``.
+Imports errors, ``engine.proxy`` and ``_hashio`` (the receive loop).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import truststore
 
+from .. import _hashio
 from ..errors import ChunkpullError, RegistryError
 from .proxy import proxy_for, redact_userinfo
 
@@ -163,8 +164,10 @@ class Connection:
     def readinto(self, view: memoryview) -> int:
         """Read into view: first what came with the headers, then from the socket until view is full or the stream ends.
 
-        Bytes that arrived before a failure are returned; the failure
-        repeats on the next call.
+        A plain socket is read by ``_hashio.recv_full`` (natively: one loop
+        without the GIL, zero-copy into view); TLS by recv_into.  Bytes that
+        arrived before a failure are returned; the failure repeats on the
+        next call.
         """
         have = self._end - self._pos
         if have:
@@ -172,6 +175,9 @@ class Connection:
             view[:n] = self._view[self._pos : self._pos + n]
             self._pos += n
             return n
+        if not self.tls:
+            timeout = self.sock.gettimeout()
+            return _hashio.recv_full(self.sock.fileno(), view, len(view), -1.0 if timeout is None else timeout)
         got, want = 0, len(view)
         while got < want:
             try:
