@@ -187,7 +187,7 @@ class Transport:
         self._control = StreamMonitor(stall_s=stall_s, max_aborts=0)
         self._ticker: threading.Thread | None = None
         # Blob ranges go over our own connections, unless a test injected sessions (then those carry them).
-        self._http = HTTP1Client(max_idle=max(max_streams, 4), timeout_s=timeout_s, ca_cert=ca_cert, user_agent=USER_AGENT)
+        self._http = HTTP1Client(max_idle=max_streams, timeout_s=timeout_s, ca_cert=ca_cert, user_agent=USER_AGENT)
         self._owned = session_factory is None
 
     def request_args(self, url: str, verify_tls: bool) -> dict:
@@ -417,8 +417,9 @@ class Transport:
 
         Raises:
             RegistryError: an error status.
-            ShortReadError: the body ended early or stalled past the read timeout.
-            requests exceptions: connection failures (the caller's retry catches them).
+            ShortReadError: the body ended early, stalled past the read timeout, or came without a Content-Length.
+            ConnectionError, OSError (http1.ConnectFailed, ProtocolError), requests exceptions: network
+                failures, which the caller's retry catches; http1.HTTPFatalError: retrying cannot help.
         """
         want = end - start + 1
         offered = want  # bytes this answer carries (a 206 may carry fewer)
