@@ -121,3 +121,31 @@ def _set() -> threading.Event:
     e = threading.Event()
     e.set()
     return e
+
+
+def test_pool_asks_for_parked_pieces_back_instead_of_waiting_on_the_hash():
+    pool = PiecePool(3, 4096)
+    pool.set_reserve(1)
+    held = [pool.acquire(), pool.acquire()]  # the last one is the reserve: only the hash's next chunk may take it
+    asked = []
+
+    def reclaim() -> bool:
+        asked.append(1)
+        held.pop().release()  # what a spill does: a parked piece goes back
+        return True
+
+    pool.reclaim = reclaim
+    got = pool.acquire(cancel=threading.Event())
+    assert asked == [1], "the pool asks once, after a short wait"
+    assert got is not None
+
+
+def test_pool_without_anything_to_reclaim_waits_and_honours_cancel():
+    pool = PiecePool(2, 4096)
+    pool.set_reserve(1)
+    pool.acquire()
+    pool.reclaim = lambda: False
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    with pytest.raises(PullCancelledError):
+        pool.acquire(cancel=cancel, poll_s=0.05)

@@ -372,3 +372,83 @@ def test_assembler_damaged_resume_record_is_harmless(hashio_backend, work):
     for i in range(len(a.sums)):
         write_chunk(a, data, i)
     assert a.finish() == []
+
+
+def deliver_chunk(a: BlobAssembler, data: bytes, i: int, released: list, pieces: int = 2) -> None:
+    """Deliver chunk i in pieces (copies the assembler may park); count releases in released."""
+    c = a.sums[i].chunk
+    step = max(1, c.size // pieces)
+    for off in range(c.start, c.end + 1, step):
+        view = memoryview(bytearray(data[off : min(off + step, c.end + 1)]))
+        a.deliver(i, off, view, lambda: released.append(1))
+
+
+def test_assembler_spill_gives_back_the_farthest_chunk_and_still_verifies(hashio_backend, work):
+    data = make_data()
+    wf = work()
+    a = assembler(wf, data)
+    released: list = []
+    for i in (1, 2, 5):  # ahead of chunk 0, which the hash waits for
+        deliver_chunk(a, data, i, released)
+    assert not released, "pieces ahead of the hash must wait for it in memory"
+    assert a.spill() == 2, "spill() frees the parked pieces of one chunk"
+    assert len(released) == 2
+    assert a._spilled[5] and not a._spilled[2], "the chunk farthest ahead is the one spilled"
+    # Later pieces of a spilled chunk are released at once, not parked.
+    deliver_chunk(a, data, 5, released, pieces=1)
+    assert len(released) == 3
+    for i in range(len(a.sums)):
+        if i not in (1, 2, 5):
+            deliver_chunk(a, data, i, released)
+        a.chunk_done(i)
+    assert a.finish() == []
+    assert a.read_back_bytes == a.sums[5].chunk.size, "only the spilled chunk is read back from the file"
+    assert wf.path.read_bytes() == data
+
+
+def test_assembler_spill_with_nothing_ahead_frees_nothing(hashio_backend, work):
+    data = make_data()
+    a = assembler(work(), data)
+    released: list = []
+    deliver_chunk(a, data, 0, released)  # the chunk the hash is on is never spilled
+    assert a.spill() == 0
+
+
+def test_saving_the_resume_record_never_blocks_streams_crediting_bytes(hashio_backend, work):
+    """The record's fdatasync may take a while on a busy disk: streams credit bytes meanwhile."""
+    from chunkpull.core.manifest import Layer
+    from chunkpull.engine.blob import BlobPull
+    from chunkpull.engine.config import Source
+
+    data = make_data()
+    wf = work()
+    a = assembler(wf, data)
+    blob = BlobPull(Layer(a.digest, len(data)), Source("http://127.0.0.1:1/v2/library/m"), a.sums)
+    blob.assembler = a
+    in_sync, go_on = threading.Event(), threading.Event()
+
+    class SlowIngest:
+        saved = 0
+
+        def save_record(self, *args) -> None:
+            in_sync.set()
+            go_on.wait(10)
+            self.saved += 1
+
+    blob.ingest = ingest = SlowIngest()
+    saver = threading.Thread(target=blob.save_record)
+    saver.start()
+    try:
+        assert in_sync.wait(10)
+        credited = []
+        t = threading.Thread(target=lambda: credited.append(blob.credit(0, 100)))
+        t.start()
+        t.join(5)
+        assert credited == [100], "credit() waited for the record being written"
+        blob.save_record()  # a periodic save while one is under way skips
+    finally:
+        go_on.set()
+        saver.join(10)
+    assert ingest.saved == 1
+    blob.save_record(force=True)
+    assert ingest.saved == 2, "a forced save always writes"

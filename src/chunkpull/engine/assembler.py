@@ -107,6 +107,7 @@ class BlobAssembler:
         n = len(self.sums)
         self._done = [False] * n
         self._parked: list[deque] = [deque() for _ in range(n)]
+        self._spilled = [False] * n  # parked pieces given back to the pool: hash these chunks from the file
         self._cond = threading.Condition()
         self._hashing = False  # the turn to advance the whole hash
         self._next = 0  # first chunk not wholly in the hash
@@ -156,17 +157,49 @@ class BlobAssembler:
         no longer needs it (at once on errors).
         """
         try:
-            self.write(offset, piece, aligned=aligned)
+            # A spilled chunk is read back by the hash: keep it in the page cache.
+            self.write(offset, piece, aligned=aligned and not self._spilled[index])
         except BaseException:
             release()
             raise
         with self._cond:
-            if self._closed or (offset < self._pos and index <= self._next):
-                # Closed (the blob failed), or bytes the hash already has.
+            if self._closed or (offset < self._pos and index <= self._next) or self._spilled[index]:
+                # Closed (the blob failed), bytes the hash already has, or a
+                # spilled chunk (its bytes are on disk: the hash reads them there).
                 release()
                 return
             self._parked[index].append((offset, piece, release))
         self._kick()
+
+    def spill(self) -> int:
+        """Give back the parked pieces of the chunk farthest ahead of the hash; return how many.
+
+        Called when the piece pool runs dry: rather than stall every stream
+        until the hash catches up, that chunk is hashed from the work file
+        once it is done.  Its pieces are written again through the page
+        cache first (they went to disk with O_DIRECT, which bypasses it), and
+        its later pieces are written there and released at once, so the
+        hash reads them back from memory, not from the disk.  Read-backs are
+        counted in ``read_back_bytes``.
+        """
+        with self._cond:
+            if self._closed:
+                return 0
+            for j in range(len(self.sums) - 1, self._next, -1):
+                if self._parked[j]:
+                    self._spilled[j] = True
+                    dropped = list(self._parked[j])
+                    self._parked[j].clear()
+                    break
+            else:
+                return 0
+        try:
+            for off, piece, _release in dropped:
+                _hashio.pwrite_all(self.fd, piece, off)
+        finally:
+            for _off, _piece, release in dropped:
+                release()
+        return len(dropped)
 
     def chunk_done(self, index: int) -> None:
         """Mark chunk index complete and advance the in-order hash if it can."""
@@ -252,6 +285,7 @@ class BlobAssembler:
                 self._whole = _hashio.RunningSha256.from_snapshot(self._checkpoints[index])
                 self._pos = self.sums[index].chunk.start
             self._done[index] = False
+            self._spilled[index] = False
             dropped = list(self._parked[index])
             self._parked[index].clear()
         for _off, _piece, release in dropped:
@@ -331,7 +365,7 @@ class BlobAssembler:
             else:  # chunk boundary
                 i = a
                 chunk = self.sums[i].chunk
-                if self.direct_fd < 0:
+                if self.direct_fd < 0 or self._spilled[i]:
                     # Hashed pages are final: start their writeback now, so
                     # the fsync before commit finds little left to write.
                     _hashio.start_writeback(self.fd, chunk.start, chunk.size)

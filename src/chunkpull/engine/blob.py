@@ -78,6 +78,7 @@ class BlobPull:
         self.counted_out = False  # no longer counted in flight by the driver
         self.error: BaseException | None = None  # the first failure; the blob is done for
         self.lock = threading.Lock()
+        self._record_lock = threading.Lock()  # one resume-record writer at a time
         self._clock = clock
         self._saved_at = float("-inf")  # the first record is written as soon as a chunk is done
 
@@ -212,16 +213,28 @@ class BlobPull:
             return True
 
     def save_record(self, *, force: bool = False) -> None:
-        """Write the resume record (at most every ``RECORD_EVERY_S`` unless forced)."""
+        """Write the resume record (at most every ``RECORD_EVERY_S`` unless forced).
+
+        The record's contents are taken under the blob's lock, but written
+        (an fdatasync of the work file, then the record) outside it: every
+        stream credits its bytes under that lock, and a sync that takes a
+        while must not stop them all reading.  One writer at a time; a
+        periodic save finding another under way skips.
+        """
         if self.assembler is None or self.ingest is None:
             return
-        now = self._clock()
-        with self.lock:
-            if not force and now - self._saved_at < self.RECORD_EVERY_S:
-                return
-            self._saved_at = now
+        if not self._record_lock.acquire(blocking=force):
+            return
+        try:
+            now = self._clock()
+            with self.lock:
+                if not force and now - self._saved_at < self.RECORD_EVERY_S:
+                    return
+                self._saved_at = now
             hashed, hash_state = self.assembler.hashed_prefix()
             self.ingest.save_record(self.chunks_id, self.assembler.done_chunks(), hashed, hash_state, _hashio.SHA256_STATE_FORMAT)
+        finally:
+            self._record_lock.release()
 
 
 def raise_failures(blobs: list[BlobPull], total: int, *, cancelled: bool) -> None:

@@ -3,7 +3,8 @@
 Workers park pieces with the assembler and return to their sockets; this
 thread drains each active blob's parked pieces into its SHA-256 in byte
 order (``BlobAssembler.drain``), woken whenever a piece lands.  A blob whose
-hash fails is handed to ``on_error`` and dropped from the loop.
+hash fails is handed to ``on_error`` and dropped from the loop.  When the
+piece pool runs dry, ``spill()`` frees parked pieces (``BlobAssembler.spill``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ class HashThread:
         with self._lock:
             if blob in self._blobs:
                 self._blobs.remove(blob)
+
+    def spill(self) -> bool:
+        """The piece pool ran dry: have one blob give back the parked pieces of its chunk farthest ahead of its hash."""
+        with self._lock:
+            blobs = list(self._blobs)
+        return any(blob.assembler.spill() for blob in blobs)
 
     def _loop(self) -> None:
         while True:

@@ -28,6 +28,7 @@ import ctypes
 import math
 import mmap
 import threading
+import time
 from collections.abc import Callable
 
 from ..errors import PullCancelledError
@@ -36,6 +37,10 @@ __all__ = ["ALIGN", "Piece", "PiecePool", "PoolPieces", "ReusedBuffer", "aligned
 
 ALIGN = 4096  # page size, and the strictest O_DIRECT alignment we meet
 _HUGE = 2 << 20  # a transparent huge page
+# How long a stream waits for a piece before the pool asks the hash to give
+# parked ones back (``PiecePool.reclaim``): long enough that the hash catching
+# up frees one first on a fast link, short next to a chunk's time on a slow one.
+SPILL_AFTER_S = 0.05
 
 
 def aligned_buffer(size: int) -> memoryview:
@@ -106,6 +111,10 @@ class PiecePool:
         self._cond = threading.Condition()
         self.reserve = 1
         self.allowance = count  # pieces that may be out at once
+        # Called, without the pool's lock, when a caller finds no piece: frees
+        # parked pieces if it can (returns True), so streams need not wait
+        # for the in-order hash to catch up.
+        self.reclaim: Callable[[], bool] | None = None
 
     @property
     def free(self) -> int:
@@ -121,8 +130,9 @@ class PiecePool:
         Raises:
             PullCancelledError: cancel was set while waiting.
         """
-        with self._cond:
-            while True:
+        waited = 0.0
+        while True:
+            with self._cond:
                 out = self.count - len(self._free)
                 if (len(self._free) > self.reserve and out < self.allowance - self.reserve) or (self._free and priority()):
                     piece = self._free.pop()
@@ -130,9 +140,19 @@ class PiecePool:
                     return piece
                 if cancel is not None and cancel.is_set():
                     raise PullCancelledError()
-                # Woken by releases; the timeout re-checks priority (the hash
-                # may have reached the caller's chunk) and cancel.
-                self._cond.wait(poll_s)
+                if self.reclaim is None or waited < SPILL_AFTER_S:
+                    # Woken by releases; the timeout re-checks priority (the
+                    # hash may have reached the caller's chunk) and cancel.
+                    started = time.monotonic()
+                    self._cond.wait(poll_s if self.reclaim is None else min(poll_s, SPILL_AFTER_S))
+                    waited += time.monotonic() - started
+                    continue
+                reclaim, free = self.reclaim, len(self._free)
+            # Still none: the hash is not about to free any, so have it give some back.
+            if not reclaim():
+                with self._cond:
+                    if len(self._free) == free:  # nothing came back meanwhile
+                        self._cond.wait(poll_s)
 
     def set_reserve(self, blobs: int) -> None:
         """Keep one piece per blob in flight for the workers whose chunk is next for its hash.

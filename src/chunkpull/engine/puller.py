@@ -20,7 +20,7 @@ Every byte (a small blob, a chunk, a whole blob from a registry that
 ignores Range) moves through one loop, ``_stream``: it streams a range into
 a sink, credits new bytes to progress once, and retries from where it was.
 
-Bounded: threads (``max_streams``), streams at once (``engine.adaptive``),
+Bounded: threads (``max_streams`` and a quarter more), streams at once (``engine.adaptive``),
 memory (the piece pool plus one buffer per worker for one-stream blobs),
 open files (one work file per blob in flight, at most ``max_streams``),
 retries (``Backoff``, ``MAX_INTEGRITY_ATTEMPTS``), waits (the read timeout
@@ -78,24 +78,22 @@ class Puller:
         self.transport = transport
         self.cache = cache
         self.todo = todo  # each blob with its origin (a bulk pull mixes repositories)
-        # The origin and the mirrors, with what each delivered (shared by every blob of the pull).
-        self.sources = sources or Sources("origin", [])
+        self.sources = sources or Sources("origin", [])  # origin and mirrors, with what each delivered
         self.report = report
         self.cancel = cancel
         self.blobs: list[BlobPull] = []
         self.pending = 0  # units of work submitted and not finished
         self.cond = threading.Condition()
         self.local = threading.local()
-        self.pool = ThreadPoolExecutor(max_workers=config.max_streams, thread_name_prefix="chunkpull")
+        # More workers than streams (the gate bounds those): bookkeeping after a chunk never idles a stream.
+        self.pool = ThreadPoolExecutor(max_workers=config.max_streams + max(2, config.max_streams // 4), thread_name_prefix="chunkpull")
         self.streams = Streams(config.max_streams, adaptive=config.adaptive, memory_budget=config.memory_budget, clock=time.monotonic)
         self.monitor = StreamMonitor(stall_s=config.stall_timeout_s, min_rate_bps=config.min_rate_bps)
         self.pieces: PiecePool | None = None  # made for the first chunked blob
-        # One thread advances every chunked blob's in-order hash, so workers
-        # never stop reading their sockets to hash other chunks' pieces.
+        # One thread advances every blob's in-order hash: workers never stop reading to hash.
         self.hasher = HashThread(self._hash_failed)
-        # Blobs in flight are capped at max_streams, so open files (two
-        # descriptors per work file) and reserved pieces stay bounded however
-        # many layers a model has.
+        # Blobs in flight are capped at max_streams: open files (two per work
+        # file) and reserved pieces stay bounded however many layers there are.
         self.blobs_in_flight = 0
         self.open_chunked: set[BlobPull] = set()
         self.stats = PullStats()
@@ -386,6 +384,7 @@ class Puller:
                 self._check(blob)
                 try:
                     with self.streams.slot(self.cancel):
+                        self._check(blob)  # it may have failed while this waited for a stream
                         self._fetch_chunk(blob, i)
                     blob.assembler.chunk_done(i)
                 except RangeIgnoredError:
@@ -524,6 +523,7 @@ class Puller:
                 chunk = max(s.chunk.size for s in blob.sums)
                 self.pieces = PiecePool.sized_for(self.config.max_streams, chunk, self.config.buffer_size, self.config.memory_budget)
                 self.streams.attach(self.pieces, chunk)
+                self.pieces.reclaim = self.hasher.spill
             self.open_chunked.add(blob)
             self.pieces.set_reserve(len(self.open_chunked))
         self.hasher.add(blob)
