@@ -129,7 +129,7 @@ def test_pool_asks_for_parked_pieces_back_instead_of_waiting_on_the_hash():
     held = [pool.acquire(), pool.acquire()]  # the last one is the reserve: only the hash's next chunk may take it
     asked = []
 
-    def reclaim() -> bool:
+    def reclaim(urgent: bool) -> bool:
         asked.append(1)
         held.pop().release()  # what a spill does: a parked piece goes back
         return True
@@ -144,8 +144,26 @@ def test_pool_without_anything_to_reclaim_waits_and_honours_cancel():
     pool = PiecePool(2, 4096)
     pool.set_reserve(1)
     pool.acquire()
-    pool.reclaim = lambda: False
+    pool.reclaim = lambda urgent: False
     cancel = threading.Event()
     threading.Timer(0.3, cancel.set).start()
     with pytest.raises(PullCancelledError):
         pool.acquire(cancel=cancel, poll_s=0.05)
+
+
+def test_gate_serves_waiters_in_arrival_order():
+    """A chunk must not be overtaken at the gate: the blob's in-order hash would wait on it."""
+    gate = StreamGate(1)
+    assert gate.acquire()
+    order: list[int] = []
+    threads = []
+    for n in range(5):
+        t = threading.Thread(target=lambda n=n: (gate.acquire(poll_s=0.001), order.append(n), gate.release()))
+        t.start()
+        threads.append(t)
+        while gate.waiting < n + 1:  # queued in this order
+            threading.Event().wait(0.001)
+    gate.release()
+    for t in threads:
+        t.join(5)
+    assert order == [0, 1, 2, 3, 4]

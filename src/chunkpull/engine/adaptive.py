@@ -20,6 +20,7 @@ curves without sockets.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import threading
 from collections.abc import Callable
@@ -34,11 +35,17 @@ ADAPTIVE = 0  # the max_streams value that asks for an adaptive count (``--strea
 
 
 class StreamGate:
-    """At most ``limit`` holders at once; the limit may change while they run (thread-safe)."""
+    """At most ``limit`` holders at once, served in arrival order; the limit may change while they run (thread-safe).
+
+    First come, first served: chunks are queued in byte order, and a chunk
+    overtaken at the gate for long would hold the blob's in-order hash back
+    (every later byte then waits for it, in memory or on disk).
+    """
 
     def __init__(self, limit: int) -> None:
         self._cond = threading.Condition()
         self._limit = limit
+        self._queue: collections.deque[object] = collections.deque()
         self.active = 0
         self.waiting = 0
 
@@ -52,23 +59,27 @@ class StreamGate:
             self._cond.notify_all()
 
     def acquire(self, cancel: threading.Event | None = None, poll_s: float = 0.1) -> bool:
-        """Wait for a permit; return False (holding none) if cancel was set first."""
+        """Wait for a permit, in turn; return False (holding none) if cancel was set first."""
+        me = object()
         with self._cond:
+            self._queue.append(me)
             self.waiting += 1
             try:
-                while self.active >= self._limit:
+                while self.active >= self._limit or self._queue[0] is not me:
                     if cancel is not None and cancel.is_set():
                         return False
                     self._cond.wait(poll_s)
                 self.active += 1
                 return True
             finally:
+                self._queue.remove(me)
                 self.waiting -= 1
+                self._cond.notify_all()  # the next in line may go (or a cancelled one left)
 
     def release(self) -> None:
         with self._cond:
             self.active -= 1
-            self._cond.notify()
+            self._cond.notify_all()
 
 
 class StreamController:

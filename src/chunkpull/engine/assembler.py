@@ -171,19 +171,21 @@ class BlobAssembler:
             self._parked[index].append((offset, piece, release))
         self._kick()
 
-    def spill(self) -> int:
+    def spill(self, *, stuck_only: bool = False) -> int:
         """Give back the parked pieces of the chunk farthest ahead of the hash; return how many.
 
         Called when the piece pool runs dry: rather than stall every stream
         until the hash catches up, that chunk is hashed from the work file
-        once it is done.  Its pieces are written again through the page
+        once it is done.  With ``stuck_only``, only while the hash cannot
+        move (it waits for bytes of the chunk it is on): otherwise it is
+        about to free pieces itself.  Its pieces are written again through the page
         cache first (they went to disk with O_DIRECT, which bypasses it), and
         its later pieces are written there and released at once, so the
         hash reads them back from memory, not from the disk.  Read-backs are
         counted in ``read_back_bytes``.
         """
         with self._cond:
-            if self._closed:
+            if self._closed or (stuck_only and (self._hashing or self._ready())):
                 return 0
             for j in range(len(self.sums) - 1, self._next, -1):
                 if self._parked[j]:

@@ -37,9 +37,9 @@ __all__ = ["ALIGN", "Piece", "PiecePool", "PoolPieces", "ReusedBuffer", "aligned
 
 ALIGN = 4096  # page size, and the strictest O_DIRECT alignment we meet
 _HUGE = 2 << 20  # a transparent huge page
-# How long a stream waits for a piece before the pool asks the hash to give
-# parked ones back (``PiecePool.reclaim``): long enough that the hash catching
-# up frees one first on a fast link, short next to a chunk's time on a slow one.
+# How long a stream waits for a piece before the pool asks for parked ones
+# back even from a hash that is moving (``PiecePool.reclaim``): long enough
+# that the hash frees one first on a fast link, short next to a chunk's time.
 SPILL_AFTER_S = 0.05
 
 
@@ -111,10 +111,11 @@ class PiecePool:
         self._cond = threading.Condition()
         self.reserve = 1
         self.allowance = count  # pieces that may be out at once
-        # Called, without the pool's lock, when a caller finds no piece: frees
-        # parked pieces if it can (returns True), so streams need not wait
-        # for the in-order hash to catch up.
-        self.reclaim: Callable[[], bool] | None = None
+        # Called, without the pool's lock, when a caller finds no piece:
+        # reclaim(urgent) frees parked pieces if it can (returns True), so
+        # streams need not wait for the in-order hash to catch up; not urgent,
+        # only where the hash is stuck (see BlobAssembler.spill).
+        self.reclaim: Callable[[bool], bool] | None = None
 
     @property
     def free(self) -> int:
@@ -140,19 +141,18 @@ class PiecePool:
                     return piece
                 if cancel is not None and cancel.is_set():
                     raise PullCancelledError()
-                if self.reclaim is None or waited < SPILL_AFTER_S:
+                reclaim, free = self.reclaim, len(self._free)
+            # None to be had: ask for parked pieces back, at once when the hash
+            # is stuck (waiting would not free any), after a short wait otherwise.
+            if reclaim is not None and reclaim(waited >= SPILL_AFTER_S):
+                continue
+            with self._cond:
+                if len(self._free) == free:  # nothing came back meanwhile
                     # Woken by releases; the timeout re-checks priority (the
                     # hash may have reached the caller's chunk) and cancel.
                     started = time.monotonic()
-                    self._cond.wait(poll_s if self.reclaim is None else min(poll_s, SPILL_AFTER_S))
+                    self._cond.wait(poll_s if reclaim is None else min(poll_s, SPILL_AFTER_S))
                     waited += time.monotonic() - started
-                    continue
-                reclaim, free = self.reclaim, len(self._free)
-            # Still none: the hash is not about to free any, so have it give some back.
-            if not reclaim():
-                with self._cond:
-                    if len(self._free) == free:  # nothing came back meanwhile
-                        self._cond.wait(poll_s)
 
     def set_reserve(self, blobs: int) -> None:
         """Keep one piece per blob in flight for the workers whose chunk is next for its hash.
