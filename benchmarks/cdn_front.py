@@ -75,7 +75,7 @@ class Nginx:
         self.proc.wait(10)
 
 
-def run(size: int, repeat: int, *, quiet: bool = True, baselines: str = "skopeo,curl+sha256sum") -> dict:
+def run(size: int, repeat: int, *, quiet: bool = True, baselines: str = "skopeo,curl+sha256sum", streams: str | None = None) -> dict:
     """Set up the front, run chunkpull bench against it, and return its JSON document (with the command and setup)."""
     for tool in ("docker-registry", "nginx"):
         if shutil.which(tool) is None:
@@ -96,13 +96,15 @@ def run(size: int, repeat: int, *, quiet: bool = True, baselines: str = "skopeo,
         if probe.status_code not in (301, 302, 303, 307, 308):
             raise SystemExit(f"cdn_front: the registry answered a blob GET with {probe.status_code}, not a redirect")
         cmd = [sys.executable, "-m", "chunkpull", "bench", name, "--baselines", baselines, "--repeat", str(repeat), "--json"]
+        if streams:
+            cmd += ["--streams", streams]
         if quiet:
             cmd.append("-q")
         out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False).stdout
         if not out.strip():
             raise SystemExit("cdn_front: chunkpull bench produced no report")
         doc = json.loads(out)
-        doc["command"] = f"python benchmarks/cdn_front.py --size {size} --repeat {repeat}" + (f" --baselines {baselines}" if baselines != "skopeo,curl+sha256sum" else "")
+        doc["command"] = f"python benchmarks/cdn_front.py --size {size} --repeat {repeat}" + (f" --baselines {baselines}" if baselines != "skopeo,curl+sha256sum" else "") + (f" --streams {streams}" if streams else "")
         doc["setup"] = {"manifest": digest, "redirect": probe.headers.get("Location", "").split("?", 1)[0].replace(str(storage / "data"), "")}
         return doc
     finally:
@@ -124,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="runs per method (default 3)")
     p.add_argument("--json", type=Path, help="write the report's JSON document here")
     p.add_argument("--baselines", default="skopeo,curl+sha256sum", help="chunkpull bench baselines to run beside chunkpull (default skopeo,curl+sha256sum)")
+    p.add_argument("--streams", help="chunkpull stream counts to sweep, e.g. auto,8 (default: chunkpull's default)")
     args = p.parse_args(argv)
-    doc = run(parse_size(args.size), args.repeat, quiet=False, baselines=args.baselines)
+    doc = run(parse_size(args.size), args.repeat, quiet=False, baselines=args.baselines, streams=args.streams)
     if args.json:
         args.json.write_text(json.dumps(doc, indent=1) + "\n")
     for row in doc["rows"]:

@@ -129,7 +129,7 @@ def test_pool_asks_for_parked_pieces_back_instead_of_waiting_on_the_hash():
     held = [pool.acquire(), pool.acquire()]  # the last one is the reserve: only the hash's next chunk may take it
     asked = []
 
-    def reclaim(urgent: bool) -> bool:
+    def reclaim() -> bool:
         asked.append(1)
         held.pop().release()  # what a spill does: a parked piece goes back
         return True
@@ -144,7 +144,7 @@ def test_pool_without_anything_to_reclaim_waits_and_honours_cancel():
     pool = PiecePool(2, 4096)
     pool.set_reserve(1)
     pool.acquire()
-    pool.reclaim = lambda urgent: False
+    pool.reclaim = lambda: False
     cancel = threading.Event()
     threading.Timer(0.3, cancel.set).start()
     with pytest.raises(PullCancelledError):

@@ -452,3 +452,24 @@ def test_saving_the_resume_record_never_blocks_streams_crediting_bytes(hashio_ba
     assert ingest.saved == 1
     blob.save_record(force=True)
     assert ingest.saved == 2, "a forced save always writes"
+
+
+def test_assembler_sends_chunks_beyond_what_the_pool_can_park_through_the_page_cache(hashio_backend, work):
+    data = make_data()
+    wf = work()
+    a = assembler(wf, data)
+    released: list = []
+    a.park_ahead = lambda: 2  # the pool has room for two chunks ahead of the hash
+    deliver_chunk(a, data, 2, released)
+    assert not released, "a chunk within reach of the hash is parked"
+    deliver_chunk(a, data, 3, released)
+    assert len(released) == 2, "a chunk beyond what the pool can park must not hold any piece"
+    deliver_chunk(a, data, 0, released)
+    assert len(released) == 4, "the hash takes the pieces of chunk 0, the one it is on, at once"
+    for i in range(len(a.sums)):
+        if i not in (0, 2, 3):
+            deliver_chunk(a, data, i, released)
+        a.chunk_done(i)
+    assert a.finish() == []
+    assert a.read_back_bytes >= a.sums[3].chunk.size
+    assert wf.path.read_bytes() == data

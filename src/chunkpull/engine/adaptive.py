@@ -146,7 +146,13 @@ class Streams:
     def attach(self, pool: PiecePool, chunk: int) -> None:
         """Let the piece pool hand out what the current stream count needs."""
         self._pool, self._chunk = pool, chunk
-        pool.allow(pieces_for(self.gate.limit, chunk, pool.size, self.memory_budget))
+        pool.headroom = max(1, -(-chunk // pool.size))
+        self._allow()
+
+    def _allow(self) -> None:
+        assert self._pool is not None
+        self._pool.streams = self.gate.limit
+        self._pool.allow(pieces_for(self.gate.limit, self._chunk, self._pool.size, self.memory_budget))
 
     def counts(self) -> list[int]:
         """The stream counts the pull ran at, in order, without repeats."""
@@ -164,7 +170,7 @@ class Streams:
         before = self.gate.limit
         self.controller.tick(self.bytes)
         if self.gate.limit != before and self._pool is not None:
-            self._pool.allow(pieces_for(self.gate.limit, self._chunk, self._pool.size, self.memory_budget))
+            self._allow()
 
 
 class _Slot:

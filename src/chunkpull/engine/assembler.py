@@ -124,6 +124,7 @@ class BlobAssembler:
         self.buffered_bytes = 0
         self.read_back_bytes = 0
         self.on_advance: Callable[[], None] = lambda: None  # the hash moved: wake pool waiters
+        self.park_ahead: Callable[[], int] = lambda: len(sums)  # how many chunks ahead of the hash may park pieces
         if hash_state is not None and hashed:
             self._restore(hash_state, hashed)
 
@@ -156,6 +157,13 @@ class BlobAssembler:
         Takes ownership of the buffer: ``release()`` is called once the hash
         no longer needs it (at once on errors).
         """
+        if offset == self.sums[index].chunk.start and index - self._next > self.park_ahead():
+            # A new chunk farther ahead of the hash than the piece pool can
+            # park: send it through the page cache and hash it from there, so
+            # no stream waits for pieces (racy read of _next: a wrong guess
+            # costs a read, never bytes).
+            with self._cond:
+                self._spilled[index] = not self._parked[index]
         try:
             # A spilled chunk is read back by the hash: keep it in the page cache.
             self.write(offset, piece, aligned=aligned and not self._spilled[index])
@@ -171,21 +179,19 @@ class BlobAssembler:
             self._parked[index].append((offset, piece, release))
         self._kick()
 
-    def spill(self, *, stuck_only: bool = False) -> int:
+    def spill(self) -> int:
         """Give back the parked pieces of the chunk farthest ahead of the hash; return how many.
 
-        Called when the piece pool runs dry: rather than stall every stream
-        until the hash catches up, that chunk is hashed from the work file
-        once it is done.  With ``stuck_only``, only while the hash cannot
-        move (it waits for bytes of the chunk it is on): otherwise it is
-        about to free pieces itself.  Its pieces are written again through the page
+        Called when the piece pool has run dry for a while: rather than stall
+        every stream until the hash catches up, that chunk is hashed from the
+        work file once it is done.  Its pieces are written again through the page
         cache first (they went to disk with O_DIRECT, which bypasses it), and
         its later pieces are written there and released at once, so the
         hash reads them back from memory, not from the disk.  Read-backs are
         counted in ``read_back_bytes``.
         """
         with self._cond:
-            if self._closed or (stuck_only and (self._hashing or self._ready())):
+            if self._closed:
                 return 0
             for j in range(len(self.sums) - 1, self._next, -1):
                 if self._parked[j]:

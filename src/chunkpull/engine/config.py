@@ -30,10 +30,12 @@ __all__ = [
 ]
 
 DEFAULT_CHUNKING_THRESHOLD = 64 << 20  # Ollama's: smaller layers come in one request
-# One piece: the unit of socket reads and O_DIRECT writes.  Measured on the
-# reference machine (1 GiB, 4 streams): 2 MiB 1.06-1.10 GB/s, 4 MiB
-# 1.14-1.22, 8 MiB 0.93-1.10 (README "Tuning").
-DEFAULT_BUFFER_SIZE = 4 << 20
+# One piece: the unit of socket reads and writes.  Measured on the 2-core
+# reference machine (1 GiB from the built-in registry, 8 streams, disk-bound
+# at ~0.4 GB/s): 1 MiB and 512 KiB pieces cost 2.4-2.9 CPU-s, 2 and 4 MiB
+# 3.5-3.9 (twice the system time), at the same wall time; and 64 streams
+# then hold 64 MiB, not 256.
+DEFAULT_BUFFER_SIZE = 1 << 20
 # Pieces parked ahead of the in-order hash may use this much memory (the
 # pool never has fewer than max_streams + 2 pieces, so each stream can read).
 DEFAULT_MEMORY_BUDGET = 32 << 20

@@ -39,11 +39,11 @@ class HashThread:
             if blob in self._blobs:
                 self._blobs.remove(blob)
 
-    def spill(self, urgent: bool) -> bool:
+    def spill(self) -> bool:
         """The piece pool ran dry: have one blob give back the parked pieces of its chunk farthest ahead of its hash."""
         with self._lock:
             blobs = list(self._blobs)
-        return any(blob.assembler.spill(stuck_only=not urgent) for blob in blobs)
+        return any(blob.assembler.spill() for blob in blobs)
 
     def _loop(self) -> None:
         while True:

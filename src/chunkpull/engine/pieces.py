@@ -38,9 +38,10 @@ __all__ = ["ALIGN", "Piece", "PiecePool", "PoolPieces", "ReusedBuffer", "aligned
 ALIGN = 4096  # page size, and the strictest O_DIRECT alignment we meet
 _HUGE = 2 << 20  # a transparent huge page
 # How long a stream waits for a piece before the pool asks for parked ones
-# back even from a hash that is moving (``PiecePool.reclaim``): long enough
-# that the hash frees one first on a fast link, short next to a chunk's time.
-SPILL_AFTER_S = 0.05
+# back (``PiecePool.reclaim``): long enough that the hash frees one first on
+# a fast link, short next to a chunk's time on a slow one.  A last resort:
+# chunks started while pieces are short skip parking (BlobAssembler.deliver).
+SPILL_AFTER_S = 0.1
 
 
 def aligned_buffer(size: int) -> memoryview:
@@ -111,11 +112,12 @@ class PiecePool:
         self._cond = threading.Condition()
         self.reserve = 1
         self.allowance = count  # pieces that may be out at once
-        # Called, without the pool's lock, when a caller finds no piece:
-        # reclaim(urgent) frees parked pieces if it can (returns True), so
-        # streams need not wait for the in-order hash to catch up; not urgent,
-        # only where the hash is stuck (see BlobAssembler.spill).
-        self.reclaim: Callable[[bool], bool] | None = None
+        self.headroom = 1  # pieces one chunk parks while ahead of the hash (set by the engine)
+        self.streams = 0  # streams reading into pieces at once (set by the engine)
+        # Called, without the pool's lock, when a caller has found no piece
+        # for SPILL_AFTER_S: frees parked pieces if it can (returns True), so
+        # streams need not wait on the in-order hash (see BlobAssembler.spill).
+        self.reclaim: Callable[[], bool] | None = None
 
     @property
     def free(self) -> int:
@@ -142,9 +144,9 @@ class PiecePool:
                 if cancel is not None and cancel.is_set():
                     raise PullCancelledError()
                 reclaim, free = self.reclaim, len(self._free)
-            # None to be had: ask for parked pieces back, at once when the hash
-            # is stuck (waiting would not free any), after a short wait otherwise.
-            if reclaim is not None and reclaim(waited >= SPILL_AFTER_S):
+            # None to be had for a while: ask for parked pieces back.
+            if reclaim is not None and waited >= SPILL_AFTER_S and reclaim():
+                waited = 0.0
                 continue
             with self._cond:
                 if len(self._free) == free:  # nothing came back meanwhile
@@ -153,6 +155,11 @@ class PiecePool:
                     started = time.monotonic()
                     self._cond.wait(poll_s if reclaim is None else min(poll_s, SPILL_AFTER_S))
                     waited += time.monotonic() - started
+
+    def chunks_ahead(self) -> int:
+        """How many chunks ahead of a blob's hash may park their pieces, with every stream holding one piece."""
+        # Unlocked: a hint, read once per chunk.
+        return max(0, (self.allowance - self.streams - self.reserve) // self.headroom)
 
     def set_reserve(self, blobs: int) -> None:
         """Keep one piece per blob in flight for the workers whose chunk is next for its hash.

@@ -527,7 +527,7 @@ class Puller:
             self.open_chunked.add(blob)
             self.pieces.set_reserve(len(self.open_chunked))
         self.hasher.add(blob)
-        blob.assembler.on_advance = self.pieces.wake
+        blob.assembler.on_advance, blob.assembler.park_ahead = self.pieces.wake, self.pieces.chunks_ahead
 
     def _hash_failed(self, blob: BlobPull, err: BaseException) -> None:
         self._fail(blob, err)
