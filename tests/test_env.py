@@ -21,7 +21,8 @@ def test_models_dir_defaults_and_override(monkeypatch, tmp_path):
 @pytest.mark.parametrize(
     ("env", "want"),
     [
-        pytest.param({}, _env.DEFAULT_MAX_STREAMS, id="default"),
+        pytest.param({}, _env.ADAPTIVE_STREAMS, id="default-adaptive"),
+        pytest.param({"CHUNKPULL_MAX_STREAMS": "auto"}, _env.ADAPTIVE_STREAMS, id="auto"),
         pytest.param({"OLLAMA_REGISTRY_MAXSTREAMS": "3"}, 3, id="ollama"),
         pytest.param({"OLLAMA_REGISTRY_MAXSTREAMS": "3", "CHUNKPULL_MAX_STREAMS": "5"}, 5, id="chunkpull-wins"),
         pytest.param({"CHUNKPULL_MAX_STREAMS": " 7 "}, 7, id="spaces"),

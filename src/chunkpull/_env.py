@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# max_streams default, measured on the 2-core reference machine (README,
-# "Tuning"), 1 GiB pulls: over bare loopback 2-4 streams do best (1.1-1.2
-# GB/s) and 8 costs ~10% (0.98); with each connection capped at 50 MB/s, as
-# over a WAN, 4 streams give 0.18 GB/s, 8 give 0.41 and 16 give 0.77.  8
-# trades a little local speed for most of the remote gain.
+# Streams: adaptive by default (engine.adaptive: it starts at
+# DEFAULT_MAX_STREAMS and grows while throughput rises, 2 to 64); the
+# variables below pin a count.  DEFAULT_MAX_STREAMS is also the count the
+# benchmarks' baselines run at.
+ADAPTIVE_STREAMS = 0  # the max_streams value asking for the adaptive count
 DEFAULT_MAX_STREAMS = 8
 MAX_MAX_STREAMS = 256
 
@@ -29,23 +29,25 @@ def models_dir() -> Path:
 
 
 def max_streams() -> int:
-    """Return ``$CHUNKPULL_MAX_STREAMS``, else ``$OLLAMA_REGISTRY_MAXSTREAMS``, else the default (8)."""
+    """Return ``$CHUNKPULL_MAX_STREAMS``, else ``$OLLAMA_REGISTRY_MAXSTREAMS``, else ``ADAPTIVE_STREAMS`` (0: adaptive, the default)."""
     pinned = pinned_streams()
-    return DEFAULT_MAX_STREAMS if pinned is None else pinned
+    return ADAPTIVE_STREAMS if pinned is None else pinned
 
 
 def pinned_streams() -> int | None:
-    """Return the stream count ``$CHUNKPULL_MAX_STREAMS`` or ``$OLLAMA_REGISTRY_MAXSTREAMS`` pins, or None (adaptive)."""
+    """Return the stream count ``$CHUNKPULL_MAX_STREAMS`` or ``$OLLAMA_REGISTRY_MAXSTREAMS`` pins, or None (adaptive: unset or ``auto``)."""
     for var in ("CHUNKPULL_MAX_STREAMS", "OLLAMA_REGISTRY_MAXSTREAMS"):
         value = os.environ.get(var, "").strip()
         if not value:
             continue
+        if value.lower() == "auto":
+            return None
         try:
             n = int(value)
         except ValueError:
-            raise ValueError(f"{var}={value!r}: want a whole number of streams, 1 to {MAX_MAX_STREAMS}") from None
+            raise ValueError(f"{var}={value!r}: want auto or a whole number of streams, 1 to {MAX_MAX_STREAMS}") from None
         if not 1 <= n <= MAX_MAX_STREAMS:
-            raise ValueError(f"{var}={value!r}: want a whole number of streams, 1 to {MAX_MAX_STREAMS}")
+            raise ValueError(f"{var}={value!r}: want auto or a whole number of streams, 1 to {MAX_MAX_STREAMS}")
         return n
     return None
 

@@ -117,7 +117,9 @@ class Registry:
         the models directory, a path or a ``DiskCache`` (``$OLLAMA_MODELS``,
         else ``~/.ollama/models``), in Ollama's layout.
     max_streams
-        concurrent connections per pull (``$OLLAMA_REGISTRY_MAXSTREAMS``, else 8).
+        concurrent connections per pull: None (``$CHUNKPULL_MAX_STREAMS`` or
+        ``$OLLAMA_REGISTRY_MAXSTREAMS`` if set, else adaptive), 0 (adaptive:
+        starts at 8, grows while throughput rises, 2 to 64) or a fixed count.
     verify
         ``"blob"`` (one SHA-256 pass per byte) or ``"chunks"`` (every chunk
         also checked as it arrives); see the module docstring.
@@ -198,8 +200,7 @@ class Registry:
         self.mirrors = [parse_mirror(m).root for m in mirrors or []]  # checked now: a typo fails before any pull
         self._auths: dict[tuple[str, bool], RegistryAuth] = {}
         self._auths_lock = threading.Lock()
-        # max_streams=0 (``--streams auto``): adaptive, 2 to ADAPTIVE_HIGH.  Not the default: measured on
-        # the WAN paths and over loopback it lost to a fixed 8 (benchmarks/results/wan.json, issue 12's note).
+        # max_streams=0 (``--streams auto``, the default unless the environment pins a count): adaptive, 2 to ADAPTIVE_HIGH.
         streams = max_streams if max_streams is not None else _env.max_streams()
         self.config = PullConfig(
             max_streams=ADAPTIVE_HIGH if streams == ADAPTIVE else streams,
@@ -222,7 +223,7 @@ class Registry:
 
     @property
     def max_streams(self) -> int:
-        """Return the streams each pull may use."""
+        """Return the most streams each pull may use (64 when adaptive)."""
         return self.config.max_streams
 
     @property

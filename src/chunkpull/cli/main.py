@@ -267,8 +267,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     models_help = "models directory (default: $OLLAMA_MODELS, else ~/.ollama/models)"
-    streams_help = ("concurrent connections per pull (default: $CHUNKPULL_MAX_STREAMS or $OLLAMA_REGISTRY_MAXSTREAMS, else 8); "
-                    "auto: adaptive, starts at 8 and grows while throughput rises, 2 to 64")
+    streams_help = ("concurrent connections per pull: auto (the default, unless $CHUNKPULL_MAX_STREAMS or "
+                    "$OLLAMA_REGISTRY_MAXSTREAMS pins a count) adapts, starting at 8 and growing while throughput rises, 2 to 64; N pins it")
 
     pull = sub.add_parser("pull", help="pull models into the models directory", description="Pull models into the models directory.")
     pull.add_argument("names", nargs="*", metavar="NAME", help="model name(s), e.g. llama3.2 or http://127.0.0.1:5000/library/smol:latest")

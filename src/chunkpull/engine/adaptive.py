@@ -5,17 +5,23 @@
 ticked by the engine's monitor thread with the pull's byte count: over
 windows of ``window_s`` it compares throughput before and after each change,
 
-- grows the limit by half (at least 2) when every permit is in use, work is
-  waiting, and the last growth paid (throughput rose by ``gain``);
-- steps back to the previous limit when a growth did not pay, and then
-  waits ``hold_windows`` windows before it probes again;
+- grows the limit by half (at least 2) when every permit is in use and work
+  is waiting, unless it is holding;
+- keeps a growth that paid (throughput rose by ``gain``) and may grow again
+  next window;
+- keeps a growth that neither paid nor cost (within ``loss``) once, then
+  holds for ``hold_windows``: on a link where each connection is capped just
+  under the link's share (8 x 15 MB/s on 1 Gbit/s) one more step is worth a
+  few per cent that a window cannot tell from noise, and more streams than
+  needed cost a little memory, not throughput;
+- steps back to the previous limit when a growth cost throughput, or when a
+  second growth in a row did not pay, and holds;
 - never moves below ``low`` or above ``high``.
 
-It is opt-in (``--streams auto``, ``Registry(max_streams=0)``): measured on
-the WAN paths of ``benchmarks/wan_bench.py`` and over loopback it lost to a
-fixed 8, so the default stays pinned.  A pinned count makes no controller:
-the gate stays at N.  Pure logic on an injectable clock, so the tests replay throughput
-curves without sockets.
+It is the default (``--streams auto``, ``Registry(max_streams=0)`` ask for
+it explicitly); ``--streams N`` or ``CHUNKPULL_MAX_STREAMS`` pin the count,
+and a pinned count makes no controller: the gate stays at N.  Pure logic on
+an injectable clock, so the tests replay throughput curves without sockets.
 """
 
 from __future__ import annotations
@@ -43,9 +49,9 @@ class StreamGate:
     """
 
     def __init__(self, limit: int) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._limit = limit
-        self._queue: collections.deque[object] = collections.deque()
+        self._queue: collections.deque[threading.Event] = collections.deque()  # waiters, first in line first
         self.active = 0
         self.waiting = 0
 
@@ -54,41 +60,56 @@ class StreamGate:
         return self._limit
 
     def set_limit(self, n: int) -> None:
-        with self._cond:
+        with self._lock:
             self._limit = n
-            self._cond.notify_all()
+            self._wake_next()
 
     def acquire(self, cancel: threading.Event | None = None, poll_s: float = 0.1) -> bool:
         """Wait for a permit, in turn; return False (holding none) if cancel was set first."""
-        me = object()
-        with self._cond:
-            self._queue.append(me)
-            self.waiting += 1
-            try:
-                while self.active >= self._limit or self._queue[0] is not me:
-                    if cancel is not None and cancel.is_set():
-                        return False
-                    self._cond.wait(poll_s)
+        me = threading.Event()
+        with self._lock:
+            if not self._queue and self.active < self._limit:
                 self.active += 1
                 return True
-            finally:
-                self._queue.remove(me)
+            self._queue.append(me)
+            self.waiting += 1
+        try:
+            while True:
+                me.clear()  # before looking: a wake-up after the look is not lost
+                with self._lock:
+                    if self._queue[0] is me and self.active < self._limit:
+                        self._queue.popleft()
+                        self.active += 1
+                        self._wake_next()  # a raised limit may let the next one in too
+                        return True
+                    if cancel is not None and cancel.is_set():
+                        self._queue.remove(me)
+                        self._wake_next()
+                        return False
+                me.wait(poll_s)  # only the first in line is woken: no herd on every release
+        finally:
+            with self._lock:
                 self.waiting -= 1
-                self._cond.notify_all()  # the next in line may go (or a cancelled one left)
 
     def release(self) -> None:
-        with self._cond:
+        with self._lock:
             self.active -= 1
-            self._cond.notify_all()
+            self._wake_next()
+
+    def _wake_next(self) -> None:
+        # Called with the lock held.
+        if self._queue and self.active < self._limit:
+            self._queue[0].set()
 
 
 class StreamController:
     """Hill-climb a StreamGate's limit on measured throughput (see the module docstring)."""
 
     def __init__(self, gate: StreamGate, *, low: int = ADAPTIVE_LOW, high: int = ADAPTIVE_HIGH, window_s: float = 0.5,
-                 gain: float = 0.05, hold_windows: int = 6, clock: Callable[[], float]) -> None:
+                 gain: float = 0.05, loss: float = 0.05, hold_windows: int = 6, clock: Callable[[], float]) -> None:
         self.gate, self.low, self.high = gate, low, high
-        self.window_s, self.gain, self.hold_windows = window_s, gain, hold_windows
+        self.window_s, self.gain, self.loss, self.hold_windows = window_s, gain, loss, hold_windows
+        self._flat = False  # the current limit is a growth kept without paying: the next must pay
         self._clock = clock
         self._at: float | None = None
         self._bytes = 0
@@ -114,8 +135,14 @@ class StreamController:
         limit = self.gate.limit
         self.history.append((now, limit, rate))
         if self._previous is not None:
-            # The window after a growth: keep it if it paid, else step back.
-            if rate < self._before * (1 + self.gain):
+            # The window after a growth: keep it if it paid; keep one that
+            # was flat once, and hold; otherwise step back, and hold.
+            if rate >= self._before * (1 + self.gain):
+                self._flat = False
+            elif rate >= self._before * (1 - self.loss) and not self._flat:
+                self._flat = True
+                self._hold = self.hold_windows
+            else:
                 self.gate.set_limit(self._previous)
                 self._hold = self.hold_windows
             self._previous = self._before = None
