@@ -123,7 +123,7 @@ class Ingest:
         # (the slowest step of a buffered write on a new file).  tmpfs and
         # some file systems refuse O_DIRECT; the buffered fd then does it all.
         try:
-            self.direct_fd = os.open(self.path, os.O_WRONLY | getattr(os, "O_DIRECT", 0))
+            self.direct_fd = os.open(self.path, os.O_RDWR | getattr(os, "O_DIRECT", 0))  # RDWR: the hash reads spilled chunks back
         except OSError:
             self.direct_fd = -1
         if not getattr(os, "O_DIRECT", 0):
