@@ -52,13 +52,13 @@ class Section:
 SECTIONS = (
     Section("compare", "Side by side, back to back",
             "every method pulls the same blob in turn; the machine's memory holds the previous runs' pages.",
-            ("--compare", "--repeat", "3", "--streams", "4,8"), big=True),
+            ("--compare", "--repeat", "3", "--streams", "auto,8"), big=True),
     Section("compare-dropped", "Side by side, caches dropped",
             "the same, but the page cache is emptied before every run (the served blob is read back in first), "
             "so each run starts with free memory, as on a freshly booted node.",
-            ("--compare", "--repeat", "3", "--streams", "4,8", "--drop-caches"), big=True),
-    Section("streams", "Streams", "chunkpull at 1 to 16 streams over bare loopback.",
-            ("--repeat", "3", "--streams", "1,2,4,8,16")),
+            ("--compare", "--repeat", "3", "--streams", "auto,8", "--drop-caches"), big=True),
+    Section("streams", "Streams", "chunkpull at 1 to 32 streams, and adaptive (auto), over bare loopback.",
+            ("--repeat", "3", "--streams", "1,2,4,8,16,32,auto")),
     Section("verify", "Verification modes", "`--verify blob` (one SHA-256 pass) against `chunks` (a second pass over every chunk).",
             ("--repeat", "3", "--verify", "blob,chunks")),
     Section("verify-blake3", "Verification modes, BLAKE3 chunk digests", "the same with a registry serving `blake3:` chunk digests.",
@@ -95,17 +95,18 @@ def run_section(section: Section, *, quick: bool) -> dict:
     return doc
 
 
-CDN_FRONT = "cdn-front"  # benchmarks/cdn_front.py: docker-registry redirecting to nginx, against skopeo and curl
+CDN_FRONT = "cdn-front"  # benchmarks/cdn_front.py: docker-registry redirecting to nginx, against python-threads, skopeo and curl
+CDN_BASELINES = "python-threads,skopeo,curl+sha256sum"
 
 
 def run_cdn_front(results: Path, *, quick: bool) -> None:
-    """Run ``benchmarks/cdn_front.py`` (1 GiB behind a redirecting front) into results/cdn-front.json."""
+    """Run ``benchmarks/cdn_front.py`` (4 GiB from nginx behind a redirecting front) into results/cdn-front.json."""
     sys.path.insert(0, str(HERE))
     import cdn_front
 
-    size, repeat = (64 << 20, 1) if quick else (1 << 30, 3)
-    print(f"run_compare: python benchmarks/cdn_front.py --size {size} --repeat {repeat}", file=sys.stderr, flush=True)
-    doc = cdn_front.run(size, repeat)
+    size, repeat = (64 << 20, 1) if quick else (4 << 30, 3)
+    print(f"run_compare: python benchmarks/cdn_front.py --size {size} --repeat {repeat} --baselines {CDN_BASELINES}", file=sys.stderr, flush=True)
+    doc = cdn_front.run(size, repeat, baselines=CDN_BASELINES)
     (results / f"{CDN_FRONT}.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
 
 
@@ -114,11 +115,12 @@ def cdn_front_line(doc: dict) -> str | None:
     me = _row(doc, "chunkpull")
     if not me or not me["gbps"]:
         return None
-    others = [f"{r['method'].replace('curl+sha256sum', 'curl -L | sha256sum')} {r['gbps']:.2f} GB/s ({r['ratio']:.2f}x)"
+    others = [f"{r['method'].replace('curl+sha256sum', 'curl -L | sha256sum')} {r['gbps']:.2f} GB/s, {_cpu_per_gb(doc, r):.2f} CPU-s/GB ({r['ratio']:.2f}x)"
               for r in _rows(doc) if r["method"] != "chunkpull" and r["gbps"] and r["ratio"]]
     rt = me.get("registry_round_trips_per_blob")
-    return (f"behind a redirecting front (docker-registry answering blob GETs with 307 to nginx; {doc['settings']['model'].split(',')[0]}, "
-            f"{doc['settings']['bytes'] / 2**30:.2f} GiB): chunkpull {me['gbps']:.2f} GB/s"
+    rss = f", peak RSS {me['peak_rss_mib']:.0f} MiB" if me.get("peak_rss_mib") else ""
+    return (f"from nginx behind a redirecting front (docker-registry answering blob GETs with 307; {doc['settings']['model'].split(',')[0]}, "
+            f"{doc['settings']['bytes'] / 2**30:.2f} GiB, default streams): chunkpull {me['gbps']:.2f} GB/s, {_cpu_per_gb(doc, me):.2f} CPU-s/GB{rss}"
             + (f", {rt:.1f} registry round trips per blob" if rt is not None else "") + (f"; {', '.join(others)}" if others else ""))
 
 
@@ -293,7 +295,7 @@ def summary_lines(docs: dict[str, dict], kernels: dict | None = None) -> list[st
     if sizes:
         tuning.append(f"tuning runs: {', '.join(sorted(sizes))}; medians of 3")
     if "streams" in docs:
-        parts = [f"{r['streams']}: {r['gbps']:.2f}" for r in _rows(docs["streams"]) if r["gbps"]]
+        parts = [f"{r['streams'] or 'auto'}: {r['gbps']:.2f}" for r in _rows(docs["streams"]) if r["gbps"]]
         tuning.append(f"streams (GB/s over bare loopback; {docs['streams']['settings']['model']}): " + ", ".join(parts))
     for key, what in (("verify", "sha256"), ("verify-blake3", "blake3")):
         a, b = line(key, "blob", verify="blob"), line(key, "chunks", verify="chunks")
@@ -353,7 +355,7 @@ def render(docs: dict[str, dict], kernels: dict | None = None, fleet: dict | Non
             "## Behind a redirecting front", "",
             "Debian's docker-registry (CNCF distribution) with its `redirect` storage middleware answers every blob GET with a 307 "
             "to nginx, which serves the registry's files (as a CDN serves a registry's object store). One OCI image with one "
-            "pseudo-random layer; chunkpull, `skopeo copy docker://… dir:…` and `curl -L | sha256sum` take turns. "
+            "pseudo-random layer; chunkpull, the `python-threads` baseline, `skopeo copy docker://… dir:…` and `curl -L | sha256sum` take turns. "
             "`registry RT/blob` counts chunkpull's blob requests that reached the registry itself.", "",
             f"    {doc['command']}", "", markdown_table(doc), "",
         ]

@@ -473,6 +473,7 @@ def run_inside(args: argparse.Namespace) -> int:
             "contenders": contenders,
             "chunkpull_default_streams": default_streams or "adaptive",
             "registry_chunk_size": CHUNK,
+            "hf_transfer_files": HF_TRANSFER_FILES,
             "tbf": {"burst": TBF_BURST, "latency": TBF_LATENCY},
             "cut": ([f"{c} on {p}: not run (more streams cannot pass a link with no per-connection cap)" for p, c in sorted(SKIP)]
                     + [f"{c} on {p}: one run (serial 1, bound by the 15 MB/s cap)" for p, c in sorted(ONE_RUN)]) if full else [],
@@ -519,7 +520,7 @@ def render_markdown(doc: dict) -> list[str]:
         "contender's processes (user + system); served/kept = blob body bytes the registry sent / bytes kept; "
         "connections and resets are per run (medians). "
         f"`chunkpull` is its default (streams: {s['chunkpull_default_streams']}), `chunkpull-N` pinned to N streams, pulling the model "
-        "by name; the baselines fetch the layer blob: `hf_transfer` 8 files of 8 MiB then a SHA-256 pass, "
+        f"by name; the baselines fetch the layer blob: `hf_transfer` {s.get('hf_transfer_files', HF_TRANSFER_FILES)} files of 8 MiB then a SHA-256 pass, "
         "`aria2c -x16 -s16 -k8M --checksum`, `curl | tee FILE | openssl dgst -sha256`."),
         "",
         f"    {doc['command']}",

@@ -533,3 +533,20 @@ def test_recv_full_returns_when_the_socket_is_shut_down_under_it(recv_full):
 def test_recv_full_raises_oserror_on_a_bad_fd(recv_full):
     with pytest.raises(OSError):
         recv_full(-1, bytearray(10), -1, 0.1)
+
+
+def test_the_observer_sees_ranges_on_our_connections_and_control_requests(serve):
+    """What chunkpull bench times: the owned data path itself, and the control plane, one record each."""
+    cdn = serve(ranged)
+    front = serve(lambda req: (f"HTTP/1.1 307 Temporary Redirect\r\nContent-Length: 0\r\nLocation: {cdn.url}/blob\r\n\r\n".encode()
+                               if req.target == "/v2/r/blobs/x" else b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"))
+    t = transport()
+    seen = []
+    t.observer = seen.append
+    got, _ = collect(t, front.url + "/v2/r/blobs/x", 0, 99)
+    assert got == DATA[:100]
+    t.get(front.url + "/v2/r/manifests/latest")
+    ranged_, control = seen
+    assert (ranged_.ranged, ranged_.status, ranged_.url, ranged_.answered) == (True, 206, front.url + "/v2/r/blobs/x", cdn.url + "/blob")
+    assert ranged_.start <= ranged_.first <= ranged_.end
+    assert (control.ranged, control.status) == (False, 200)

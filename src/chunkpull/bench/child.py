@@ -24,7 +24,7 @@ Methods (``spec["method"]``):
     ``Registry.pull`` into ``spec["models_dir"]``; with ``spec["progress"]``
     through ``display.pull_with_progress``, the pull and progress display of
     ``chunkpull pull``; with ``spec["instrument"]`` it also records every
-    request's start, first byte and end through a ``session_factory`` (for
+    request's start, first byte and end through ``Transport.observer`` (for
     time to first byte and per-chunk latency).
 ``single+sha256``
     one requests stream into a reused buffer, written to a file, then a
@@ -303,55 +303,33 @@ def _run_hf_transfer_raw(spec: dict) -> dict:
 class _RequestLog:
     """Record each HTTP request's start, first byte (response headers) and end.
 
-    Installed as a requests response hook on the sessions that the
-    ``session_factory`` hands to ``Registry``: the hook runs when the headers
-    have arrived, ``r.elapsed`` says how long after the request was sent, and
-    the end is when the body's connection is released or closed (the
-    registry reads bodies with ``readinto`` below requests, so no
-    requests-level "content consumed" signal exists).  For a redirected
-    request only the last hop is timed.
+    Installed as the ``Transport.observer`` of the measured ``Registry``:
+    both data paths report there (blob ranges over chunkpull's own
+    connections, manifests and chunk lists over requests), so the timed pull
+    is the one users run.  A redirected request counts both hosts.
     """
 
     def __init__(self) -> None:
         self.entries: list[dict] = []
         self._lock = threading.Lock()
 
-    def factory(self, max_streams: int, *, verify_tls: bool = True):
-        from chunkpull.engine.transport import new_session
-
-        session = new_session(max_streams, verify_tls=verify_tls)
-        session.hooks["response"].append(self._hook)
-        return session
-
-    def _hook(self, r, *args, **kwargs):
-        now = time.perf_counter()
+    def record(self, t) -> None:
+        """Take one ``engine.observe.RequestTiming``."""
+        hosts = [urlsplit(t.url).netloc]
+        if urlsplit(t.answered).netloc != hosts[0]:
+            hosts.append(urlsplit(t.answered).netloc)
         entry = {
-            "start": now - r.elapsed.total_seconds(),
-            "first": now,
-            "end": None,
-            "status": r.status_code,
-            "ranged": "Range" in r.request.headers,
-            "blob": "/blobs/" in r.url or "Range" in r.request.headers,
-            # Every hop of the request (a redirect's registry hop, then the target).
-            "hosts": [urlsplit(h.url).netloc for h in r.history] + [urlsplit(r.url).netloc],
-            "blob_related": any(part in h.url for h in [*r.history, r] for part in ("/blobs/", "/chunksums/")),
+            "start": t.start,
+            "first": t.first,
+            "end": t.end,
+            "status": t.status,
+            "ranged": t.ranged,
+            "blob": "/blobs/" in t.url or t.ranged,
+            "hosts": hosts,
+            "blob_related": any(part in u for u in (t.url, t.answered) for part in ("/blobs/", "/chunksums/")),
         }
         with self._lock:
             self.entries.append(entry)
-        raw = r.raw
-
-        def finish(fn):
-            def wrapper(*a, **kw):
-                if entry["end"] is None:
-                    entry["end"] = time.perf_counter()
-                return fn(*a, **kw)
-
-            return wrapper
-
-        # Instance attributes shadow the methods for this response only.
-        raw.release_conn = finish(raw.release_conn)
-        raw.close = finish(raw.close)
-        return r
 
     def summary(self, t0: float, registry_host: str = "", blob_count: int = 0) -> dict:
         """Return time to first blob byte (from t0), per-chunk latency percentiles in ms, and round trips per blob.
@@ -406,9 +384,10 @@ def _prepare_chunkpull(spec: dict):
         max_streams=spec["streams"],
         verify=spec["verify"],
         tuning=Tuning(chunking_threshold=spec["threshold"]) if spec.get("threshold") is not None else None,
-        _session_factory=log.factory if log else None,
         mirrors=spec.get("mirrors") or None,
     )
+    if log is not None:
+        registry.transport.observer = log.record
     report = PullReport()
 
     def run(t0: float) -> dict:

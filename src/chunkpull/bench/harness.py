@@ -31,7 +31,7 @@ installed gets a row saying so; nothing fails because of it.
 
 A model name (``chunkpull bench http://host/ns/model:tag``) measures that
 registry instead, and adds time to first byte and per-chunk latency
-percentiles, recorded by an instrumented ``session_factory`` in the child.
+percentiles, recorded through ``Transport.observer`` in the child.
 
 Benchmarks never assert speed: the exit status is 1 only when a chunkpull
 pull failed or wrote wrong bytes.

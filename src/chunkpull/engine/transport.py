@@ -42,6 +42,7 @@ from ..errors import PullCancelledError, RegistryError, TransportError
 from .monitor import Stream, StreamMonitor
 from .diagnose import describe
 from .http1 import Answer, HTTP1Client, HTTPFatalError, ShortReadError, check_content_range, join_url, retry_after_s
+from .observe import RequestTiming
 from .proxy import proxy_for
 from .ratelimit import RateLimiter
 
@@ -189,6 +190,7 @@ class Transport:
         # Blob ranges go over our own connections, unless a test injected sessions (then those carry them).
         self._http = HTTP1Client(max_idle=max_streams, timeout_s=timeout_s, ca_cert=ca_cert, user_agent=USER_AGENT)
         self._owned = session_factory is None
+        self.observer: Callable[[RequestTiming], None] | None = None  # told every request's timing (benchmarks)
 
     def request_args(self, url: str, verify_tls: bool) -> dict:
         """Per-request TLS and proxy arguments for requests.
@@ -256,7 +258,9 @@ class Transport:
     def _get_once(
         self, url: str, verify_tls: bool, auth, headers: dict[str, str] | None, ok: tuple[int, ...], max_bytes: int, cancel: threading.Event | None
     ) -> Response:
+        sent = time.perf_counter()
         with self.session(verify_tls).get(url, headers=headers, auth=auth, timeout=self.timeout_s, stream=True, **self.request_args(url, verify_tls)) as r:
+            first = time.perf_counter()
             stream = self._control.stream(url, cancel)
             stream.attach(_SessionBody(r))
             self._tick()
@@ -265,6 +269,8 @@ class Transport:
             finally:
                 stream.detach()
                 self._control.done(stream)
+                if self.observer is not None:
+                    self.observer(RequestTiming(url, r.url or url, r.status_code, False, sent, first, time.perf_counter()))
             if len(body) > max_bytes:
                 raise RegistryError(r.status_code, "", f"response body is larger than the {max_bytes}-byte limit", url)
             if r.status_code not in ok:
@@ -423,8 +429,9 @@ class Transport:
         """
         want = end - start + 1
         offered = want  # bytes this answer carries (a 206 may carry fewer)
+        sent = time.perf_counter()
         body = self._open_range(url, {"Range": f"bytes={start}-{end}", "Accept-Encoding": "identity"}, verify_tls, auth)
-        got = 0
+        first, got = time.perf_counter(), 0
         if stream is not None:
             stream.attach(body)
         try:
@@ -474,6 +481,8 @@ class Transport:
                 stream.detach()
             # Reused only when read to its last byte, uncut: a connection the monitor shut down never goes back to the pool.
             body.finish(got == offered and body.status == 206 and not (stream is not None and stream.aborted))
+            if self.observer is not None:
+                self.observer(RequestTiming(url, body.url or url, body.status, True, sent, first, time.perf_counter()))
 
     def _open_range(self, url: str, headers: dict[str, str], verify_tls: bool, auth: requests.auth.AuthBase | None) -> _Body:
         """Send a ranged GET; return the answer with its headers read and its body not."""
