@@ -3,7 +3,8 @@
 ``StreamGate`` is a semaphore whose limit moves between ``low`` and
 ``high``; every chunk stream holds one permit.  ``StreamController`` is
 ticked by the engine's monitor thread with the pull's byte count: over
-windows of ``window_s`` it compares throughput before and after each change,
+windows of ``window_s`` (and ``window_bytes`` at least) it compares throughput
+before and after each change,
 
 - grows the limit by half (at least 2) when every permit is in use and work
   is waiting, unless it is holding;
@@ -106,9 +107,14 @@ class StreamController:
     """Hill-climb a StreamGate's limit on measured throughput (see the module docstring)."""
 
     def __init__(self, gate: StreamGate, *, low: int = ADAPTIVE_LOW, high: int = ADAPTIVE_HIGH, window_s: float = 0.5,
-                 gain: float = 0.05, loss: float = 0.05, hold_windows: int = 6, clock: Callable[[], float]) -> None:
+                 window_bytes: int = 48 << 20, gain: float = 0.05, loss: float = 0.05, hold_windows: int = 6,
+                 clock: Callable[[], float]) -> None:
         self.gate, self.low, self.high = gate, low, high
-        self.window_s, self.gain, self.loss, self.hold_windows = window_s, gain, loss, hold_windows
+        # A window lasts window_s and carries window_bytes at least (up to
+        # 8 x window_s): bytes are counted a piece at a time, so on a slow
+        # link 0.5 s holds too few pieces to tell 5 % from noise.
+        self.window_s, self.window_bytes = window_s, window_bytes
+        self.gain, self.loss, self.hold_windows = gain, loss, hold_windows
         self._flat = False  # the current limit is a growth kept without paying: the next must pay
         self._clock = clock
         self._at: float | None = None
@@ -127,7 +133,8 @@ class StreamController:
         if self._at is None:
             self._at, self._bytes = now, total_bytes
             return
-        if now - self._at < self.window_s:
+        elapsed = now - self._at
+        if elapsed < self.window_s or (total_bytes - self._bytes < self.window_bytes and elapsed < 8 * self.window_s):
             return
         rate = (total_bytes - self._bytes) / (now - self._at)
         self._at, self._bytes = now, total_bytes
