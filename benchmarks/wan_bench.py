@@ -490,6 +490,8 @@ def run_inside(args: argparse.Namespace) -> int:
         _status(f"{key}: {path.title}")
         doc["paths"].append(measure_path(path, model, contenders, args.repeat, default_streams, full=full))
     doc["elapsed_s"] = time.monotonic() - started
+    if args.keep_from is not None:
+        keep_rows(doc, json.loads(args.keep_from.read_text()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     _status(f"wrote {args.out} ({doc['elapsed_s'] / 60:.1f} min)")
@@ -497,6 +499,27 @@ def run_inside(args: argparse.Namespace) -> int:
         print(line)
     failed = [f"{p['key']}/{c['contender']}" for p in doc["paths"] for c in p["contenders"] if c["contender"].startswith("chunkpull") and not c["verified"]]
     return 1 if failed else 0
+
+
+def keep_rows(doc: dict, earlier: dict) -> None:
+    """Add to doc the baseline rows (not chunkpull's) that this run did not measure, from an earlier document.
+
+    For re-measuring chunkpull after a change without the hour of baselines
+    that do not depend on it; every kept row says where it came from.
+    """
+    src = earlier.get("source", {})
+    origin = f"kept from an earlier run ({src.get('head', '?')[:10]}, {earlier.get('machine', {}).get('date', src.get('date', '?'))})"
+    by_key = {p["key"]: p for p in earlier.get("paths", [])}
+    kept: dict[str, set[str]] = {}  # where each kept row was measured: contenders
+    for path in doc["paths"]:
+        have = {c["contender"] for c in path["contenders"]}
+        for c in by_key.get(path["key"], {}).get("contenders", []):
+            if c["contender"] not in have and not c["contender"].startswith("chunkpull"):
+                row = {**c, "kept_from": c.get("kept_from", origin)}  # a row kept twice names the run that measured it
+                path["contenders"].append(row)
+                kept.setdefault(row["kept_from"], set()).add(c["contender"])
+    for where, names in kept.items():
+        doc["notes"].append(f"{', '.join(sorted(names))}: {where}, same script and machine; they do not run chunkpull's code.")
 
 
 # --------------------------------------------------------------------------
@@ -581,6 +604,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a smoke test: a 64 MiB blob, one run each, written to a scratch file")
     p.add_argument("--everything", action="store_true", help="do not leave out the runs the full default leaves out (longer)")
     p.add_argument("--out", type=Path, help=f"JSON document to write (default {DEFAULT_OUT.relative_to(HERE.parent)}; --quick: a scratch file)")
+    p.add_argument("--keep-from", type=Path, metavar="JSON",
+                   help="add the baseline rows this run leaves out (see --contenders) from an earlier JSON document, marked as kept")
     p.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     return p
 

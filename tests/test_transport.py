@@ -437,6 +437,27 @@ def test_monitor_cuts_a_straggler_among_fast_peers_even_paused_ones():
     assert all(not p._resp.sock.shut for p in peers), "paused streams are never cut"
 
 
+def test_monitor_calls_no_stream_straggling_while_new_streams_settle():
+    """Right after the stream count rises, new connections are slow to win their share: not stragglers yet."""
+    from chunkpull.engine.monitor import StreamMonitor
+
+    clock = _Clock()
+    m = StreamMonitor(stall_s=60.0, min_age_s=0.5, clock=clock)
+    m.settle(4.0)
+    slow, slow_resp = _stream(m, "slow")
+    peers = [_stream(m, f"p{i}")[0] for i in range(3)]
+    for _ in range(3):
+        clock.t += 1.0
+        for p in peers:
+            p.advance(80 << 20)
+        slow.advance(1 << 20)  # 1/80th of its peers' rate
+        assert m.check() == [] and not slow_resp.sock.shut, f"cut at {clock.t - 100:.0f} s, while settling"
+    clock.t += 1.5
+    for p in peers:
+        p.advance(120 << 20)
+    assert m.check() == [slow], "once settled, a stream this far behind is a straggler"
+
+
 def test_monitor_leaves_a_uniformly_slow_link_alone():
     from chunkpull.engine.monitor import StreamMonitor
 

@@ -236,9 +236,10 @@ def test_chunk_url_chooses_where_each_chunk_comes_from(upstream, make_registry, 
 
 
 def test_adaptive_streams_grow_on_connections_that_are_each_capped(upstream, make_registry):
-    # Each response is throttled (a per-connection cap): more streams carry more.
-    up = upstream([48 << 20], seed=41, chunk_size=1 << 20)
-    up.faults.throttle_bps = 2 << 20
+    # Each response is throttled (a per-connection cap): more streams carry more.  Big enough for
+    # two of the controller's windows (48 MiB each) at 8 x 4 MiB/s.
+    up = upstream([128 << 20], seed=41, chunk_size=1 << 20)
+    up.faults.throttle_bps = 4 << 20
     reg = make_registry()
     puller = pull_with_engine(reg, up.ref(), adaptive=True, max_streams=32)
     assert_blobs_match(reg, up)

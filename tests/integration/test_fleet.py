@@ -91,8 +91,8 @@ def test_limit_rate_option_is_validated(capsys):
 def test_the_report_lists_the_adaptive_stream_counts(upstream, make_registry):
     from chunkpull.registry import PullReport
 
-    up = upstream([48 * MIB], seed=8, chunk_size=MIB)
-    up.faults.throttle_bps = 2 * MIB  # per connection: more streams carry more
+    up = upstream([128 * MIB], seed=8, chunk_size=MIB)
+    up.faults.throttle_bps = 4 * MIB  # per connection: more streams carry more; two 48 MiB windows of the controller
     reg = make_registry(max_streams=0)  # --streams auto: adaptive
     report = PullReport()
     reg.pull(up.ref(), report=report)

@@ -281,8 +281,9 @@ def _plan(opts: Options, chunk_size: int | None, first: bool, available: list[st
     own_split = opts.chunk_sizes[0] if opts.name or chunk_size is None else chunk_size
     for method in available:
         if method.startswith("python-threads"):
-            # At AUTO, the fair baseline runs chunkpull's starting (and former default) count.
-            plan += [Config(method, s or _env.DEFAULT_MAX_STREAMS, chunk_size, v) for v in opts.verify for s in opts.streams]
+            # At AUTO, the fair baseline runs chunkpull's starting (and former default) count; once
+            # when auto and that count are both swept.
+            plan += dict.fromkeys(Config(method, s or _env.DEFAULT_MAX_STREAMS, chunk_size, v) for v in opts.verify for s in opts.streams)
         elif method.startswith("hf_transfer"):
             plan.append(Config(method, HF_TRANSFER_FILES, own_split, "none" if method.endswith("-raw") else "after"))
         elif first:  # independent of the registry's chunk size: once is enough

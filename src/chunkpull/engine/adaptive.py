@@ -165,8 +165,10 @@ class StreamController:
 class Streams:
     """One pull's stream count: the gate every chunk stream passes, its controller when adaptive, and the piece allowance that follows it."""
 
-    def __init__(self, max_streams: int, *, adaptive: bool, memory_budget: int, clock: Callable[[], float]) -> None:
+    def __init__(self, max_streams: int, *, adaptive: bool, memory_budget: int, clock: Callable[[], float],
+                 on_grow: Callable[[], None] = lambda: None) -> None:
         self.gate = StreamGate(min(ADAPTIVE_START, max_streams) if adaptive else max_streams)
+        self.on_grow = on_grow  # the count just rose (the engine lets new streams settle before judging them)
         self.controller = StreamController(self.gate, high=max_streams, clock=clock) if adaptive else None
         self.memory_budget = memory_budget
         self.bytes = 0  # new bytes the pull has received (read by the controller; a lost update under a race only blurs one window)
@@ -205,6 +207,8 @@ class Streams:
         self.controller.tick(self.bytes)
         if self.gate.limit != before and self._pool is not None:
             self._allow()
+        if self.gate.limit > before:
+            self.on_grow()
 
 
 class _Slot:

@@ -87,8 +87,8 @@ class Puller:
         self.local = threading.local()
         # More workers than streams (the gate bounds those): bookkeeping after a chunk never idles a stream.
         self.pool = ThreadPoolExecutor(max_workers=config.max_streams + max(2, config.max_streams // 4), thread_name_prefix="chunkpull")
-        self.streams = Streams(config.max_streams, adaptive=config.adaptive, memory_budget=config.memory_budget, clock=time.monotonic)
         self.monitor = StreamMonitor(stall_s=config.stall_timeout_s, min_rate_bps=config.min_rate_bps)
+        self.streams = Streams(config.max_streams, adaptive=config.adaptive, memory_budget=config.memory_budget, clock=time.monotonic, on_grow=self.monitor.settle)
         self.pieces: PiecePool | None = None  # made for the first chunked blob
         # One thread advances every blob's in-order hash: workers never stop reading to hash.
         self.hasher = HashThread(self._hash_failed)
