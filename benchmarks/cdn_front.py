@@ -37,7 +37,7 @@ import requests
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "integration"))  # the tests' docker-registry driver
 
-from realregistries import Distribution, free_port  # noqa: E402
+from realregistries import Distribution, free_port, stop_process  # noqa: E402
 
 REPO, TAG = "bench/cdn-model", "v1"
 
@@ -71,8 +71,7 @@ class Nginx:
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        stop_process(self.proc)
 
 
 def run(size: int, repeat: int, *, quiet: bool = True, baselines: str = "skopeo,curl+sha256sum", streams: str | None = None) -> dict:

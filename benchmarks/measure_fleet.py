@@ -38,7 +38,7 @@ import requests
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "integration"))  # the tests' docker-registry driver
 
-from realregistries import pull_through_pair  # noqa: E402
+from realregistries import pull_through_pair, stop_process  # noqa: E402
 
 from chunkpull.core.units import parse_size  # noqa: E402
 from chunkpull.testing import build_model  # noqa: E402
@@ -70,8 +70,7 @@ class Served:
         raise RuntimeError("the built-in registry did not start")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        stop_process(self.proc)
 
 
 def pull(names: list[str], models: Path, *options: str) -> dict:

@@ -75,6 +75,9 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests" / "integration"))  # the tests' server drivers
+
+from realregistries import stop_process  # noqa: E402
 DEFAULT_OUT = HERE / "results" / "wan.json"
 COMMAND = "sudo python benchmarks/wan_bench.py"
 
@@ -233,13 +236,7 @@ class Registry:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc.stdout.close()
         self._log.close()
 

@@ -49,6 +49,18 @@ def require_distribution() -> None:
         pytest.skip("Debian's docker-registry is not installed (apt-get install docker-registry)")
 
 
+def stop_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    """Stop a server process: SIGTERM, then SIGKILL if it has not gone within timeout_s (the tests' and benchmarks' one way)."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -216,12 +228,7 @@ class Distribution:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         self._log.close()
 
     def blob_gets(self, repo: str, digest: str) -> int:
