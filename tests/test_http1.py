@@ -57,6 +57,16 @@ def ranged(req: Request, data: bytes = DATA) -> bytes:
             f"Content-Range: bytes {start}-{end}/{len(data)}\r\n\r\n").encode() + body
 
 
+def _accept_each(listener: socket.socket, handle: Callable[[socket.socket], None]) -> None:
+    """Hand every accepted connection to handle, until the listener is closed."""
+    while True:
+        try:
+            c, _ = listener.accept()
+        except OSError:
+            return
+        handle(c)
+
+
 class Server:
     """Answer each request with respond(req): bytes to send, or a callable(sock) that writes the answer itself; None closes."""
 
@@ -69,16 +79,11 @@ class Server:
         self.requests: list[Request] = []
         self.connections = 0
         self.open: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        threading.Thread(target=_accept_each, args=(self.listener, self._accepted), daemon=True).start()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                c, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(c, self.connections), daemon=True).start()
+    def _accepted(self, c: socket.socket) -> None:
+        self.connections += 1
+        threading.Thread(target=self._serve, args=(c, self.connections), daemon=True).start()
 
     def _serve(self, c: socket.socket, cid: int) -> None:
         try:
@@ -313,15 +318,10 @@ class Proxy:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.heads: list[Request] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        threading.Thread(target=_accept_each, args=(self.listener, self._accepted), daemon=True).start()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                c, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+    def _accepted(self, c: socket.socket) -> None:
+        threading.Thread(target=self._serve, args=(c,), daemon=True).start()
 
     def _serve(self, c: socket.socket) -> None:
         buf = bytearray()

@@ -22,15 +22,9 @@ EXAMPLE_PORT = 5000
 
 
 def _make(argv: list[str]) -> int:
-    from ..testing.main import make_parser
-    from ..testing.models import build_model
+    from ..testing.main import make_model
 
-    p = make_parser()
-    args = p.parse_args(argv)
-    try:
-        digest = build_model(args.dir, args.name, args.size, seed=args.seed, config=not args.no_config)
-    except ValueError as exc:
-        p.error(str(exc))
+    args, digest = make_model(argv)
     name = Name.parse(args.name).merge(MAKE_MASK)
     shown = str(name) if name.is_fully_qualified() else args.name
     repo = f"{name.namespace}/{name.model}:{name.tag}"

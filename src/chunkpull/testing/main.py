@@ -148,17 +148,23 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-def make_main(argv: list[str] | None = None) -> int:
-    """Write a model into a models directory (``chunkpull registry make``).
-
-    Prints the manifest digest and returns 0.
-    """
+def make_model(argv: list[str] | None = None) -> tuple[argparse.Namespace, str]:
+    """Parse ``registry make``'s arguments and write the model; return them and the manifest digest (exits 2 on bad input)."""
     p = make_parser()
     args = p.parse_args(argv)
     try:
         digest = build_model(args.dir, args.name, args.size, seed=args.seed, config=not args.no_config)
     except ValueError as exc:
         p.error(str(exc))
+    return args, digest
+
+
+def make_main(argv: list[str] | None = None) -> int:
+    """Write a model into a models directory (``chunkpull registry make``).
+
+    Prints the manifest digest and returns 0.
+    """
+    _args, digest = make_model(argv)
     print(digest)
     return 0
 
