@@ -70,3 +70,12 @@ def test_bad_backend_lists_the_choices(monkeypatch):
     monkeypatch.setenv("CHUNKPULL_BACKEND", "rust")
     with pytest.raises(ImportError, match="auto, native, python"):
         _env.backend()
+
+
+def test_the_stream_defaults_agree_with_the_engine():
+    # _env imports nothing from chunkpull, so it restates two engine constants: they must not drift apart.
+    from chunkpull.bench.harness import AUTO
+    from chunkpull.engine.adaptive import ADAPTIVE, ADAPTIVE_START
+
+    assert _env.ADAPTIVE_STREAMS == ADAPTIVE == AUTO
+    assert _env.DEFAULT_MAX_STREAMS == ADAPTIVE_START

@@ -14,8 +14,8 @@ from pathlib import Path
 # DEFAULT_MAX_STREAMS and grows while throughput rises, 2 to 64); the
 # variables below pin a count.  DEFAULT_MAX_STREAMS is also the count the
 # benchmarks' baselines run at.
-ADAPTIVE_STREAMS = 0  # the max_streams value asking for the adaptive count
-DEFAULT_MAX_STREAMS = 8
+ADAPTIVE_STREAMS = 0  # the max_streams value asking for the adaptive count (engine.adaptive.ADAPTIVE; a test keeps them equal)
+DEFAULT_MAX_STREAMS = 8  # engine.adaptive.ADAPTIVE_START
 MAX_MAX_STREAMS = 256
 
 

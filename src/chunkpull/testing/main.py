@@ -16,7 +16,7 @@ from .handler import STATS_PATH
 from .models import build_model
 from .registry import DEFAULT_CHUNK_SIZE, TestRegistry
 
-__all__ = ["make_main", "make_parser", "serve_main"]
+__all__ = ["make_main", "make_model", "make_parser", "serve_main"]
 
 
 def _size(text: str) -> int:
