@@ -499,6 +499,8 @@ class PullStats:
     direct_bytes: int = 0  # written with O_DIRECT
     buffered_bytes: int = 0  # written through the page cache
     read_back_bytes: int = 0  # read back from work files to hash them (0 in the normal case)
+    hedges: int = 0  # straggling chunks raced on a second connection (engine.hedge)
+    hedges_won: int = 0  # of those, races the second connection won
 
     def add(self, assembler: BlobAssembler) -> None:
         self.direct_bytes += assembler.direct_bytes

@@ -17,6 +17,9 @@ under a stream that must not go on, so its reader fails at once:
   ``tail_slow_ratio`` applies instead: a range a few times slower than its
   peers is cut and resumes at once on a fresh connection, rather than
   holding the blob's end (and the in-order hash) for the whole range.
+  A stream given a ``hedge`` is not cut there: ``hedge()`` asks for the
+  rest of its range on another connection too (``engine.hedge``), and the
+  stream races it from then on, never again judged straggling.
 
 Progress is read from the kernel where it can be (``TCP_INFO``: bytes
 received and the time since the last segment), so a stream is judged by
@@ -79,8 +82,8 @@ class Stream:
     not); it is cleared when the next attempt attaches its response.
     """
 
-    __slots__ = ("label", "cancel", "started", "last", "bytes", "window", "aborted", "active_s", "_resp", "_lock", "_clock", "_paused_at",
-                 "_tcp_base", "_history")
+    __slots__ = ("label", "cancel", "started", "last", "bytes", "window", "aborted", "active_s", "hedge", "racing", "_resp", "_lock", "_clock",
+                 "_paused_at", "_tcp_base", "_history")
 
     def __init__(self, label: object, clock: Callable[[], float] = time.monotonic, cancel: threading.Event | None = None) -> None:
         self.label = label
@@ -91,6 +94,10 @@ class Stream:
         self.window = 0  # size of the read in flight
         self.aborted: str | None = None
         self.active_s = 0.0  # reading time of the attempts so far, pauses excluded (what a source's rate is measured on)
+        # Called (by the monitor thread) instead of a cut in the tail: True if
+        # it started a hedge, which this stream then races (see engine.hedge).
+        self.hedge: Callable[[], bool] | None = None
+        self.racing = False
         self._resp: object | None = None  # what attach() was given (or _NO_SOCKET): set while an attempt is attached
         self._lock = threading.Lock()
         self._paused_at: float | None = None
@@ -201,6 +208,7 @@ class StreamMonitor:
         self._aborts: dict[object, int] = {}
         self._lock = threading.Lock()
         self.aborted = 0
+        self.hedged = 0  # straggling streams raced by a hedge rather than cut
 
     def stream(self, label: object, cancel: threading.Event | None = None) -> Stream:
         s = Stream(label, self.clock, cancel)
@@ -238,6 +246,12 @@ class StreamMonitor:
         for s in attached:
             reason = self._verdict(s, now, seen[s], rates, finished)
             if reason is None:
+                continue
+            if reason == SLOW and s.racing:
+                continue  # it races a hedge: whichever finishes first wins
+            if reason == SLOW and self.tail and s.hedge is not None and s.hedge():
+                s.racing, s.hedge = True, None
+                self.hedged += 1
                 continue
             if reason == SLOW:
                 with self._lock:

@@ -17,10 +17,16 @@ worker threads:
 - the blob is committed only when it hashes to its digest.
 
 Every byte (a small blob, a chunk, a whole blob from a registry that
-ignores Range) moves through one loop, ``_stream``: it streams a range into
-a sink, credits new bytes to progress once, and retries from where it was.
+ignores Range) moves through one loop, ``RangeStreamer.stream``
+(``engine.ranges``): it streams a range into a sink, credits new bytes to
+progress once, and retries from where it was.  When the pull's end waits on
+a chunk from the origin that arrives a few times slower than its peers, the
+rest of that chunk is also asked for on another connection and the two race
+(``engine.hedge``: every byte is taken once, in order, from whichever brings
+it first; the loser is cut).
 
-Bounded: threads (``max_streams`` and a quarter more), streams at once (``engine.adaptive``),
+Bounded: threads (``max_streams`` and a quarter more), streams at once
+(``engine.adaptive``, plus ``MAX_HEDGES`` hedges),
 memory (the piece pool plus one buffer per worker for one-stream blobs),
 open files (one work file per blob in flight, at most ``max_streams``),
 retries (``Backoff``, ``MAX_INTEGRITY_ATTEMPTS``), waits (the read timeout
@@ -36,7 +42,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .._hashio import RunningSha256
-from ..core.progress import BYTES, DONE, ERROR, RESUMED, VERIFYING, Progress, ProgressCallback
+from ..core.progress import DONE, ERROR, RESUMED, VERIFYING, Progress, ProgressCallback
 from ..errors import ChunkpullError, IntegrityError, PullCancelledError, RegistryError, TransportError
 from ..store.cache import DiskCache
 from ..store.ingest import as_disk_full
@@ -46,8 +52,10 @@ from .blob import BlobPull, raise_failures
 from .chunklist import fetch_chunk_list
 from .config import BlobJob, PullConfig, Source
 from .hashing import HashThread
+from .hedge import RangeRace
 from .monitor import StreamMonitor
 from .pieces import ALIGN, PiecePool, PoolPieces, ReusedBuffer, aligned_buffer
+from .ranges import RangeStreamer
 from .sources import Sources, why_demoted
 from .transport import RangeIgnoredError, ShortReadError, Transport
 
@@ -58,6 +66,7 @@ __all__ = ["MAX_INTEGRITY_ATTEMPTS", "MAX_REPAIRS", "PullStats", "Puller"]
 MAX_INTEGRITY_ATTEMPTS = 3
 MAX_REPAIRS = 2
 MAX_RESOLVES = 4  # a chunk whose redirect target refuses it asks the registry again at most this often
+MAX_HEDGES, HEDGE_ATTEMPTS = 2, 2  # hedges running at once (on top of the stream count); attempts per hedge
 SMALL_BUFFER = 1 << 20  # a blob this small reads into a small buffer: a big one sits on huge pages (2 MiB resident per worker)
 
 
@@ -89,6 +98,8 @@ class Puller:
         self.pool = ThreadPoolExecutor(max_workers=config.max_streams + max(2, config.max_streams // 4), thread_name_prefix="chunkpull")
         self.monitor = StreamMonitor(stall_s=config.stall_timeout_s, min_rate_bps=config.min_rate_bps)
         self.streams = Streams(config.max_streams, adaptive=config.adaptive, memory_budget=config.memory_budget, clock=time.monotonic, on_grow=self.monitor.settle)
+        self.ranges = RangeStreamer(transport, self.monitor, self.streams, report, cancel)
+        self.hedging = 0  # hedges running (at most MAX_HEDGES, on top of the stream count)
         self.pieces: PiecePool | None = None  # made for the first chunked blob
         # One thread advances every blob's in-order hash: workers never stop reading to hash.
         self.hasher = HashThread(self._hash_failed)
@@ -212,87 +223,6 @@ class Puller:
             setattr(self.local, "small" if small else "buf", buf := ReusedBuffer(aligned_buffer(SMALL_BUFFER if small else self.config.buffer_size)))
         return buf
 
-    # -- the one range-streaming loop -----------------------------------------
-
-    def _stream(
-        self,
-        blob: BlobPull,
-        url: str,
-        start: int,
-        end: int,
-        buffers: ReusedBuffer | PoolPieces,
-        sink: Callable[[int, memoryview], None],
-        *,
-        label: object,
-        resume: bool = True,
-        restart: Callable[[], None] | None = None,
-        on_answer: Callable[[str], None] | None = None,
-        source: Source | None = None, attempts: int | None = None, active: list[float] | None = None,
-    ) -> str:
-        """Stream bytes start..end (inclusive) of url into sink(offset, view), retrying until done; return the URL that answered.
-
-        A retry resumes where the last attempt stopped (the sink has every
-        byte before it), unless ``resume`` is False (a registry that ignores
-        Range can only start over).  When the registry ignores Range on a
-        resumed request, ``restart()`` (if given) resets the sink and the
-        stream starts over; without it, RangeIgnoredError reaches the caller.
-        New bytes are credited to the blob and reported once.  ``source``
-        (default the blob's origin) supplies TLS and auth; ``attempts`` caps
-        the retries (a mirror gets one); ``active`` collects reading time.
-
-        Raises:
-            RangeIgnoredError, RegistryError, TransportError, PullCancelledError, and whatever sink raises.
-        """
-        pos = start
-        credited = start  # how far the retry budget counts this transfer as having got
-        answered = url
-        source = source or blob.source
-
-        def deliver(offset: int, view: memoryview) -> None:
-            nonlocal pos
-            sink(offset, view)
-            pos = offset + len(view)
-            new = blob.credit(offset, len(view))
-            if new:
-                self.streams.bytes += new
-                self.report(Progress(blob.key, blob.layer.size, BYTES, new))
-
-        def attempt() -> None:
-            nonlocal pos, credited, answered
-            if not resume:
-                pos = start
-            if pos > end:
-                return
-            before = pos
-            try:
-                answered = self.transport.read_range(
-                    url, pos, end, buffers, deliver, verify_tls=source.verify_tls, auth=source.auth, stream=stream, on_answer=on_answer
-                )
-            except RangeIgnoredError:
-                if restart is None:
-                    raise
-                restart()
-                pos = start
-                raise ShortReadError(f"{url}: cannot resume (Range ignored); starting over", 0) from None
-            finally:
-                buffers.drop()
-                # An attempt the monitor cut (stalled, dripping, straggling)
-                # does not renew the retry budget: a registry that sends a
-                # little and then stalls, on every connection, fails within
-                # the budget.  A reset after some bytes does renew it.
-                if not stream.aborted and pos > before:
-                    credited = pos
-
-        stream = self.monitor.stream(label, self.cancel)
-        try:
-            # Progress renews the retry budget only where a retry keeps it.
-            self.transport.retry(attempt, url, cancel=self.cancel, position=(lambda: credited) if resume else None, attempts=attempts)
-        finally:
-            self.monitor.done(stream)
-            if active is not None:
-                active.append(stream.active_s)  # reading time only: waits for pieces are not the source's
-        return answered
-
     # -- one-stream blobs -------------------------------------------------------
 
     def _fetch_one_stream(self, blob: BlobPull) -> None:
@@ -323,7 +253,7 @@ class Puller:
             for _ in range(MAX_INTEGRITY_ATTEMPTS):
                 restart()
                 with self.streams.slot(self.cancel):
-                    self._stream(blob, blob.url, 0, layer.size - 1, self._buffer(layer.size), sink, label=blob.key, restart=restart)
+                    self.ranges.stream(blob, blob.url, 0, layer.size - 1, self._buffer(layer.size), sink, label=blob.key, restart=restart)
                 got = blob.stream_hash.digest()
                 if got == layer.digest.raw and blob.stream_hash.length == layer.size:
                     break
@@ -425,28 +355,30 @@ class Puller:
             hasher = ChunkHasher(s.digest.algorithm) if check else None
             got = 0
 
-            def sink(offset: int, view: memoryview) -> None:
+            def accept(offset: int, view: memoryview, release: Callable[[], None], piece_aligned: bool) -> None:
                 nonlocal got
-                piece = pieces.take()
                 try:
                     self._check(blob)
                 except BaseException:
-                    piece.release()
+                    release()
                     raise
                 if hasher is not None:
                     hasher.update(view)  # before deliver: the hash may release the piece
                 got += len(view)
-                blob.assembler.deliver(i, offset, view, piece.release, aligned=aligned)
+                blob.assembler.deliver(i, offset, view, release, aligned=piece_aligned)
+
+            def sink(offset: int, view: memoryview) -> None:
+                accept(offset, view, pieces.take().release, aligned)
 
             active: list[float] = []  # reading time per attempt: the source's rate is measured on it
             try:
                 if src:
                     mirror = self.sources.source_for(src, blob.source)
                     # One attempt: a mirror that fails is dropped, not retried.
-                    self._stream(blob, mirror.blob_url(blob.layer.digest), chunk.start, chunk.end, pieces, sink,
+                    self.ranges.stream(blob, mirror.blob_url(blob.layer.digest), chunk.start, chunk.end, pieces, sink,
                                  label=(blob.key, i), source=mirror, attempts=1, active=active)
                 else:
-                    self._fetch_from_origin(blob, i, pieces, sink, active)
+                    self._fetch_from_origin(blob, i, pieces, RangeRace(chunk.start, chunk.end, accept), active)
             except (RegistryError, TransportError, RangeIgnoredError, ShortReadError) as err:
                 self.sources.finished(src, busy_s=sum(active), nbytes=0, ok=False)
                 if not src:
@@ -474,9 +406,25 @@ class Puller:
                     digest=blob.key, expected=str(s.digest),
                 )
 
-    def _fetch_from_origin(self, blob: BlobPull, i: int, pieces: PoolPieces, sink: Callable[[int, memoryview], None], active: list[float]) -> None:
-        """Stream chunk i from the origin, or from where it redirects (a CDN), asking again when the target refuses."""
+    def _fetch_from_origin(self, blob: BlobPull, i: int, pieces: PoolPieces, race: RangeRace, active: list[float]) -> None:
+        """Stream chunk i from the origin, or from where it redirects (a CDN), asking again when the target refuses.
+
+        The stream owns ``race``: a hedge the monitor starts races it, and
+        the race closes when this returns or raises.
+        """
+        try:
+            self._fetch_from_origin_racing(blob, i, pieces, race, active)
+        finally:
+            race.close()
+
+    def _fetch_from_origin_racing(self, blob: BlobPull, i: int, pieces: PoolPieces, race: RangeRace, active: list[float]) -> None:
         chunk = blob.sums[i].chunk
+        me = race.racer()
+        aligned = chunk.start % ALIGN == 0
+
+        def sink(offset: int, view: memoryview) -> None:
+            race.offer(me, offset, view, pieces.take().release, aligned)
+
         refusals = 0
         while True:
             # One range finds out whether the registry redirects (a CDN);
@@ -486,8 +434,9 @@ class Puller:
                 blob.wait_route(self.cancel)
             url = blob.chunk_url(i)
             try:
-                self._stream(blob, url, chunk.start, chunk.end, pieces, sink, label=(blob.key, i), active=active,
-                             on_answer=(lambda where, asked=url: blob.learn_route(asked, where)) if probing else None)
+                self.ranges.stream(blob, url, chunk.start, chunk.end, pieces, sink, label=(blob.key, i), active=active,
+                                   on_answer=(lambda where, asked=url: blob.learn_route(asked, where)) if probing else None,
+                                   race=(race, me), hedge=lambda: self._start_hedge(blob, i, race))
                 return
             except RegistryError as err:
                 # A redirect target (a CDN's signed URL) refused: it expired
@@ -505,6 +454,44 @@ class Puller:
                 if probing:
                     blob.route_probe_ended()
 
+    def _start_hedge(self, blob: BlobPull, i: int, race: RangeRace) -> bool:
+        """Race the rest of chunk i on another connection (called by the monitor); False if no hedge may start now."""
+        with self.cond:
+            if race.done or blob.failed or self.cancel.is_set() or self.hedging >= MAX_HEDGES:
+                return False
+            self.hedging += 1
+            self.stats.hedges += 1
+        try:
+            self._submit(blob, self._hedge, blob, i, race)
+        except RuntimeError:  # the worker pool is shutting down: the pull is ending anyway
+            with self.cond:
+                self.hedging -= 1
+                self.stats.hedges -= 1
+                self.pending -= 1
+            return False
+        return True
+
+    def _hedge(self, blob: BlobPull, i: int, race: RangeRace) -> None:
+        """Stream chunk i from the race's cursor to its end into the race, until one racer has brought it all."""
+        assert self.pieces is not None
+        me = race.racer()
+        # race.over, not the pull's cancel: a hedge waiting for a piece gives up when the race ends.
+        pieces = PoolPieces(self.pieces, lambda: blob.assembler.is_next(i), race.over)
+        aligned = blob.sums[i].chunk.start % ALIGN == 0
+
+        def sink(offset: int, view: memoryview) -> None:
+            race.offer(me, offset, view, pieces.take().release, aligned)
+
+        try:
+            self.ranges.stream(blob, blob.chunk_url(i), race.cursor, race.end, pieces, sink, label=(blob.key, i, "hedge"),
+                               race=(race, me), attempts=HEDGE_ATTEMPTS)
+        except Exception:  # noqa: BLE001 - the owner still streams the range and reports what fails
+            pass  # a hedge that fails costs its bytes only
+        finally:
+            with self.cond:
+                self.hedging -= 1
+                self.stats.hedges_won += race.winner is me
+
     def _fetch_whole_chunked(self, blob: BlobPull) -> None:
         """Fetch a chunked blob in one stream (for registries that ignore Range)."""
 
@@ -512,7 +499,7 @@ class Puller:
             self._check(blob)
             blob.assembler.write(offset, view)
 
-        self._stream(blob, blob.url, 0, blob.layer.size - 1, self._buffer(), sink, label=blob.key, resume=False)
+        self.ranges.stream(blob, blob.url, 0, blob.layer.size - 1, self._buffer(), sink, label=blob.key, resume=False)
         for i in range(len(blob.sums)):
             blob.assembler.chunk_done(i)
 

@@ -61,6 +61,9 @@ class Faults:
     - ``drip_chunk``: chunk index -> bytes per second: every blob body
       overlapping that chunk is sent at that rate (a registry that drips
       one chunk, on every connection).
+    - ``drip_times``: with ``drip_chunk``, only the next ``drip_times``
+      bodies overlapping a dripping chunk drip (None: every one): one slow
+      path to the chunk, where a second request gets it at full speed.
     - ``drip_control_bps``: manifest and chunksums bodies are sent at this
       many bytes per second.
     - ``gzip_times``: the next ``gzip_times`` blob bodies are gzip-encoded
@@ -107,6 +110,7 @@ class Faults:
     manifest_location: str | None = None
     manifest_digest_header: str | None = None
     drip_chunk: dict[int, int] = dataclasses.field(default_factory=dict)
+    drip_times: int | None = None
     drip_control_bps: int | None = None
     gzip_times: int = 0
     pace_bps: int | None = None
@@ -200,9 +204,11 @@ class Faults:
             plan.flips.sort()
             if self.throttle_bps:
                 plan.throttle_bps = max(1, int(self.throttle_bps))
-            for index, bps in self.drip_chunk.items():
-                if index * chunk_size <= end and start < (index + 1) * chunk_size:
-                    plan.throttle_bps = max(1, min(plan.throttle_bps or bps, int(bps)))
+            drips = [int(bps) for index, bps in self.drip_chunk.items() if index * chunk_size <= end and start < (index + 1) * chunk_size]
+            if drips and (self.drip_times is None or self.drip_times > 0):
+                if self.drip_times is not None:
+                    self.drip_times -= 1
+                plan.throttle_bps = max(1, min([plan.throttle_bps or drips[0], *drips]))
             if self.gzip_times > 0:
                 self.gzip_times -= 1
                 plan.gzip = True
