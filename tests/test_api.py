@@ -283,6 +283,21 @@ def test_server_pull(app: Local, api_upstream: TestRegistry, api_registry: Regis
     check_error_response(got, 404, "not_found", "model not found")
 
 
+def test_pulls_and_deletes_go_on_after_the_work_directories_were_removed(app: Local, models_dir: Path) -> None:
+    # Someone cleans up under a long-running server: the next pull or delete
+    # makes the layout's directories again rather than failing with a 500.
+    import shutil
+
+    shutil.rmtree(models_dir / ".chunkpull")
+    shutil.rmtree(models_dir / "blobs")
+    got = send(app, "POST", "/api/pull", '{"model": "chunked", "stream": false}')
+    check_response(got, '{"status":"success"}')
+    assert (models_dir / ".chunkpull" / "ingest").is_dir() and any((models_dir / "blobs").iterdir())
+    shutil.rmtree(models_dir / ".chunkpull")
+    got = send(app, "DELETE", "/api/delete", '{"model": "chunked"}')
+    assert got.status == 200, got.text
+
+
 def test_server_unknown_path(app: Local) -> None:
     got = send(app, "DELETE", "/api/unknown", "{}")
     check_error_response(got, 404, "not_found", "not found")

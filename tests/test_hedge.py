@@ -245,3 +245,17 @@ def test_mid_pull_a_straggler_is_cut_even_with_a_hedge():
     second()
     second()
     assert m.check() == [slow] and calls == []
+
+
+def test_settling_holds_no_hedge_back_in_the_tail():
+    # Right after a growth, new streams are not judged straggling, so they are
+    # not cut; but in the tail a hedge cuts nothing, and the end would wait.
+    calls = []
+    m, slow, conn, second = _tail_with_a_straggler(lambda: calls.append(1) or True)
+    m.settle(10.0)
+    second()
+    assert m.check() == [] and calls == [1] and not conn.sock.shut
+    m2, slow2, conn2, second2 = _tail_with_a_straggler(None)
+    m2.settle(10.0)
+    second2()
+    assert m2.check() == [] and not conn2.sock.shut, "without a hedge, settling still spares it"

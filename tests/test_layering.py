@@ -193,6 +193,8 @@ def test_product_import_path_loads_no_tooling(code):
     bad = sorted(m for m in loaded if m.startswith(TOOLING) or m.split(".")[0] in THIRD_PARTY_TOOLING)
     assert not bad, f"{code!r} loaded tooling: {bad}"
     assert "chunkpull.core.names" in loaded, "the probe did not import chunkpull"
+    # Start-up is part of every CLI pull's time: the async API's asyncio (~50 ms) loads only when used.
+    assert "asyncio" not in loaded, f"{code!r} imported asyncio"
 
 
 # -- the checker itself ------------------------------------------------------------

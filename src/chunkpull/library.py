@@ -16,11 +16,10 @@ Imports registry, bars, display (its cancellable runner) and core.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Mapping, Sequence
-from typing import Any, Literal, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 
 from .bars import TqdmProgress
 from .core.index import Platform
@@ -29,6 +28,9 @@ from .display import run_cancellable
 from .registry import PullResult, Registry
 from .store.cache import DiskCache
 from .tuning import Tuning, VerifyMode
+
+if TYPE_CHECKING:
+    import asyncio  # at run time imported by the async path only: it costs a CLI pull ~50 ms of start-up
 
 __all__ = ["AsyncPull", "PullProgress", "RegistryOptions", "apull", "pull"]
 
@@ -169,6 +171,8 @@ class AsyncPull:
             await self._updates.aclose()
 
     async def _run(self) -> AsyncGenerator[LayerProgress, None]:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         aggregator = Aggregator()
         cancel = threading.Event()

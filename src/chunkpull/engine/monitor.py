@@ -271,7 +271,9 @@ class StreamMonitor:
         that others already fill, and cut then, its replacement fares the
         same (measured on a 200 Mbit/s link: every growth of the stream count
         cost five to six cuts, each twice, and megabytes of bytes sent for
-        nothing).  Stalls and the minimum rate are still enforced.
+        nothing).  Stalls and the minimum rate are still enforced, and in
+        the tail a stream with a hedge is still raced: nothing is cut there,
+        and the pull's end would wait out the settling on it.
         """
         self._judge_slow_from = self.clock() + seconds
 
@@ -298,7 +300,10 @@ class StreamMonitor:
         t0, b0 = s._history[0]
         if s._tcp_base is not None and now - t0 >= self.stall_s and (received - b0) < self.min_rate_bps * (now - t0):
             return DRIPPING
-        if age >= self.min_age_s and len(peers) >= 2 and now >= self._judge_slow_from:  # too young, too few peers, or settling
+        # Settling does not hold in the tail: there the blob's end waits on
+        # the slow stream, and a hedge (not a cut) costs only a few duplicate bytes when the verdict was early.
+        settled = now >= self._judge_slow_from or (self.tail and s.hedge is not None)
+        if age >= self.min_age_s and len(peers) >= 2 and settled:  # too young, too few peers, or settling
             # Credit the read in flight (its bytes may show only when it
             # returns), so a slow link everywhere is not "slow".
             credit = received if s._tcp_base is not None else received + s.window

@@ -93,6 +93,14 @@ class DiskCache:
             if not self.root.is_dir():
                 raise FileNotFoundError(f"no models directory at {self.root}")
             return
+        self.make_dirs()
+
+    def make_dirs(self) -> None:
+        """Create the layout's directories where they are missing (at open, and again before every pull).
+
+        Raises:
+            OSError: a directory cannot be created (the message names it).
+        """
         for d in (self.blobs_dir, self.manifests_dir, self.ingest_dir):
             try:
                 d.mkdir(parents=True, exist_ok=True)
@@ -281,7 +289,7 @@ class DiskCache:
             if keep is None:
                 return removed
             pending = self._pending()
-            for entry in os.scandir(self.blobs_dir):
+            for entry in _entries(self.blobs_dir):
                 try:
                     d = Digest.parse(entry.name)
                     if only is not None and d not in only and d not in pending:
@@ -370,7 +378,7 @@ class DiskCache:
     def prune_partials(self) -> list[Path]:
         """Remove every work file no pull holds now (and its record); return the work files removed."""
         removed = []
-        for entry in os.scandir(self.ingest_dir):
+        for entry in _entries(self.ingest_dir):
             if entry.name.endswith(".partial") and _remove_if_unlocked(entry.path):
                 removed.append(Path(entry.path))
         return removed
@@ -378,7 +386,7 @@ class DiskCache:
     def _prune_ingest(self, now: float) -> None:
         # Work files nobody holds, untouched for a week (abandoned pulls),
         # and temporary files older than a day (left by a crash).
-        for entry in os.scandir(self.ingest_dir):
+        for entry in _entries(self.ingest_dir):
             try:
                 age = now - entry.stat().st_mtime
             except OSError:
@@ -392,7 +400,15 @@ class DiskCache:
 
     @contextlib.contextmanager
     def prune_lock(self, *, exclusive: bool, blocking: bool = True) -> Iterator[bool]:
-        """Hold the prune lock: shared for pulls, exclusive for prune."""
+        """Hold the prune lock: shared for pulls, exclusive for prune.
+
+        A pull (shared) first re-creates the layout's directories: someone
+        may have deleted them under a long-running ``chunkpull serve``.
+        """
+        if not exclusive:
+            self.make_dirs()
+        else:
+            (self.root / ".chunkpull").mkdir(exist_ok=True)
         fd = os.open(self.root / ".chunkpull" / "prune.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             op = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if blocking else fcntl.LOCK_NB)
@@ -478,6 +494,15 @@ def _limits(root: Path) -> tuple[int, int]:
         return os.pathconf(probe, "PC_NAME_MAX"), os.pathconf(probe, "PC_PATH_MAX")
     except (OSError, ValueError):
         return 255, 4096
+
+
+def _entries(directory: Path) -> list[os.DirEntry[str]]:
+    """The entries of directory; none if it is missing (deleted under a running server: nothing to sweep)."""
+    try:
+        with os.scandir(directory) as it:
+            return list(it)
+    except FileNotFoundError:
+        return []
 
 
 def _find_casefold(directory: Path, part: str) -> Path | None:
