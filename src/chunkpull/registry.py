@@ -102,6 +102,11 @@ class PullReport:
     sources: list[SourceStats] = field(default_factory=list)
     # The stream counts the pull ran at, in order (one entry when pinned; adaptive pulls list each change).
     streams: list[int] = field(default_factory=list)
+    # Slow or silent connections: reads the stream monitor cut (each resumed at once elsewhere), and chunks
+    # whose tail was raced on a second connection (hedges), with how many of those races the second one won.
+    cuts: int = 0
+    hedges: int = 0
+    hedges_won: int = 0
 
     def to_json(self) -> list[dict[str, Any]]:
         """Return one JSON object per source (origin first), as ``chunkpull pull --json`` writes them."""
@@ -521,6 +526,8 @@ class Registry:
                     if summary is not None:
                         summary.sources = sources.snapshot()
                         summary.streams = puller.streams.counts() if puller is not None else []
+                        if puller is not None:
+                            summary.cuts, summary.hedges, summary.hedges_won = puller.monitor.aborted, puller.stats.hedges, puller.stats.hedges_won
                 results: dict[str, PullResult | BaseException] = {}
                 for name, ref, m in models:
                     err = next((failed[str(b.digest)] for b in m.blobs() if str(b.digest) in failed), failed.get(""))

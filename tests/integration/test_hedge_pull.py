@@ -64,3 +64,21 @@ def test_a_hedged_pull_through_the_registry_api_commits_a_blob_that_hashes(upstr
     reg.pull(up.ref())
     assert_blobs_match(reg, up)
     assert len(_ranges_of(up, layer, LAST)) >= 2
+
+
+def test_the_cli_reports_cuts_and_hedges(upstream, tmp_path, capsys):
+    from chunkpull.cli import main
+
+    # Past the CLI's chunking threshold (64 MiB), so the layer comes in chunks.
+    size = 65 * MIB
+    last = size // CHUNK - 1
+    up = upstream([size], seed=64)
+    layer = _layer(up)
+    up.faults.set(drip_chunk={last: 32 << 10}, drip_times=1, only_digest=layer)
+    assert main(["pull", up.ref(), "--models", str(tmp_path / "m"), "--streams", "2", "--json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    sources = next(e for e in events if e["event"] == "sources")
+    assert (sources["hedges"], sources["hedges_won"], sources["cuts"]) == (1, 1, 0), sources
+    up.faults.set(drip_chunk={last: 32 << 10}, drip_times=1)
+    assert main(["pull", up.ref(), "--models", str(tmp_path / "m2"), "--streams", "2"]) == 0
+    assert "slow connections: 0 reads cut and resumed, 1 chunk end hedged (1 won by the second connection)" in capsys.readouterr().out

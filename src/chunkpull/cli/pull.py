@@ -90,7 +90,7 @@ def cmd_pull(registry: Registry, args: argparse.Namespace, names: list[str]) -> 
     figures = Figures.read(aggregator)
     failed = {n: r for n, r in results.items() if isinstance(r, BaseException)}
     if events:
-        events.emit("sources", sources=report.to_json(), streams=report.streams)
+        events.emit("sources", sources=report.to_json(), streams=report.streams, cuts=report.cuts, hedges=report.hedges, hedges_won=report.hedges_won)
         for name, result in results.items():
             if isinstance(result, BaseException):
                 events.emit("error", model=name, error=" ".join(str(result).split()), kind=type(result).__name__)
@@ -112,6 +112,9 @@ def cmd_pull(registry: Registry, args: argparse.Namespace, names: list[str]) -> 
         print(f"{len(results) - len(failed)} of {plural(len(names), 'model')} pulled: {fetched}, {blobs}", flush=True)
     if len(report.streams) > 1:
         print(f"  streams: adaptive, {' → '.join(map(str, report.streams))}", flush=True)
+    if report.cuts or report.hedges:
+        print(f"  slow connections: {plural(report.cuts, 'read')} cut and resumed, {plural(report.hedges, 'chunk end')} hedged "
+              f"({report.hedges_won} won by the second connection)", flush=True)
     for line in source_lines(report):
         print(line, flush=True)
     for name, err in failed.items():
