@@ -74,7 +74,8 @@ class Nginx:
         stop_process(self.proc)
 
 
-def run(size: int, repeat: int, *, quiet: bool = True, baselines: str = "skopeo,curl+sha256sum", streams: str | None = None) -> dict:
+def run(size: int, repeat: int, *, quiet: bool = True, baselines: str = "skopeo,curl+sha256sum", streams: str | None = None,
+        tmpdir: str | None = None) -> dict:
     """Set up the front, run chunkpull bench against it, and return its JSON document (with the command and setup)."""
     for tool in ("docker-registry", "nginx"):
         if shutil.which(tool) is None:
@@ -97,13 +98,15 @@ def run(size: int, repeat: int, *, quiet: bool = True, baselines: str = "skopeo,
         cmd = [sys.executable, "-m", "chunkpull", "bench", name, "--baselines", baselines, "--repeat", str(repeat), "--json"]
         if streams:
             cmd += ["--streams", streams]
+        if tmpdir:
+            cmd += ["--tmpdir", tmpdir]
         if quiet:
             cmd.append("-q")
         out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False).stdout
         if not out.strip():
             raise SystemExit("cdn_front: chunkpull bench produced no report")
         doc = json.loads(out)
-        doc["command"] = f"python benchmarks/cdn_front.py --size {size} --repeat {repeat}" + (f" --baselines {baselines}" if baselines != "skopeo,curl+sha256sum" else "") + (f" --streams {streams}" if streams else "")
+        doc["command"] = f"python benchmarks/cdn_front.py --size {size} --repeat {repeat}" + (f" --baselines {baselines}" if baselines != "skopeo,curl+sha256sum" else "") + (f" --streams {streams}" if streams else "") + (f" --tmpdir {tmpdir}" if tmpdir else "")
         doc["setup"] = {"manifest": digest, "redirect": probe.headers.get("Location", "").split("?", 1)[0].replace(str(storage / "data"), "")}
         return doc
     finally:
@@ -126,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write the report's JSON document here")
     p.add_argument("--baselines", default="skopeo,curl+sha256sum", help="chunkpull bench baselines to run beside chunkpull (default skopeo,curl+sha256sum)")
     p.add_argument("--streams", help="chunkpull stream counts to sweep, e.g. auto,8 (default: chunkpull's default)")
+    p.add_argument("--tmpdir", help="where the runs write (chunkpull bench --tmpdir), e.g. /dev/shm to take the disk out")
     args = p.parse_args(argv)
-    doc = run(parse_size(args.size), args.repeat, quiet=False, baselines=args.baselines, streams=args.streams)
+    doc = run(parse_size(args.size), args.repeat, quiet=False, baselines=args.baselines, streams=args.streams, tmpdir=args.tmpdir)
     if args.json:
         args.json.write_text(json.dumps(doc, indent=1) + "\n")
     for row in doc["rows"]:
