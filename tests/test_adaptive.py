@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -76,6 +77,22 @@ def test_does_not_grow_without_waiting_work():
         clock.now += 0.1
         total += 10**6
     assert gate.limit == 8
+
+
+def test_wake_all_lets_cancelled_waiters_leave_before_their_poll():
+    gate = StreamGate(1)
+    assert gate.acquire()
+    cancel = threading.Event()
+    got: list[bool] = []
+    waiter = threading.Thread(target=lambda: got.append(gate.acquire(cancel, poll_s=600.0)))
+    waiter.start()
+    while not gate.waiting:
+        time.sleep(0.001)
+    cancel.set()
+    gate.wake_all()
+    waiter.join(30)  # without the wake-up it would sleep for its 600 s poll
+    assert not waiter.is_alive() and got == [False]
+    assert gate.waiting == 0
 
 
 def test_gate_blocks_at_its_limit_and_honours_cancel():

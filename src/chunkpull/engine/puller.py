@@ -158,6 +158,8 @@ class Puller:
         """The monitor thread: a few times a second, cut streams that must not go on and let the stream count adapt."""
         while not stop.wait(self.config.monitor_interval_s):
             self.monitor.tail = not self.streams.gate.waiting  # the end waits on the streams in flight
+            if self.cancel.is_set():
+                self.streams.gate.wake_all()  # chunks waiting for a stream leave now, not at their next poll
             self.monitor.check()
             self.streams.tick()
 
