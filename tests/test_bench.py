@@ -293,6 +293,36 @@ def test_run_compare_renders_results_and_the_readme_block(tmp_path):
     assert "streams (GB/s over bare loopback; test): 1: 0.50, 8: 1.00" in block, block
 
 
+def test_run_compare_renders_the_api_against_the_cli(tmp_path):
+    run_compare = _run_compare_module()
+    doc = _fake_report(_fake_runs()).to_json()
+    doc["machine"].update(ram_gib=1, kernel="k", python="p", chunkpull="0", date="d")
+    doc["command"] = "chunkpull bench --size 1G"
+    runs = [{"method": "api", "ok": True, "time_s": 2.2, "cpu_s": 2.0, "rep": 0},
+            {"method": "cli", "ok": True, "time_s": 2.0, "wall_s": 2.5, "cpu_s": 2.6, "rep": 0}]
+    api = {"command": "python benchmarks/api_vs_cli.py", "size": 1 << 30, "repeat": 1, "runs": runs,
+           "summary": {"api_s": 2.2, "cli_pull_s": 2.0, "cli_wall_s": 2.5, "api_cpu_s": 2.0, "cli_cpu_s": 2.6,
+                       "api_over_cli_pull": 1.1, "api_over_cli_wall": 0.88}}
+    page = run_compare.render({"compare": doc}, api=api)
+    assert "## The API path against the CLI" in page and "| 1 | cli | 2.00 | 2.50 | 2.60 | yes |" in page
+    assert "API over CLI 1.10x (0.88x of the CLI's wall time)" in page
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{run_compare.BEGIN}\n{run_compare.END}\n")
+    run_compare.update_readme({"compare": doc}, readme, api=api)
+    assert "API path (`benchmarks/api_vs_cli.py`, 1.00 GiB, medians of 1)" in readme.read_text()
+
+
+def test_bench_children_start_from_compiled_bytecode(tmp_path):
+    # As pip leaves an installed package, even where PYTHONDONTWRITEBYTECODE keeps imports from writing it.
+    from chunkpull.bench import child
+
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "mod.py").write_text("X = 1\n")
+    child._compile_package(str(pkg))
+    assert [p.name for p in (pkg / "__pycache__").iterdir()] == [f"mod.{sys.implementation.cache_tag}.pyc"]
+
+
 def test_missing_tools_are_skipped_not_failed(monkeypatch):
     monkeypatch.setattr(bench.shutil, "which", lambda name: None)
     monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name: None)
