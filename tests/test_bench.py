@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -149,6 +150,27 @@ def test_baseline_child_writes_the_blob(tmp_path, upstream, method):
     assert result["bytes"] == m.size
     for b in m.blobs():
         assert (tmp_path / "out" / b.digest.filename).read_bytes() == up.blob(str(b.digest))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("fsync", [True, False])
+def test_a_baselines_output_is_fsynced_on_the_clock_as_a_pull_commits(tmp_path, upstream, monkeypatch, fsync):
+    from chunkpull.bench import child
+    from chunkpull.core.manifest import Manifest
+    from chunkpull.core.names import parse_ref
+
+    up = upstream(sizes=[1 << 20])
+    m = Manifest.parse(up.manifest())
+    target = Target(up.ref(), parse_ref(up.ref()).base_url, tuple(Blob(str(b.digest), b.size) for b in m.blobs()))
+    (tmp_path / "out").mkdir()
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(child.os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd))
+    spec = {"method": "single+sha256", "name": target.name, "blobs": target.blob_specs(), "out_dir": str(tmp_path / "out"),
+            "models_dir": str(tmp_path / "models"), "streams": 1, "chunk_size": None, "verify": "after", "verify_tls": True, "fsync": fsync}
+    assert child.measure(spec)["ok"]
+    want = {str(tmp_path / "out" / b.digest.filename) for b in m.blobs()} | {str(tmp_path / "out")}
+    assert set(synced) == (want if fsync else set()), synced
 
 
 @pytest.mark.integration

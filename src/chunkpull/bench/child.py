@@ -46,8 +46,10 @@ This module imports only the standard library at module level, and nothing
 from chunkpull unless the method is ``chunkpull``: a baseline's process must
 not carry chunkpull's imports (the registry client, the native extension
 and what they import) in its peak RSS.  The baselines' own checks (a digest
-mismatch fails the run) are part of what they cost; the parent checks every
-output file again with ``blob_problem``, outside the timed region.
+mismatch fails the run) are part of what they cost, and so is the fsync of
+their output files (``_durable``), as chunkpull's commit fsyncs each blob;
+the parent checks every output file again with ``blob_problem``, outside
+the timed region.
 """
 
 from __future__ import annotations
@@ -425,6 +427,31 @@ _RUNNERS = {
 }
 
 
+def _durable(spec: dict, extra: dict | None) -> dict | None:
+    """fsync every file a baseline wrote, and their directories, inside the timed region (unless the run asked for no fsync).
+
+    chunkpull fsyncs each blob before it commits it, as a pull must; a
+    baseline whose bytes still sit in the page cache when its clock stops
+    would be timed on an easier job (on this machine's disk: memory speed
+    against disk speed).
+    """
+    if not spec.get("fsync", True):
+        return extra
+    for root, _dirs, files in os.walk(spec["out_dir"]):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return extra
+
+
 def measure(spec: dict) -> dict:
     """Run the spec's method once and return the result record (never raises for a failed pull)."""
     method = spec["method"]
@@ -435,7 +462,7 @@ def measure(spec: dict) -> dict:
             timed = _prepare_chunkpull(spec)
         else:
             runner = _RUNNERS[method]
-            timed = lambda t0: runner(spec)
+            timed = lambda t0: _durable(spec, runner(spec))
     except Exception as err:  # noqa: BLE001 - reported in the result, not as a traceback
         return {"ok": False, "error": f"setup failed: {type(err).__name__}: {err}"}
     self0 = resource.getrusage(resource.RUSAGE_SELF)

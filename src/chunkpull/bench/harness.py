@@ -165,7 +165,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-caches", action="store_true",
                    help="before every run, empty the page cache (root only) and re-read the served blobs: runs start with free memory "
                    "instead of back to back")
-    p.add_argument("--no-fsync", dest="fsync", action="store_false", help="chunkpull skips its fsync before commit (default: fsync, as a real pull does)")
+    p.add_argument("--no-fsync", dest="fsync", action="store_false", help="nothing is fsynced: chunkpull skips its fsync before commit, the baselines the fsync of their output "
+                   "(default: every method's output is on disk before its clock stops, as a real pull's is)")
     p.add_argument("--json", action="store_true", help="print a JSON document (one record per run) instead of the table")
     p.add_argument("--plot", metavar="FILE.png", help="plot throughput against streams and chunk size (needs matplotlib)")
     p.add_argument("--tmpdir", help="where runs write their temporary models directories (default: the system's)")
