@@ -23,7 +23,8 @@ along), each run a fresh process:
 
 The baselines fetch the layer blob (the model's config, a few hundred
 bytes, is left to chunkpull's pull by name: given two blobs the bench
-child's aria2c switches to one connection per blob).
+child's aria2c switches to one connection per blob).  Every contender's
+output is fsynced before its clock stops, as chunkpull's commit does.
 
 The per-connection caps are the registry's own: ``--pace`` sets
 ``SO_MAX_PACING_RATE`` on every accepted socket (Linux TCP pacing, the body
@@ -268,6 +269,14 @@ def _curl_openssl(target: Any, workdir: Path, timeout_s: float) -> dict:
         if got != blob["digest"].partition(":")[2]:
             error = f"openssl: {blob['digest']} hashed to sha256:{got}"
             break
+    if error is None:
+        # On the disk before the clock stops, as every contender's output (chunkpull's commit fsyncs each blob).
+        for path in (workdir / "out").iterdir():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     wall = time.perf_counter() - t0
     kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (kids1.ru_utime - kids0.ru_utime) + (kids1.ru_stime - kids0.ru_stime)
