@@ -527,6 +527,8 @@ def keep_rows(doc: dict, earlier: dict) -> None:
                 kept.setdefault(row["kept_from"], set()).add(c["contender"])
     for where, names in kept.items():
         doc["notes"].append(f"{', '.join(sorted(names))}: {where}, same script and machine; they do not run chunkpull's code.")
+    if kept and not earlier.get("settings", {}).get("baselines_fsync"):
+        doc["settings"]["baselines_fsync"] = False  # the kept rows were measured before their outputs were fsynced
 
 
 # --------------------------------------------------------------------------
