@@ -25,6 +25,15 @@ def _layer(up) -> str:
     return json.loads(up.manifest())["layers"][0]["digest"]
 
 
+@pytest.fixture(autouse=True)
+def _frequent_records(monkeypatch):
+    # These tests read what a record holds mid-pull; a record every 5 s (the
+    # default, for disk-bound pulls) would come after the pull has ended.
+    from chunkpull.engine.blob import BlobPull
+
+    monkeypatch.setattr(BlobPull, "RECORD_EVERY_S", 0.5)
+
+
 def _interrupted_pull(up, make_registry, cache: DiskCache | None = None):
     """Pull until about half of the layer's chunks are recorded done, then cancel; return the registry used."""
     layer = _layer(up)
