@@ -71,10 +71,6 @@ class RangeRace:
         return r
 
     @property
-    def owner(self) -> Racer:
-        return self._racers[0]
-
-    @property
     def done(self) -> bool:
         """Every byte of the range is in, or the race was given up."""
         return self.closed
