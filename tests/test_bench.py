@@ -336,12 +336,12 @@ def test_run_compare_renders_the_api_against_the_cli(tmp_path):
 
 def test_bench_children_start_from_compiled_bytecode(tmp_path):
     # As pip leaves an installed package, even where PYTHONDONTWRITEBYTECODE keeps imports from writing it.
-    from chunkpull.bench import child
+    from chunkpull.bench.bytecode import compile_package
 
     pkg = tmp_path / "pkg"
     pkg.mkdir()
     (pkg / "mod.py").write_text("X = 1\n")
-    child._compile_package(str(pkg))
+    compile_package(str(pkg))
     assert [p.name for p in (pkg / "__pycache__").iterdir()] == [f"mod.{sys.implementation.cache_tag}.pyc"]
 
 

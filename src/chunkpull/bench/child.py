@@ -54,7 +54,6 @@ the timed region.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import json
@@ -428,27 +427,20 @@ _RUNNERS = {
 
 
 def _durable(spec: dict, extra: dict | None) -> dict | None:
-    """fsync every file a baseline wrote, and their directories, inside the timed region (unless the run asked for no fsync).
+    """fsync every file a baseline wrote, and their directories, on the clock (unless the run asked for no fsync).
 
     chunkpull fsyncs each blob before it commits it, as a pull must; a
     baseline whose bytes still sit in the page cache when its clock stops
-    would be timed on an easier job (on this machine's disk: memory speed
-    against disk speed).
+    would be timed on an easier job (here: memory speed against disk speed).
     """
-    if not spec.get("fsync", True):
-        return extra
-    for root, _dirs, files in os.walk(spec["out_dir"]):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fd = os.open(root, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    if spec.get("fsync", True):
+        for root, _dirs, files in os.walk(spec["out_dir"]):
+            for path in [*(os.path.join(root, name) for name in files), root]:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
     return extra
 
 
@@ -528,29 +520,11 @@ def child_env() -> dict[str, str]:
     """Return the environment for child processes: ours, with chunkpull's package importable and its bytecode written."""
     env = dict(os.environ)
     here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    _compile_package(os.path.join(here, "chunkpull"))
+    from .bytecode import compile_package  # the parent's half runs inside the package
+
+    compile_package(os.path.join(here, "chunkpull"))
     env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
-
-
-_compiled: set[str] = set()
-
-
-def _compile_package(package: str) -> None:
-    """Write the package's missing or stale bytecode once per process, as pip does when it installs.
-
-    A source checkout run with PYTHONDONTWRITEBYTECODE would otherwise compile
-    every module in every measured process: about 0.15 s of start-up (2 % of
-    a 9 s WAN pull) that an installed chunkpull never pays.  Where the files
-    cannot be written, the children compile as before.
-    """
-    if package in _compiled:
-        return
-    _compiled.add(package)
-    import compileall
-
-    with contextlib.suppress(OSError):
-        compileall.compile_dir(package, quiet=2)
 
 
 def run_child(spec: dict, workdir: str | os.PathLike[str], *, timeout_s: float | None = None) -> dict:
