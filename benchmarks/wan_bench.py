@@ -270,13 +270,9 @@ def _curl_openssl(target: Any, workdir: Path, timeout_s: float) -> dict:
             error = f"openssl: {blob['digest']} hashed to sha256:{got}"
             break
     if error is None:
-        # On the disk before the clock stops, as every contender's output (chunkpull's commit fsyncs each blob).
-        for path in (workdir / "out").iterdir():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        from chunkpull.bench.child import fsync_tree
+
+        fsync_tree(workdir / "out")  # on the disk before the clock stops, as every contender's output
     wall = time.perf_counter() - t0
     kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (kids1.ru_utime - kids0.ru_utime) + (kids1.ru_stime - kids0.ru_stime)

@@ -296,3 +296,33 @@ def api_registry(models_dir: Path, api_upstream: TestRegistry, gate: threading.E
     )
     yield reg
     reg.close()
+
+
+# -- doubles for the stream monitor (tests/test_transport.py, tests/test_hedge.py) --
+
+
+class FakeSock:
+    def __init__(self) -> None:
+        self.shut = False
+
+    def shutdown(self, how) -> None:
+        self.shut = True
+
+
+class FakeResp:
+    """Just enough of a requests.Response for Stream.abort: .raw.connection.sock (and .sock)."""
+
+    def __init__(self) -> None:
+        self.sock = FakeSock()
+        conn = type("Conn", (), {"sock": self.sock})()
+        self.raw = type("Raw", (), {"connection": conn})()
+
+
+class FakeClock:
+    """A clock the test moves by hand (``.t``)."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t

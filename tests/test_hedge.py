@@ -10,6 +10,7 @@ import random
 import threading
 
 import pytest
+from conftest import FakeClock, FakeResp
 
 from chunkpull.engine.hedge import LOST, RaceLost, RangeRace
 from chunkpull.engine.monitor import StreamMonitor
@@ -174,38 +175,17 @@ def test_offers_from_many_threads_stay_in_order():
 # -- the monitor: hedge in the tail instead of cutting ----------------------
 
 
-class _Sock:
-    def __init__(self) -> None:
-        self.shut = False
-
-    def shutdown(self, how) -> None:
-        self.shut = True
-
-
-class _Conn:
-    def __init__(self) -> None:
-        self.sock = _Sock()
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def _tail_with_a_straggler(hedge):
-    clock = _Clock()
+    clock = FakeClock()
     m = StreamMonitor(stall_s=100.0, min_age_s=0.5, clock=clock)
     m.tail = True
     fast = []
     for k in range(3):
         s = m.stream(f"fast{k}")
-        s.attach(_Conn())
+        s.attach(FakeResp())
         fast.append(s)
     slow = m.stream("slow")
-    conn = _Conn()
+    conn = FakeResp()
     slow.attach(conn)
     slow.hedge = hedge
 

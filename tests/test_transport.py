@@ -7,6 +7,7 @@ import socket
 import threading
 
 import pytest
+from conftest import FakeClock, FakeResp
 
 from chunkpull.errors import PullCancelledError, RegistryError, TransportError
 from chunkpull.engine.transport import Backoff, RangeIgnoredError, ShortReadError, Transport, parse_error
@@ -373,36 +374,11 @@ def test_read_range_fresh_buffer_per_piece(served):
 # -- StreamMonitor: stalls and stragglers, on an injected clock ------------------
 
 
-class _FakeSock:
-    def __init__(self) -> None:
-        self.shut = False
-
-    def shutdown(self, how) -> None:
-        self.shut = True
-
-
-class _FakeResp:
-    """Just enough of a requests.Response for Stream.abort: .raw.connection.sock."""
-
-    def __init__(self) -> None:
-        self.sock = _FakeSock()
-        conn = type("Conn", (), {"sock": self.sock})()
-        self.raw = type("Raw", (), {"connection": conn})()
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def _stream(monitor, label, window=4 << 20):
     from chunkpull.engine.monitor import Stream  # noqa: F401 - the type under test
 
     s = monitor.stream(label)
-    resp = _FakeResp()
+    resp = FakeResp()
     s.attach(resp)
     s.window = window
     return s, resp
@@ -411,7 +387,7 @@ def _stream(monitor, label, window=4 << 20):
 def test_monitor_cuts_a_stalled_stream():
     from chunkpull.engine.monitor import StreamMonitor
 
-    clock = _Clock()
+    clock = FakeClock()
     m = StreamMonitor(stall_s=5.0, clock=clock)
     s, resp = _stream(m, "a")
     clock.t += 4.9
@@ -423,7 +399,7 @@ def test_monitor_cuts_a_stalled_stream():
 def test_monitor_cuts_a_straggler_among_fast_peers_even_paused_ones():
     from chunkpull.engine.monitor import StreamMonitor
 
-    clock = _Clock()
+    clock = FakeClock()
     m = StreamMonitor(stall_s=60.0, min_age_s=0.5, clock=clock)
     slow, slow_resp = _stream(m, "slow")
     peers = [_stream(m, f"p{i}")[0] for i in range(3)]
@@ -441,7 +417,7 @@ def test_monitor_calls_no_stream_straggling_while_new_streams_settle():
     """Right after the stream count rises, new connections are slow to win their share: not stragglers yet."""
     from chunkpull.engine.monitor import StreamMonitor
 
-    clock = _Clock()
+    clock = FakeClock()
     m = StreamMonitor(stall_s=60.0, min_age_s=0.5, clock=clock)
     m.settle(4.0)
     slow, slow_resp = _stream(m, "slow")
@@ -461,13 +437,13 @@ def test_monitor_calls_no_stream_straggling_while_new_streams_settle():
 def test_monitor_leaves_a_uniformly_slow_link_alone():
     from chunkpull.engine.monitor import StreamMonitor
 
-    clock = _Clock()
+    clock = FakeClock()
     m = StreamMonitor(stall_s=60.0, min_age_s=0.5, clock=clock)
     streams = [_stream(m, f"s{i}")[0] for i in range(4)]
     # Earlier streams finished at 2 MB/s; these are mid-piece, nothing counted yet.
     for _ in range(3):
         old = m.stream("old")
-        old.attach(_FakeResp())
+        old.attach(FakeResp())
         clock.t += 2.0
         old.advance(4 << 20)
         m.done(old)
@@ -482,7 +458,7 @@ def test_monitor_cuts_a_stalled_stream_every_time():
     # (the retry budget, not the monitor, bounds how often that may happen).
     from chunkpull.engine.monitor import StreamMonitor
 
-    clock = _Clock()
+    clock = FakeClock()
     m = StreamMonitor(stall_s=1.0, max_aborts=2, clock=clock)
     cut = 0
     for _ in range(4):
@@ -496,7 +472,7 @@ def test_monitor_cuts_a_stalled_stream_every_time():
 def test_monitor_cuts_each_straggler_label_at_most_max_aborts_times():
     from chunkpull.engine.monitor import StreamMonitor
 
-    clock = _Clock()
+    clock = FakeClock()
     m = StreamMonitor(stall_s=100.0, max_aborts=2, clock=clock)
     fast = [_stream(m, f"fast{i}")[0] for i in range(3)]
     cut = 0
@@ -531,11 +507,11 @@ def test_network_errors_read_as_a_sentence(make_registry, tmp_path):
 def test_monitor_gives_a_slow_link_time_to_fill_a_slice():
     from chunkpull.engine.monitor import StreamMonitor
 
-    clock = _Clock()
+    clock = FakeClock()
     m = StreamMonitor(stall_s=1.0, min_age_s=0.5, clock=clock)
     for _ in range(3):  # history: streams finish at 1 MiB/s
         old = m.stream("old")
-        old.attach(_FakeResp())
+        old.attach(FakeResp())
         clock.t += 4.0
         old.advance(4 << 20)
         m.done(old)
@@ -552,7 +528,7 @@ def test_in_the_tail_a_few_times_slower_is_a_straggler():
     from chunkpull.engine.monitor import StreamMonitor
 
     for tail, want_cut in ((False, False), (True, True)):
-        clock = _Clock()
+        clock = FakeClock()
         m = StreamMonitor(stall_s=100.0, min_age_s=0.5, clock=clock)
         m.tail = tail
         fast = [_stream(m, f"fast{i}")[0] for i in range(3)]

@@ -427,21 +427,22 @@ _RUNNERS = {
 
 
 def _durable(spec: dict, extra: dict | None) -> dict | None:
-    """fsync every file a baseline wrote, and their directories, on the clock (unless the run asked for no fsync).
-
-    chunkpull fsyncs each blob before it commits it, as a pull must; a
-    baseline whose bytes still sit in the page cache when its clock stops
-    would be timed on an easier job (here: memory speed against disk speed).
-    """
+    """fsync a baseline's files on its clock (unless asked not to): chunkpull fsyncs each blob before its commit, and a
+    baseline timed with its bytes still in the page cache would be timed on an easier job (memory speed, not disk)."""
     if spec.get("fsync", True):
-        for root, _dirs, files in os.walk(spec["out_dir"]):
-            for path in [*(os.path.join(root, name) for name in files), root]:
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+        fsync_tree(spec["out_dir"])
     return extra
+
+
+def fsync_tree(top: str | os.PathLike[str]) -> None:
+    """fsync every file under top, and the directories that hold them."""
+    for root, _dirs, files in os.walk(top):
+        for path in [*(os.path.join(root, name) for name in files), root]:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def measure(spec: dict) -> dict:

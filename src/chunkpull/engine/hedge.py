@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable
 
 from .monitor import Stream
-from .pieces import ALIGN
+from .pieces import ALIGN, PoolPieces
 
 __all__ = ["LOST", "RaceLost", "RangeRace", "Racer"]
 
@@ -69,6 +69,14 @@ class RangeRace:
         with self._lock:
             self._racers.append(r)
         return r
+
+    def sink_for(self, racer: Racer, pieces: PoolPieces, aligned: bool) -> Callable[[int, memoryview], None]:
+        """The sink a racer streams into: each piece it reads is offered to the race (and handed over with it)."""
+
+        def sink(offset: int, view: memoryview) -> None:
+            self.offer(racer, offset, view, pieces.take().release, aligned)
+
+        return sink
 
     @property
     def done(self) -> bool:

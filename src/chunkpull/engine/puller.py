@@ -422,11 +422,7 @@ class Puller:
     def _fetch_from_origin_racing(self, blob: BlobPull, i: int, pieces: PoolPieces, race: RangeRace, active: list[float]) -> None:
         chunk = blob.sums[i].chunk
         me = race.racer()
-        aligned = chunk.start % ALIGN == 0
-
-        def sink(offset: int, view: memoryview) -> None:
-            race.offer(me, offset, view, pieces.take().release, aligned)
-
+        sink = race.sink_for(me, pieces, aligned=chunk.start % ALIGN == 0)
         refusals = 0
         while True:
             # One range finds out whether the registry redirects (a CDN);
@@ -479,11 +475,7 @@ class Puller:
         me = race.racer()
         # race.over, not the pull's cancel: a hedge waiting for a piece gives up when the race ends.
         pieces = PoolPieces(self.pieces, lambda: blob.assembler.is_next(i), race.over)
-        aligned = blob.sums[i].chunk.start % ALIGN == 0
-
-        def sink(offset: int, view: memoryview) -> None:
-            race.offer(me, offset, view, pieces.take().release, aligned)
-
+        sink = race.sink_for(me, pieces, aligned=blob.sums[i].chunk.start % ALIGN == 0)
         try:
             self.ranges.stream(blob, blob.chunk_url(i), race.cursor, race.end, pieces, sink, label=(blob.key, i, "hedge"),
                                race=(race, me), attempts=HEDGE_ATTEMPTS)
