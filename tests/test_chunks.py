@@ -406,6 +406,84 @@ def test_assembler_spill_gives_back_the_farthest_chunk_and_still_verifies(hashio
     assert wf.path.read_bytes() == data
 
 
+def test_the_hash_follows_a_spilled_chunk_through_the_file_before_it_is_done(hashio_backend, work):
+    """A spilled chunk the hash reaches is read back as far as it is written, not waited for to the end:
+    otherwise the hash stalls there and every chunk started meanwhile, far ahead of it, spills too."""
+    data = make_data()
+    wf = work()
+    a = assembler(wf, data)
+    a.park_ahead = lambda: 0  # no chunk ahead of the hash may park
+    released: list = []
+    c1 = a.sums[1].chunk
+    half = c1.size // 2
+    a.deliver(1, c1.start, memoryview(bytearray(data[c1.start : c1.start + half])), lambda: released.append(1))
+    assert a._spilled[1] and released == [1], "a chunk starting ahead of what may park is released once written"
+    deliver_chunk(a, data, 0, released)
+    a.chunk_done(0)
+    assert a._next == 1
+    assert a._pos == c1.start + half, "the hash read the written half of the spilled chunk from the file"
+    assert a.read_back_bytes == half
+    a.deliver(1, c1.start + half, memoryview(bytearray(data[c1.start + half : c1.end + 1])), lambda: released.append(1))
+    assert a._pos == c1.end + 1, "and the rest as it is written"
+    for i in range(len(a.sums)):
+        if i > 1:
+            deliver_chunk(a, data, i, released)
+        a.chunk_done(i)
+    assert a.finish() == []
+    assert a.read_back_bytes == c1.size
+    assert wf.path.read_bytes() == data
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["buffered", "o_direct"])
+def test_chunks_read_back_in_several_buffers_hash_in_order(hashio_backend, tmp_path, direct):
+    """Read-backs longer than one buffer are read ahead on a second thread: the bytes still reach the hash in order."""
+    data = make_data(2 * (9 << 20) + 12345, seed=7)  # chunks over two read buffers long, and a ragged tail
+    sums = sums_for(data, step=9 << 20)
+    wf = WorkFile(tmp_path / "big.partial", len(data))
+    direct_fd = -1
+    if direct:
+        try:
+            direct_fd = os.open(wf.path, os.O_RDONLY | os.O_DIRECT)
+        except OSError:
+            pytest.skip("this file system refuses O_DIRECT")
+    try:
+        os.pwrite(wf.fd, data, 0)
+        a = assembler(wf, data, sums, direct_fd=direct_fd)
+        a.mark_done([True] * len(sums))  # as a resume does: every byte comes from the file
+        a.chunk_done(0)
+        assert a.finish() == []
+        assert a.read_back_bytes == len(data)
+        a.close()
+        assert a._reader is None, "close() stops the reader thread"
+    finally:
+        if direct_fd >= 0:
+            os.close(direct_fd)
+        wf.close()
+
+
+def test_a_spilled_chunk_reset_for_a_bad_digest_is_read_back_from_its_start_again(hashio_backend, work):
+    data = make_data()
+    wf = work()
+    a = assembler(wf, data)
+    a.park_ahead = lambda: 0
+    released: list = []
+    c1 = a.sums[1].chunk
+    bad = bytearray(data[c1.start : c1.end + 1])
+    bad[0] ^= 0xFF
+    a.deliver(1, c1.start, memoryview(bad), lambda: released.append(1))
+    deliver_chunk(a, data, 0, released)
+    a.chunk_done(0)
+    assert a._pos == c1.end + 1, "the bad bytes went into the hash from the file"
+    a.reset_chunk(1)  # its chunk digest failed
+    assert a._pos == c1.start, "the hash is back at the chunk's start"
+    a.deliver(1, c1.start, memoryview(bytearray(data[c1.start : c1.end + 1])), lambda: released.append(1))
+    for i in range(1, len(a.sums)):
+        if i > 1:
+            deliver_chunk(a, data, i, released)
+        a.chunk_done(i)
+    assert a.finish() == []
+
+
 def test_assembler_spill_with_nothing_ahead_frees_nothing(hashio_backend, work):
     data = make_data()
     a = assembler(work(), data)
@@ -452,6 +530,50 @@ def test_saving_the_resume_record_never_blocks_streams_crediting_bytes(hashio_ba
     assert ingest.saved == 1
     blob.save_record(force=True)
     assert ingest.saved == 2, "a forced save always writes"
+
+
+def test_resume_records_slow_down_while_their_sync_is_slow_and_speed_up_again():
+    """Records come every RECORD_EVERY_S while one costs at most a quarter of the time since the last, else every RECORD_SLOW_S."""
+    from chunkpull.core.manifest import Layer
+    from chunkpull.engine.blob import BlobPull
+    from chunkpull.engine.config import Source
+
+    data = make_data()
+    now = [0.0]
+    sums = sums_for(data)
+    blob = BlobPull(Layer(Digest.from_bytes(hashlib.sha256(data).digest()), len(data)), Source("http://127.0.0.1:1/v2/library/m"),
+                    sums, clock=lambda: now[0])
+
+    class Assembler:
+        def hashed_prefix(self):
+            return 0, None
+
+        def done_chunks(self):
+            return [False] * len(sums)
+
+    class TimedIngest:
+        cost = 0.0
+        saved: list[float] = []
+
+        def save_record(self, *args) -> None:
+            self.saved.append(now[0])
+            now[0] += self.cost  # the sync takes this long
+
+    blob.assembler, blob.ingest = Assembler(), (ingest := TimedIngest())
+    fast, slow = BlobPull.RECORD_EVERY_S, BlobPull.RECORD_SLOW_S
+    assert fast < slow
+
+    def at(t: float, cost: float = 0.0) -> None:
+        now[0], ingest.cost = t, cost
+        blob.save_record()
+
+    at(0.0, cost=fast / 10)          # cheap: the fast pace
+    at(fast * 0.6)                   # too soon
+    at(fast * 1.2, cost=fast * 0.5)  # a sync taking half the interval: the slow pace
+    at(fast * 1.7 + fast * 1.2)      # a fast interval later: too soon now
+    at(fast * 1.7 + slow, cost=fast / 10)  # a slow interval later: written, and cheap again
+    at(fast * 1.7 + slow + fast * 1.1)     # so the fast pace is back
+    assert ingest.saved == [0.0, fast * 1.2, fast * 1.7 + slow, fast * 1.7 + slow + fast * 1.1]
 
 
 def test_assembler_sends_chunks_beyond_what_the_pool_can_park_through_the_page_cache(hashio_backend, work):

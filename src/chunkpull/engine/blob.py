@@ -43,13 +43,22 @@ class BlobPull:
     i, the one place a chunk's source is chosen.
     """
 
-    # Rewrite the resume record at most this often (per blob): a crash (not
+    # How often the resume record is rewritten (per blob): a crash (not
     # Ctrl-C or SIGTERM, which write a last record) costs at most this much
-    # re-fetching.  Records cost a disk-bound pull more than their size
-    # says: every 0.5 s (a temporary file, a rename, and an fdatasync of the
-    # work file before a hash state) they took ~30 % of its throughput on
-    # the reference machine (4 GiB: 0.37-0.42 GB/s, against 0.54-0.55 every 5 s).
-    RECORD_EVERY_S = 5.0
+    # re-fetching.  A record's fdatasync is also the pull's write-behind:
+    # on a disk with a write-back cache (a VM's disk on its host's page
+    # cache) the commit's fsync otherwise writes out all that is left, and
+    # a pull at WAN speed waits for it (WAN S1, 8 streams: 9.2-9.35 s with a
+    # record every 0.5 s, 9.4-10.4 s every 5 s).  Where the disk is the
+    # limit, though, frequent syncs take its time from the pull's own writes
+    # (4 GiB over loopback: 0.37-0.46 GB/s every 0.5 s, 0.47-0.57 every 5 s).
+    # So records come every RECORD_EVERY_S while one takes at most
+    # 1/RECORD_HEADROOM of the time since the last (the disk keeps up with
+    # room to spare), else every RECORD_SLOW_S.  (A pace proportional to the
+    # sync's duration would run away: a longer wait leaves more to sync.)
+    RECORD_EVERY_S = 0.5
+    RECORD_SLOW_S = 5.0
+    RECORD_HEADROOM = 4.0
 
     def __init__(self, layer: Layer, source: Source, sums: list[ChunkSum], *, clock: Callable[[], float] = time.monotonic) -> None:
         self.layer = layer
@@ -85,6 +94,7 @@ class BlobPull:
         self._record_lock = threading.Lock()  # one resume-record writer at a time
         self._clock = clock
         self._saved_at = float("-inf")  # the first record is written as soon as a chunk is done
+        self._records_slow = False  # the last record took too long for the fast pace (see RECORD_EVERY_S)
 
     @classmethod
     def one_stream(cls, layer: Layer, source: Source) -> BlobPull:
@@ -217,7 +227,7 @@ class BlobPull:
             return True
 
     def save_record(self, *, force: bool = False) -> None:
-        """Write the resume record (at most every ``RECORD_EVERY_S`` unless forced).
+        """Write the resume record (at most every ``RECORD_EVERY_S``, or ``RECORD_SLOW_S`` while records are slow, unless forced).
 
         The record's contents are taken under the blob's lock, but written
         (an fdatasync of the work file, then the record) outside it: every
@@ -232,11 +242,13 @@ class BlobPull:
         try:
             now = self._clock()
             with self.lock:
-                if not force and now - self._saved_at < self.RECORD_EVERY_S:
+                if not force and now - self._saved_at < (self.RECORD_SLOW_S if self._records_slow else self.RECORD_EVERY_S):
                     return
-                self._saved_at = now
+                since, self._saved_at = now - self._saved_at, now
             hashed, hash_state = self.assembler.hashed_prefix()
             self.ingest.save_record(self.chunks_id, self.assembler.done_chunks(), hashed, hash_state, _hashio.SHA256_STATE_FORMAT)
+            took = self._clock() - now
+            self._records_slow = took * self.RECORD_HEADROOM > min(since, self.RECORD_SLOW_S)
         finally:
             self._record_lock.release()
 
