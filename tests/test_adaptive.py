@@ -189,3 +189,16 @@ def test_gate_serves_waiters_in_arrival_order():
     for t in threads:
         t.join(5)
     assert order == [0, 1, 2, 3, 4]
+
+
+def test_chunks_ahead_lets_every_stream_park_a_whole_chunk_when_the_allowance_covers_it():
+    """At 8 streams of 8-piece chunks, chunks next..next+7 stream while a worker starts next+8 before the hash has
+    left chunk next: with pieces for all of them (pieces_for's want), none is sent to the disk to be read back."""
+
+    pool = PiecePool(80, 4096)
+    pool.streams, pool.headroom, pool.reserve = 8, 8, 1
+    pool.allow(pieces_for(8, 8 * 4096, 4096, 80 * 4096, floor=0))
+    assert pool.allowance == 72
+    assert pool.chunks_ahead() == 8
+    pool.allow(32)  # the memory budget allows less: fewer chunks park
+    assert pool.chunks_ahead() == 3

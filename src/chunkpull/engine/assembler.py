@@ -18,8 +18,10 @@ import contextlib
 import errno
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from blake3 import blake3 as _Blake3
@@ -58,6 +60,9 @@ class ChunkHasher:
 # they were not delivered in memory this run (chunks a resume record marks
 # done, chunks behind a repair) and to find bad chunks after a mismatch.
 _HASH_READ = 4 << 20
+# How long a chunk starting too far ahead of a busy hash waits for it before
+# it is sent to the disk to be read back (see deliver).
+CATCH_UP_S = 0.5
 
 
 class BlobAssembler:
@@ -109,6 +114,11 @@ class BlobAssembler:
         self._done = [False] * n
         self._parked: list[deque] = [deque() for _ in range(n)]
         self._spilled = [False] * n  # parked pieces given back to the pool: hash these chunks from the file
+        # Where each chunk's bytes written so far end (a chunk is streamed in
+        # order): the hash follows a spilled chunk there through the file,
+        # rather than stall until the chunk is done (and every chunk started
+        # meanwhile, being far ahead of a stalled hash, spill too).
+        self._written = [s.chunk.start for s in self.sums]
         self._cond = threading.Condition()
         self._hashing = False  # the turn to advance the whole hash
         self._next = 0  # first chunk not wholly in the hash
@@ -117,7 +127,9 @@ class BlobAssembler:
         # _checkpoints[i] is the whole-hash snapshot before chunk i: 112 bytes
         # (native) or one hashlib object (python) per chunk.
         self._checkpoints: dict[int, object] = {0: self._whole.snapshot()}
-        self._buf: memoryview | None = None
+        self._bufs: list[memoryview] = []
+        self._reader: ThreadPoolExecutor | None = None  # reads the work file ahead of the hash (see _hash_from_file)
+        self._direct_reads = False
         self._closed = False
         # What the data path did, for tests and benchmarks: bytes written with
         # O_DIRECT and through the page cache, and bytes read back from the file.
@@ -160,23 +172,38 @@ class BlobAssembler:
         """
         if offset == self.sums[index].chunk.start and index - self._next > self.park_ahead():
             # A new chunk farther ahead of the hash than the piece pool can
-            # park: its pieces are released once written and the hash reads
-            # it back, so no stream waits for pieces (racy read of _next: a
-            # wrong guess costs a read, never bytes).
+            # park.  If the hash has bytes at hand, it is behind for want of
+            # CPU, not bytes: give it a moment (the stream waits, and the
+            # sender with it) rather than send this chunk to the disk to be
+            # read back, which makes the hash slower still.  Else, or if it
+            # does not catch up, the chunk's pieces are released once written
+            # and the hash reads it back, so no stream waits for a slow one.
             with self._cond:
-                self._spilled[index] = not self._parked[index]
+                deadline = time.monotonic() + CATCH_UP_S
+                while self.wake is not None and not self._closed and index - self._next > self.park_ahead() and self._ready():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                if index - self._next > self.park_ahead():
+                    self._spilled[index] = not self._parked[index]
         try:
             self.write(offset, piece, aligned=aligned)
         except BaseException:
             release()
             raise
+        end = offset + len(piece)
         with self._cond:
+            if offset <= self._written[index] < end:
+                self._written[index] = end
             if self._closed or (offset < self._pos and index <= self._next) or self._spilled[index]:
                 # Closed (the blob failed), bytes the hash already has, or a
                 # spilled chunk (its bytes are on disk: the hash reads them there).
                 release()
-                return
-            self._parked[index].append((offset, piece, release))
+                if not (self._spilled[index] and index == self._next):
+                    return
+            else:
+                self._parked[index].append((offset, piece, release))
         self._kick()
 
     def spill(self) -> int:
@@ -241,7 +268,7 @@ class BlobAssembler:
         if i >= len(self.sums) or self._closed:
             return False
         q = self._parked[i]
-        return bool(q and q[0][0] <= self._pos) or self._done[i]
+        return bool(q and q[0][0] <= self._pos) or self._done[i] or (self._spilled[i] and self._written[i] > self._pos)
 
     @contextlib.contextmanager
     def _turn(self) -> Iterator[None]:
@@ -269,6 +296,9 @@ class BlobAssembler:
         with self._turn():
             with self._cond:
                 self._closed = True
+            if self._reader is not None:
+                self._reader.shutdown()  # idle: reads happen only within a turn
+                self._reader = None
         self.release_all()
 
     def is_next(self, index: int) -> bool:
@@ -289,6 +319,7 @@ class BlobAssembler:
                 self._pos = self.sums[index].chunk.start
             self._done[index] = False
             self._spilled[index] = False
+            self._written[index] = self.sums[index].chunk.start
             dropped = list(self._parked[index])
             self._parked[index].clear()
         for _off, _piece, release in dropped:
@@ -337,38 +368,58 @@ class BlobAssembler:
                     self._done[j] = True
                 return
 
-    def _read_buf(self) -> memoryview:
-        # One read-back buffer per blob, used only by the thread holding the
-        # hashing turn (or by finish()), so never by two threads at once;
-        # page-aligned for O_DIRECT reads.
-        if self._buf is None:
-            self._buf = aligned_buffer(_HASH_READ)
-        return self._buf
+    def _read_buf(self, which: int = 0) -> memoryview:
+        # Two read-back buffers per blob, used only by the thread holding the
+        # hashing turn (and its reader) or by finish(), so never by two
+        # callers at once; page-aligned for O_DIRECT reads.
+        while len(self._bufs) <= which:
+            self._bufs.append(aligned_buffer(_HASH_READ))
+        return self._bufs[which]
 
     def _hash_from_file(self, offset: int, n: int) -> None:
-        """Feed n bytes of the work file from offset into the whole hash; the caller holds the turn."""
-        buf = self._read_buf()
-        direct = self.direct_fd >= 0 and offset % ALIGN == 0
-        while n > 0:
-            want = min(n, len(buf))
+        """Feed n bytes of the work file from offset into the whole hash; the caller holds the turn.
+
+        Beyond one buffer, the next read runs on a reader thread while this
+        one hashes (both release the GIL): after the last byte of a pull
+        whose hash fell behind, read and hash overlap instead of taking turns.
+        """
+        self._direct_reads = self.direct_fd >= 0 and offset % ALIGN == 0
+        if n <= _HASH_READ:
+            got = self._read_into(self._read_buf(), offset, n)
+            self._whole.update(self._bufs[0][:got])
+            return
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunkpull-readback")
+        end, k = offset + n, 0
+        pending = self._reader.submit(self._read_into, self._read_buf(0), offset, min(n, _HASH_READ))
+        while offset < end:
+            got = pending.result()
+            buf = self._bufs[k]
+            offset += got
+            k ^= 1
+            if offset < end:
+                pending = self._reader.submit(self._read_into, self._read_buf(k), offset, min(end - offset, _HASH_READ))
+            self._whole.update(buf[:got])
+
+    def _read_into(self, buf: memoryview, offset: int, want: int) -> int:
+        """Read up to want (> 0) bytes of the work file at offset into buf; return how many (at least one)."""
+        while True:
             try:
                 # O_DIRECT reads whole blocks: ask for want rounded up (the file ends at the blob's size).
-                if direct:
+                if self._direct_reads:
                     got = os.preadv(self.direct_fd, [buf[: -(-want // ALIGN) * ALIGN]], offset)
                 else:
                     got = os.preadv(self.fd, [buf[:want]], offset)
             except OSError as err:
-                if not direct or err.errno != errno.EINVAL:
+                if not self._direct_reads or err.errno != errno.EINVAL:
                     raise
-                direct = False  # a file system that takes O_DIRECT writes but not reads
+                self._direct_reads = False  # a file system that takes O_DIRECT writes but not reads
                 continue
             if got <= 0:
-                raise OSError(errno.EIO, f"work file ends before offset {offset + n}")
+                raise OSError(errno.EIO, f"work file ends before offset {offset + want}")
             got = min(got, want)
-            self._whole.update(buf[:got])
-            offset += got
-            n -= got
-            direct = direct and got % ALIGN == 0
+            self._direct_reads = self._direct_reads and got % ALIGN == 0
+            return got
 
     def _advance(self) -> None:
         """Advance the whole hash as far as the bytes at hand allow; the caller holds the turn."""
@@ -402,6 +453,7 @@ class BlobAssembler:
                 with self._cond:
                     self._checkpoints[i + 1] = snap
                     self._next = i + 1
+                    self._cond.notify_all()  # streams waiting for the hash to catch up (deliver)
                 self.on_advance()
 
     def _next_step(self):
@@ -421,6 +473,10 @@ class BlobAssembler:
         if self._done[i]:
             # Bytes this run did not deliver (resumed, or behind a repair).
             upto = q[0][0] if q else chunk.end + 1
+            return ("file", self._pos, upto - self._pos)
+        if self._spilled[i] and self._written[i] > self._pos:
+            # A spilled chunk still streaming: hash what is on disk so far.
+            upto = min(q[0][0], self._written[i]) if q else self._written[i]
             return ("file", self._pos, upto - self._pos)
         return None
 

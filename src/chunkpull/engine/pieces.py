@@ -159,7 +159,9 @@ class PiecePool:
     def chunks_ahead(self) -> int:
         """How many chunks ahead of a blob's hash may park their pieces, with every stream holding one piece."""
         # Unlocked: a hint, read once per chunk.
-        return max(0, (self.allowance - self.streams - self.reserve) // self.headroom)
+        # A chunk ahead holds at most headroom pieces, the one being read into
+        # included; the chunk at the hash parks none but reads into one.
+        return max(0, (self.allowance - self.reserve - 1) // self.headroom)
 
     def set_reserve(self, blobs: int) -> None:
         """Keep one piece per blob in flight for the workers whose chunk is next for its hash.
