@@ -461,6 +461,28 @@ def test_chunks_read_back_in_several_buffers_hash_in_order(hashio_backend, tmp_p
         wf.close()
 
 
+@pytest.mark.parametrize("size", [SIZE, 2 * (9 << 20)], ids=["one-buffer", "several-buffers"])
+def test_short_reads_of_the_work_file_still_hash_every_byte(hashio_backend, tmp_path, monkeypatch, size):
+    data = make_data(size, seed=8)
+    sums = sums_for(data, step=max(STEP, size // 2))
+    wf = WorkFile(tmp_path / "short.partial", len(data))
+    try:
+        os.pwrite(wf.fd, data, 0)
+        real = os.preadv
+
+        def short_preadv(fd, bufs, offset):  # the kernel may return fewer bytes than asked for
+            return real(fd, [bufs[0][: max(1, len(bufs[0]) // 3)]], offset)
+
+        monkeypatch.setattr(os, "preadv", short_preadv)
+        a = assembler(wf, data, sums)
+        a.mark_done([True] * len(sums))
+        a.chunk_done(0)
+        assert a.finish() == []
+        a.close()
+    finally:
+        wf.close()
+
+
 def test_a_spilled_chunk_reset_for_a_bad_digest_is_read_back_from_its_start_again(hashio_backend, work):
     data = make_data()
     wf = work()

@@ -385,8 +385,10 @@ class BlobAssembler:
         """
         self._direct_reads = self.direct_fd >= 0 and offset % ALIGN == 0
         if n <= _HASH_READ:
-            got = self._read_into(self._read_buf(), offset, n)
-            self._whole.update(self._bufs[0][:got])
+            while n > 0:  # a read may come back short: go on from where it ended
+                got = self._read_into(self._read_buf(), offset, n)
+                self._whole.update(self._bufs[0][:got])
+                offset, n = offset + got, n - got
             return
         if self._reader is None:
             self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunkpull-readback")
