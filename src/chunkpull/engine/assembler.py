@@ -196,15 +196,17 @@ class BlobAssembler:
         with self._cond:
             if offset <= self._written[index] < end:
                 self._written[index] = end
-            if self._closed or (offset < self._pos and index <= self._next) or self._spilled[index]:
-                # Closed (the blob failed), bytes the hash already has, or a
-                # spilled chunk (its bytes are on disk: the hash reads them there).
+            # Closed (the blob failed), bytes the hash already has, or a
+            # spilled chunk (its bytes are on disk: the hash reads them there).
+            drop = self._closed or (offset < self._pos and index <= self._next) or self._spilled[index]
+            if drop:
                 release()
-                if not (self._spilled[index] and index == self._next):
-                    return
             else:
                 self._parked[index].append((offset, piece, release))
-        self._kick()
+            # The hash may go on: with this piece, or from the file through a spilled chunk it is on.
+            kick = not drop or (self._spilled[index] and index == self._next)
+        if kick:
+            self._kick()
 
     def spill(self) -> int:
         """Give back the parked pieces of the chunk farthest ahead of the hash; return how many.
