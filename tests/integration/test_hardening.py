@@ -27,11 +27,12 @@ def _layer(up) -> str:
 
 @pytest.fixture(autouse=True)
 def _frequent_records(monkeypatch):
-    # These tests read what a record holds mid-pull; a record every 5 s (the
-    # default, for disk-bound pulls) would come after the pull has ended.
+    # These tests read what a record holds mid-pull: a busy disk would put
+    # records on their slow pace (every 5 s), after the pull has ended.
     from chunkpull.engine.blob import BlobPull
 
     monkeypatch.setattr(BlobPull, "RECORD_EVERY_S", 0.5)
+    monkeypatch.setattr(BlobPull, "RECORD_SLOW_S", 0.5)
 
 
 def _interrupted_pull(up, make_registry, cache: DiskCache | None = None):

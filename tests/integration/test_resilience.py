@@ -95,7 +95,7 @@ def _done_fraction(rec: dict | None, nchunks: int) -> float:
 @pytest.mark.slow
 def test_resume_after_kill_9_fetches_only_the_rest(upstream, make_registry, tmp_path):
     up = upstream([8 * MIB])
-    # Per connection: the pull takes about 8 s, past the first periodic record (5 s).
+    # Per connection: the pull takes about 8 s, past a periodic record even at the slow pace (5 s).
     up.faults.throttle_bps = 128 << 10
     models = tmp_path / "models"
     child = _pull_in_child(up.ref(), models, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
